@@ -1,0 +1,41 @@
+"""Layer Sustainability Analysis: probes, capture, measures, MVL, results and plots.
+
+Plain PyTorch: usable in a notebook without Lightning or Hydra.
+"""
+
+from lsa_train.analysis.analyze import analyze, compute_cm
+from lsa_train.analysis.capture import ProbeCapture
+from lsa_train.analysis.measures import (
+    MEASURES,
+    cosine_distance,
+    get_measure,
+    list_measures,
+    mse,
+    relative_error,
+)
+from lsa_train.analysis.mvl import select_mvl
+from lsa_train.analysis.plots import plot_layer_curves
+from lsa_train.analysis.probes import Probe, ProbeSelectionError, list_probes, select_probes
+from lsa_train.analysis.results import LSAResult
+from lsa_train.analysis.sweep import PAPER_PERTURBATIONS, analyze_perturbations
+
+__all__ = [
+    "MEASURES",
+    "PAPER_PERTURBATIONS",
+    "LSAResult",
+    "Probe",
+    "ProbeCapture",
+    "ProbeSelectionError",
+    "analyze",
+    "analyze_perturbations",
+    "compute_cm",
+    "cosine_distance",
+    "get_measure",
+    "list_measures",
+    "list_probes",
+    "mse",
+    "plot_layer_curves",
+    "relative_error",
+    "select_mvl",
+    "select_probes",
+]

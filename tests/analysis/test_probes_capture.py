@@ -1,0 +1,150 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lsa_train.analysis import ProbeCapture, ProbeSelectionError, list_probes, select_probes
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_default_probes_are_activations_in_forward_order(mlp):
+    assert list_probes(mlp, torch.rand(1, 2)) == ["1", "3"]
+
+
+def test_learnable_probes_are_conv_and_linear(cnn, images):
+    assert list_probes(cnn, images[:1], "learnable") == ["conv1", "conv2", "head"]
+
+
+def test_patterns_glob_regex_and_call_suffix(cnn, images):
+    assert list_probes(cnn, images[:1], ["conv*"]) == ["conv1", "conv2"]
+    assert list_probes(cnn, images[:1], ["re:conv[2]|head"]) == ["conv2", "head"]
+    assert list_probes(cnn, images[:1], ["relu:2"]) == ["relu:2"]
+
+
+def test_explicit_module_list(cnn, images):
+    assert list_probes(cnn, images[:1], [cnn.head, cnn.bn1]) == ["bn1", "head"]
+
+
+def test_reused_module_gives_one_probe_per_call():
+    model = torchvision.models.resnet18(num_classes=3)
+    names = list_probes(model, torch.rand(1, 3, 32, 32))
+    assert names[:3] == ["relu", "layer1.0.relu:1", "layer1.0.relu:2"]
+    assert len(names) == 1 + 8 * 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("everything", "unknown probe set 'everything'"),
+        (["nothing*"], "probe pattern 'nothing\\*' matches no module"),
+        (["re:("], "bad probe regex"),
+        ([], "empty probe list"),
+    ],
+)
+def test_bad_probe_specs_raise_one_line_errors(cnn, images, spec, message):
+    with pytest.raises(ProbeSelectionError, match=message) as info:
+        select_probes(cnn, images[:1], spec)
+    assert "\n" not in str(info.value)
+
+
+def test_no_probe_matched_names_the_module_types():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ProbeSelectionError, match=r"no probe matched 'activations'.*Linear"):
+        select_probes(model, torch.rand(1, 2))
+
+
+def test_foreign_module_rejected(cnn, images):
+    with pytest.raises(ProbeSelectionError, match="not part of the model"):
+        select_probes(cnn, images[:1], [nn.ReLU()])
+
+
+def test_selection_restores_training_mode(cnn, images):
+    cnn.train()
+    select_probes(cnn, images[:1])
+    assert cnn.training and cnn.bn1.training
+    assert hook_count(cnn) == 0
+
+
+def test_capture_records_and_removes_hooks(cnn, images):
+    probes = select_probes(cnn, images[:1])
+    with ProbeCapture(cnn, probes) as capture:
+        assert hook_count(cnn) > 0
+        cnn.eval()
+        cnn(images)
+        out = capture.pop()
+    assert list(out) == ["relu:1", "relu:2"]
+    assert out["relu:1"].shape == (12, 4, 8, 8)
+    assert hook_count(cnn) == 0
+
+
+def test_hooks_removed_on_exception(cnn, images):
+    probes = select_probes(cnn, images[:1])
+    with pytest.raises(RuntimeError, match="boom"), ProbeCapture(cnn, probes):
+        cnn(images)
+        raise RuntimeError("boom")
+    assert hook_count(cnn) == 0
+
+
+def test_inplace_outputs_are_not_overwritten(cnn, images):
+    """relu:1 is inplace and its output feeds conv2; the stored copy must equal the true value."""
+    cnn.eval()
+    probes = select_probes(cnn, images[:1], ["relu:1"])
+    expected = torch.relu(cnn.bn1(cnn.conv1(images))).detach()
+    with ProbeCapture(cnn, probes) as capture:
+        out = cnn(images)
+        stored = capture.pop()["relu:1"]
+        out.add_(1.0)  # unrelated in-place work after the forward
+        stored_again = stored.clone()
+    assert torch.equal(stored, expected)
+    assert torch.equal(stored_again, expected)
+
+
+def test_linear_probe_followed_by_inplace_activation_keeps_pre_activation():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(inplace=True))
+    x = torch.randn(4, 3)
+    probes = select_probes(model, x[:1], ["0"])
+    with ProbeCapture(model, probes) as capture:
+        model(x)
+        stored = capture.pop()["0"]
+    assert torch.allclose(stored, model[0](x))
+    assert (stored < 0).any()
+
+
+def test_pause_records_nothing(cnn, images):
+    probes = select_probes(cnn, images[:1])
+    with ProbeCapture(cnn, probes) as capture:
+        with capture.paused():
+            assert capture.is_paused
+            cnn(images)
+        assert capture.outputs == {}
+        with pytest.raises(RuntimeError, match="recorded nothing"):
+            capture.pop()
+        cnn(images)
+        assert len(capture.pop()) == 2
+
+
+def test_graph_mode_keeps_gradients(cnn, images):
+    probes = select_probes(cnn, images[:1], ["conv1"])
+    with ProbeCapture(cnn, probes, detach=False) as capture:
+        cnn(images)
+        feature = capture.pop()["conv1"]
+    feature.sum().backward()
+    assert cnn.conv1.weight.grad is not None and cnn.conv1.weight.grad.abs().sum() > 0
+    assert cnn.head.weight.grad is None
+
+
+def test_detach_mode_has_no_graph(cnn, images):
+    probes = select_probes(cnn, images[:1], ["conv1"])
+    with ProbeCapture(cnn, probes) as capture:
+        cnn(images)
+        assert not capture.pop()["conv1"].requires_grad
+
+
+def test_capture_rejects_unknown_module(cnn, images):
+    from lsa_train.analysis import Probe
+
+    with pytest.raises(ValueError, match="'ghost'"):
+        ProbeCapture(cnn, [Probe(name="ghost", module_name="ghost", call=1, index=0)])

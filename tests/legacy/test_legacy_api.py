@@ -1,0 +1,139 @@
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+from lsa_train.legacy import LayerSustainabilityAnalysis, legacy_probe_modules
+
+
+class NestedCNN(nn.Module):
+    """ReLU/LeakyReLU inside nested Sequentials, plus a top-level activation module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()),
+            nn.Conv2d(8, 8, 3),
+            nn.LeakyReLU(0.1),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MixedCNN(NestedCNN):
+    """A non-iterable top-level child sends the original into its fallback branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def mlp_a() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(2, 100), nn.ELU(), nn.Linear(100, 100), nn.ELU(), nn.Linear(100, 100), nn.ELU(), nn.Linear(100, 2)
+    )
+
+
+CASES = {
+    "mlp_elu": (mlp_a, (32, 2)),
+    "nested_cnn": (NestedCNN, (16, 3, 16, 16)),
+    "mixed_cnn": (MixedCNN, (16, 3, 16, 16)),
+}
+
+
+def build(case: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    make, shape = CASES[case]
+    torch.manual_seed(0)
+    model = make()
+    clean = torch.rand(shape)
+    perturbed = (clean + 0.05 * torch.randn(shape)).clamp(0, 1)
+    return model, clean, perturbed
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_numbers_as_original_package(case):
+    original_pkg = pytest.importorskip(
+        "LayerSustainabilityAnalysis", reason="LayersSustainabilityAnalysis==1.0.4 (dev extra) is not installed"
+    )
+    model, clean, perturbed = build(case)
+    ours = LayerSustainabilityAnalysis(pretrained_model=model).representation_comparisons(
+        img_clean=clean, img_perturbed=perturbed, measure="relative-error", verbose=False
+    )
+    reference_model, _, _ = build(case)
+    theirs = original_pkg.LayerSustainabilityAnalysis(pretrained_model=reference_model).representation_comparisons(
+        img_clean=clean, img_perturbed=perturbed, verbose=False
+    )
+    assert len(ours) == len(theirs) > 0
+    assert ours == pytest.approx([float(v) for v in theirs], rel=1e-5)
+
+
+def test_fallback_branch_hooks_modules_twice_like_the_original():
+    model = MixedCNN()
+    names = [m._get_name() for m in legacy_probe_modules(model, ["ReLU", "ELU", "LeakyReLU"])]
+    # direct children of features and classifier (the nested ReLU is skipped), then, at the
+    # non-iterable `act`, the fallback pass over every module: LeakyReLU and ReLU a second time
+    assert names == ["LeakyReLU", "ReLU", "ReLU", "LeakyReLU", "ReLU", "ELU"]
+
+
+def test_representation_tensors_in_forward_order():
+    model, clean, _ = build("nested_cnn")
+    lsa = LayerSustainabilityAnalysis(pretrained_model=model)
+    tensors = lsa.representation_tensors(clean, verbose=False)
+    assert [tuple(t.shape) for t in tensors] == [(16, 8, 12, 12), (16, 16)]
+    assert not model.training
+
+
+def test_thirty_calls_leave_no_hooks_and_no_growth():
+    model, clean, perturbed = build("nested_cnn")
+    lsa = LayerSustainabilityAnalysis(pretrained_model=model)
+    first = lsa.representation_comparisons(clean, perturbed, verbose=False)
+    gc.collect()
+    tensors_before = sum(type(o) in (torch.Tensor, nn.Parameter) for o in gc.get_objects())
+    for _ in range(30):
+        assert lsa.representation_comparisons(clean, perturbed, verbose=False) == first
+    gc.collect()
+    tensors_after = sum(type(o) in (torch.Tensor, nn.Parameter) for o in gc.get_objects())
+    assert hook_count(model) == 0
+    assert tensors_after <= tensors_before
+
+
+def test_selected_probs_is_editable():
+    model, clean, perturbed = build("nested_cnn")
+    lsa = LayerSustainabilityAnalysis(pretrained_model=model)
+    lsa.selected_probs = ["MaxPool2d"]
+    assert len(lsa.representation_comparisons(clean, perturbed, verbose=False)) == 1
+
+
+def test_shape_mismatch_is_a_clear_error():
+    model, clean, _ = build("mlp_elu")
+    with pytest.raises(ValueError, match="differ in shape"):
+        LayerSustainabilityAnalysis(model).representation_comparisons(clean, clean[:3], verbose=False)
+
+
+def test_plot_helper_saves_png(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    path = tmp_path / "legacy.png"
+    LayerSustainabilityAnalysis.plot_representation_cm(lst_comparison_measures=[0.1, 0.5, 0.2], save_img=path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_works_on_cuda_tensors():
+    model, clean, perturbed = build("mlp_elu")
+    model = model.cuda()
+    lsa = LayerSustainabilityAnalysis(model)
+    values = lsa.representation_comparisons(clean.cuda(), perturbed.cuda(), verbose=False)
+    assert len(values) == 3
