@@ -1,0 +1,17 @@
+"""LightningDataModules yielding inputs in ``[0, 1]`` (normalization statistics exposed for the model)."""
+
+from lsa_train.data.base import LSADataModule
+from lsa_train.data.digits import DigitsDataModule
+from lsa_train.data.moons import MoonsDataModule
+from lsa_train.data.registry import DATAMODULE_NAMES, create_datamodule
+from lsa_train.data.torchvision_data import DATASETS, TorchvisionDataModule
+
+__all__ = [
+    "DATAMODULE_NAMES",
+    "DATASETS",
+    "DigitsDataModule",
+    "LSADataModule",
+    "MoonsDataModule",
+    "TorchvisionDataModule",
+    "create_datamodule",
+]

@@ -1,0 +1,180 @@
+"""Common base of the LightningDataModules: split bookkeeping, loaders, analysis subset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class LSADataModule(L.LightningDataModule):
+    """Base datamodule with train/val/test splits of inputs in ``[0, 1]``.
+
+    Subclasses set the class facts in ``__init__`` (they are known before :meth:`setup`) and
+    implement :meth:`_build_splits`.
+
+    Attributes:
+        name: Dataset name, e.g. ``"cifar10"``.
+        num_classes: Number of classes ``K``; labels are int64 in ``[0, K)``.
+        input_shape: Per-sample input shape: ``(D,)`` for vectors, ``(C, H, W)`` for images.
+        mean: Per-channel mean of the inputs for the model's normalization layer, or ``None``.
+        std: Per-channel standard deviation, or ``None`` (then the model takes raw ``[0, 1]`` inputs).
+        train_set, val_set, test_set: The splits, available after :meth:`setup`.
+
+    Args:
+        batch_size: Training batch size.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        pin_memory: Passed to the DataLoaders.
+        persistent_workers: Keep workers alive between epochs; only effective if ``num_workers > 0``.
+        val_fraction: Fraction of the training pool held out for validation, in ``(0, 1)``;
+            the split is seeded by ``seed`` (validation size ``ceil(val_fraction * pool)``).
+        seed: Seed of the splits, of the training shuffle order and of :meth:`analysis_subset`.
+        eval_batch_size: Batch size of the validation/test loaders (default: ``batch_size``).
+        drop_last: Drop the last incomplete training batch.
+
+    Raises:
+        ValueError: A bad argument (one line, naming the value).
+    """
+
+    name: str = ""
+    num_classes: int
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_fraction: float = 0.1,
+        seed: int = 313,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive_int("eval_batch_size", eval_batch_size)
+        if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self._train_generator: torch.Generator | None = None
+
+    # -- splits ---------------------------------------------------------------------------
+    def _build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Returns ``(train, val, test)`` datasets of ``(x, y)`` pairs; ``x`` float32 in ``[0, 1]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _build_splits")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds all three splits once (later calls, for any stage, are no-ops).
+
+        Raises:
+            ValueError: ``drop_last=True`` with a batch larger than the training set.
+        """
+        if self.train_set is not None:
+            return
+        train, val, test = self._build_splits()
+        n_train = len(train)  # type: ignore[arg-type]
+        if self.drop_last and self.batch_size > n_train:
+            raise ValueError(
+                f"batch_size {self.batch_size} larger than the training set ({n_train} samples) "
+                "with drop_last=True would give no batches"
+            )
+        self.train_set, self.val_set, self.test_set = train, val, test
+        self._train_generator = torch.Generator().manual_seed(self.seed)
+
+    def _require_setup(self) -> None:
+        if self.train_set is None:
+            self.setup()
+
+    # -- loaders --------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
+        assert dataset is not None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=self.drop_last if train else False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            generator=self._train_generator if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches ``(x, y)``; the order is seeded by ``seed``."""
+        self._require_setup()
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order, no augmentation."""
+        self._require_setup()
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in a fixed order, no augmentation."""
+        self._require_setup()
+        return self._loader(self.test_set, train=False)
+
+    # -- helpers for the rest of the toolkit ------------------------------------------------
+    def analysis_subset(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed, seeded subset of ``n`` validation samples (no augmentation), as tensors.
+
+        The selection depends only on ``seed`` and the validation split; a smaller ``n`` gives a
+        prefix of a larger one.
+
+        Args:
+            n: Number of samples, ``1 <= n <= len(val_set)``.
+
+        Returns:
+            ``x`` float32 ``(n, *input_shape)`` in ``[0, 1]`` and ``y`` int64 ``(n,)``.
+        """
+        self._require_setup()
+        assert self.val_set is not None
+        n_val = len(self.val_set)  # type: ignore[arg-type]
+        if isinstance(n, bool) or int(n) != n or not 1 <= n <= n_val:
+            raise ValueError(f"analysis_subset needs 1 <= n <= {n_val} (validation set size), got {n!r}")
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        indices = torch.randperm(n_val, generator=generator)[: int(n)].tolist()
+        pairs = [self.val_set[i] for i in indices]
+        x = torch.stack([torch.as_tensor(item[0], dtype=torch.float32) for item in pairs])
+        y = torch.as_tensor([int(item[1]) for item in pairs], dtype=torch.int64)
+        return x, y
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`lsa_train.models.create_model` matching this data.
+
+        Returns:
+            ``num_classes``, ``in_channels``, ``input_size`` (``(H, W)``; ``None`` for vectors,
+            whose length ``D`` is then passed as ``in_channels``), ``mean`` and ``std``.
+        """
+        vector = len(self.input_shape) == 1
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.input_shape[0],
+            "input_size": None if vector else tuple(self.input_shape[1:]),
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -1,0 +1,33 @@
+"""``create_datamodule(name, **kwargs)``: one entry point for every supported dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lsa_train.data.base import LSADataModule
+from lsa_train.data.digits import DigitsDataModule
+from lsa_train.data.moons import MoonsDataModule
+from lsa_train.data.torchvision_data import DATASETS, TorchvisionDataModule
+
+#: Names accepted by :func:`create_datamodule`.
+DATAMODULE_NAMES: tuple[str, ...] = ("moons", "digits", *DATASETS)
+
+
+def create_datamodule(name: str, **kwargs: Any) -> LSADataModule:
+    """Builds the datamodule for ``name``.
+
+    Args:
+        name: ``moons``, ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` or ``svhn``.
+        **kwargs: Arguments of :class:`MoonsDataModule`, :class:`DigitsDataModule` or
+            :class:`TorchvisionDataModule` (plus the common ones of ``LSADataModule``).
+
+    Raises:
+        ValueError: Unknown name (one line listing the choices).
+    """
+    if name == "moons":
+        return MoonsDataModule(**kwargs)
+    if name == "digits":
+        return DigitsDataModule(**kwargs)
+    if name in DATASETS:
+        return TorchvisionDataModule(name, **kwargs)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATAMODULE_NAMES)}")

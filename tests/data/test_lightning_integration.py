@@ -1,0 +1,68 @@
+"""The datamodules plug into a Lightning ``Trainer`` and into ``create_model``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lsa_train.data import DigitsDataModule, LSADataModule, MoonsDataModule
+from lsa_train.models import create_model
+
+
+class _Classifier(L.LightningModule):
+    def __init__(self, dm: LSADataModule, name: str) -> None:
+        super().__init__()
+        self.net = create_model(name, **dm.model_kwargs())
+        self.seen: dict[str, int] = {"train": 0, "val": 0, "test": 0}
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        self.seen[stage] += len(y)
+        return F.cross_entropy(self.net(x), y)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _trainer(tmp_path: Path) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+
+
+def test_fit_and_test_on_moons(tmp_path: Path) -> None:
+    dm = MoonsDataModule(n_samples=400, n_test=100, batch_size=32)
+    module = _Classifier(dm, "mlp_a")
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert module.seen == {"train": 96, "val": 80, "test": 100}
+
+
+def test_fit_on_digits_with_normalization_inside_the_model(tmp_path: Path) -> None:
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=360)
+    module = _Classifier(dm, "cnn_b")
+    assert type(module.net).__name__ == "NormalizedModel"
+    _trainer(tmp_path).fit(module, datamodule=dm)
+    assert module.seen["train"] == 192 and module.seen["val"] == 360
