@@ -28,6 +28,9 @@ _LAZY = {
     "create_model": "lsa_train.models",
     "list_models": "lsa_train.models",
     "create_datamodule": "lsa_train.data",
+    "LSARegularizedModule": "lsa_train.training",
+    "LayerwiseRegularizer": "lsa_train.training",
+    "MVLRefreshCallback": "lsa_train.training",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -22,6 +22,10 @@ from torch.utils.hooks import RemovableHandle
 from lsa_train.analysis.probes import Probe
 
 
+class CaptureComplete(Exception):
+    """Raised from a hook to end a forward early once every probe has been recorded."""
+
+
 class ProbeCapture:
     """Context manager that stores the outputs of the given probes on each forward.
 
@@ -59,6 +63,7 @@ class ProbeCapture:
         self._outputs: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._pause_depth = 0
+        self._stop_when_complete = False
         self._call_counts: dict[str, int] = {}
         modules = dict(model.named_modules())
         self._wanted: dict[str, dict[int, str]] = {}
@@ -125,6 +130,22 @@ class ProbeCapture:
         self._outputs.clear()
         return result
 
+    def forward_until_captured(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Runs ``model(*inputs)`` only as far as the last probe, and returns :meth:`pop`.
+
+        The forward is cut short once every probe has recorded (the layers after the deepest
+        probe never run), which saves their compute and memory when only the
+        representations are needed, e.g. the clean branch of the LSA regularizer.
+        """
+        self._stop_when_complete = True
+        try:
+            self.model(*inputs)
+        except CaptureComplete:
+            pass
+        finally:
+            self._stop_when_complete = False
+        return self.pop()
+
     # -- hooks ----------------------------------------------------------------------------
     def _reset_counts(self, _module: nn.Module, _inputs: object) -> None:
         self._call_counts.clear()
@@ -143,5 +164,7 @@ class ProbeCapture:
             if self.detach:
                 tensor = tensor.detach()
             self._outputs[wanted[call]] = self.reduce(tensor) if self.reduce is not None else tensor.clone()
+            if self._stop_when_complete and len(self._outputs) == len(self.probes):
+                raise CaptureComplete
 
         return hook

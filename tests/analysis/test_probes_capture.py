@@ -148,3 +148,15 @@ def test_capture_rejects_unknown_module(cnn, images):
 
     with pytest.raises(ValueError, match="'ghost'"):
         ProbeCapture(cnn, [Probe(name="ghost", module_name="ghost", call=1, index=0)])
+
+
+def test_forward_until_captured_skips_later_layers(cnn, images):
+    probes = select_probes(cnn, images[:1], ["conv1"])
+    reached_head = []
+    cnn.head.register_forward_hook(lambda *args: reached_head.append(True))
+    with ProbeCapture(cnn, probes) as capture:
+        out = capture.forward_until_captured(images)
+        assert torch.allclose(out["conv1"], cnn.conv1(images))
+        assert reached_head == []
+        cnn(images)  # a normal forward afterwards runs to the end
+        assert reached_head == [True]

@@ -1,0 +1,17 @@
+"""Lightning training: the AT-LR module, its regularizer and losses, and the MVL callback."""
+
+from lsa_train.training.callbacks import MVLRefreshCallback
+from lsa_train.training.losses import BASE_LOSSES, base_loss, trades_kl
+from lsa_train.training.module import PAPER_EPS_GRID, LSARegularizedModule, NonFiniteLossError
+from lsa_train.training.regularizer import LayerwiseRegularizer
+
+__all__ = [
+    "BASE_LOSSES",
+    "PAPER_EPS_GRID",
+    "LSARegularizedModule",
+    "LayerwiseRegularizer",
+    "MVLRefreshCallback",
+    "NonFiniteLossError",
+    "base_loss",
+    "trades_kl",
+]

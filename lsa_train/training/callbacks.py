@@ -1,0 +1,201 @@
+"""``MVLRefreshCallback``: re-runs the layer sustainability analysis during training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from lsa_train.analysis.analyze import compute_cm
+from lsa_train.analysis.measures import canonical_measure_name
+from lsa_train.analysis.mvl import check_mvl_rule, select_mvl
+from lsa_train.analysis.plots import plot_layer_curves
+from lsa_train.analysis.results import LSAResult
+from lsa_train.attacks import create_attack
+from lsa_train.training.module import LSARegularizedModule
+
+
+class MVLRefreshCallback(Callback):
+    """Re-picks the Most Vulnerable Layers every ``every_n_epochs`` epochs.
+
+    On a fixed held-out subset it perturbs the inputs (PGD by default, at the training
+    attack's eps), computes the CM matrix over the module's candidate probes, picks the MVL
+    by ``eta`` (Algorithm 1), ``top_k`` or a ``fixed`` list, and hands it to the module.
+    It runs once at the start of fitting (when the module has no MVL yet) and after every
+    ``every_n_epochs``-th training epoch. Under DDP rank 0's choice is broadcast, so every
+    rank regularizes the same probes.
+
+    Args:
+        every_n_epochs: Refresh period in epochs (>= 1).
+        num_samples: Size of the held-out analysis subset.
+        perturbation: Attack name from :mod:`lsa_train.attacks` used to perturb.
+        eps: Perturbation budget; default: the module's training attack eps.
+        eta: Algorithm 1 cut-off (ignored if ``top_k`` or ``fixed`` is given).
+        top_k: Keep the ``k`` most vulnerable probes.
+        fixed: A fixed MVL (indices or names); the analysis still runs and is logged.
+        measure: Comparison measure for the analysis.
+        plot: Write the per-layer figure of every refresh into ``dirpath``.
+        dirpath: Where figures and CSVs go; default ``<trainer.log_dir or default_root_dir>/lsa``.
+        attack_kwargs: Extra arguments for the perturbation attack (e.g. ``steps``).
+
+    Raises:
+        ValueError: Invalid period, sample count or MVL rule, at construction.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_samples: int = 256,
+        perturbation: str = "pgd",
+        eps: float | None = None,
+        eta: float | None = 1.0,
+        top_k: int | None = None,
+        fixed: Sequence[int | str] | None = None,
+        measure: str = "relative_error",
+        plot: bool = True,
+        dirpath: str | Path | None = None,
+        attack_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if int(every_n_epochs) != every_n_epochs or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs}")
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
+        check_mvl_rule(None if top_k is not None else eta, top_k)
+        self.every_n_epochs = int(every_n_epochs)
+        self.num_samples = int(num_samples)
+        self.perturbation = perturbation
+        self.eps = eps
+        self.eta = eta
+        self.top_k = top_k
+        self.fixed = list(fixed) if fixed is not None else None
+        self.measure = canonical_measure_name(measure)
+        self.plot = plot
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.attack_kwargs = dict(attack_kwargs or {})
+        create_attack(perturbation, eps=eps if eps is not None else 0.0, **self.attack_kwargs)  # validate early
+        self.current_mvl: list[str] = []
+        self.history: list[dict[str, Any]] = []
+        self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        module = self._check_module(pl_module)
+        if self.current_mvl:  # restored from a checkpoint
+            module.set_mvl(self.current_mvl)
+        elif not module.mvl or self.fixed is not None:
+            self.refresh(trainer, module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.refresh(trainer, self._check_module(pl_module))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"current_mvl": list(self.current_mvl), "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.current_mvl = list(state_dict.get("current_mvl", []))
+        self.history = list(state_dict.get("history", []))
+
+    # -- the refresh ---------------------------------------------------------------------------
+    def refresh(self, trainer: L.Trainer, module: LSARegularizedModule) -> LSAResult:
+        """Runs the analysis now, sets the module's MVL and logs it; returns the result."""
+        x, y = self._analysis_subset(trainer, module)
+        probes = module.ensure_probes(x)
+        eps = self.eps if self.eps is not None else module.attack.eps
+        attack = create_attack(self.perturbation, eps=eps, **self.attack_kwargs)
+        with torch.enable_grad():
+            x_adv = attack(module.model, x, y)
+        cm = compute_cm(module.model, probes, x, x_adv, measure=self.measure)
+        cm = trainer.strategy.broadcast(cm, src=0)  # under DDP every rank uses rank 0's analysis
+        if self.fixed is not None:
+            module.set_mvl(self.fixed)  # validates indices and names against the model's probes
+            by_name = {p.name: p.index for p in probes}
+            mvl = [by_name[name] for name in module.mvl]
+        else:
+            mvl = select_mvl(cm, eta=self.eta, top_k=self.top_k)
+        result = LSAResult(
+            probe_names=[p.name for p in probes],
+            cm=cm,
+            mvl=mvl,
+            measure=self.measure,
+            perturbation=self.perturbation,
+            eta=self.eta if self.top_k is None else None,
+            top_k=self.top_k,
+            metadata={"epoch": trainer.current_epoch, "eps": eps},
+        )
+        module.set_mvl(result.mvl_names)
+        self.current_mvl = module.mvl
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "mvl": list(self.current_mvl),
+                "probe_means": result.probe_means.tolist(),
+            }
+        )
+        self._report(trainer, module, result)
+        return result
+
+    def _report(self, trainer: L.Trainer, module: LSARegularizedModule, result: LSAResult) -> None:
+        metrics = {"lsa/mvl_size": float(len(result.mvl)), "lsa/mu": result.mu, "lsa/sigma": result.sigma}
+        metrics.update({f"lsa/cm/{n}": float(v) for n, v in zip(result.probe_names, result.probe_means.tolist())})
+        if trainer.loggers:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        rank_zero_info(f"[LSA] epoch {trainer.current_epoch}: MVL = {result.mvl_names}")
+        out = self._dirpath(trainer)  # every rank: trainer.log_dir is a collective call under DDP
+        if not trainer.is_global_zero:
+            return
+        tag = f"{len(self.history):03d}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}"
+        result.to_csv(out / f"lsa_{tag}.csv")
+        if self.plot:
+            plot_layer_curves(
+                {self.perturbation: result},
+                out / f"lsa_{tag}.png",
+                title=f"LSA at epoch {trainer.current_epoch} (eps={result.metadata['eps']:g})",
+            )
+
+    def _dirpath(self, trainer: L.Trainer) -> Path:
+        if self.dirpath is not None:
+            return self.dirpath
+        return Path(trainer.log_dir or trainer.default_root_dir) / "lsa"
+
+    def _analysis_subset(self, trainer: L.Trainer, module: LSARegularizedModule) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed held-out subset: the datamodule's ``analysis_subset`` or the first val batches."""
+        if self._subset is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            if datamodule is not None and hasattr(datamodule, "analysis_subset"):
+                available = len(getattr(datamodule, "val_set", None) or []) or self.num_samples
+                x, y = datamodule.analysis_subset(min(self.num_samples, available))
+            else:
+                x, y = _first_samples(trainer, self.num_samples)
+            self._subset = (x, y)
+        x, y = self._subset
+        return x.to(module.device), y.to(module.device)
+
+    @staticmethod
+    def _check_module(pl_module: L.LightningModule) -> LSARegularizedModule:
+        if not isinstance(pl_module, LSARegularizedModule):
+            raise TypeError(f"MVLRefreshCallback needs an LSARegularizedModule, got {type(pl_module).__name__}")
+        return pl_module
+
+
+def _first_samples(trainer: L.Trainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loaders = trainer.val_dataloaders if trainer.val_dataloaders is not None else trainer.train_dataloader
+    if loaders is None:
+        trainer.fit_loop.setup_data()
+        loaders = trainer.train_dataloader
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    xs, ys, count = [], [], 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if count >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]

@@ -1,0 +1,50 @@
+"""Two-process CPU (gloo) DDP run of AT-LR; each rank writes its final MVL and weights.
+
+Run by ``test_callback.py`` in a subprocess: ``python ddp_script.py OUT_DIR``. Lightning's
+``ddp`` strategy re-launches this script for rank 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import model_a, moons_tensors
+
+from lsa_train.attacks import PGD
+from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
+
+
+def main(out: Path) -> None:
+    L.seed_everything(313, workers=True)
+    x, y = moons_tensors(256)
+    train = DataLoader(TensorDataset(x[:192], y[:192]), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(x[192:], y[192:]), batch_size=32)
+    module = LSARegularizedModule(model_a(16), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.5))
+    callback = MVLRefreshCallback(num_samples=48, eta=0.0, plot=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], default_root_dir=out,
+    )
+    trainer.fit(module, train, val)
+    weights = [round(float(p.double().sum()), 10) for p in module.model.parameters()]
+    result = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "mvl": module.mvl,
+        "history": callback.history,
+        "weights": weights,
+        "val_acc_clean": float(trainer.callback_metrics["val/acc_clean"]),
+    }
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(Path(sys.argv[1]))

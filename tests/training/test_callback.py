@@ -1,0 +1,113 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lsa_train.attacks import PGD
+from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
+
+
+def trainer_for(tmp_path, callbacks, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False, logger=False,
+        accelerator="cpu", callbacks=callbacks, **kwargs,
+    )
+
+
+def relu_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_refresh_follows_the_cm(tmp_path, loaders):
+    model = relu_mlp()
+    module = LSARegularizedModule(model, attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=32, top_k=1, measure="mse", plot=False, dirpath=tmp_path / "lsa")
+    trainer = trainer_for(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(module, *loaders)
+    with torch.no_grad():
+        model[2].weight.mul_(100.0)  # probe "3" now moves 10^4 times more in MSE
+    assert callback.refresh(trainer, module).mvl_names == ["3"]
+    assert module.mvl == ["3"]
+    with torch.no_grad():
+        model[2].weight.mul_(1e-4)  # and now 10^4 times less than at first
+    assert callback.refresh(trainer, module).mvl_names == ["1"]
+    assert module.mvl == ["1"]
+    assert [entry["mvl"] for entry in callback.history[-2:]] == [["3"], ["1"]]
+    assert len(list((tmp_path / "lsa").glob("*.csv"))) == len(callback.history)
+
+
+def test_callback_writes_figures_and_logs(tmp_path, loaders):
+    module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=32, eta=0.0)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False, max_epochs=2,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path), callbacks=[callback], enable_checkpointing=False,
+    )
+    trainer.fit(module, *loaders)
+    figures = sorted(Path(trainer.log_dir, "lsa").glob("*.png"))
+    assert len(figures) == 3  # fit start + two epoch ends
+    metrics = Path(trainer.log_dir, "metrics.csv").read_text()
+    assert "lsa/cm/1" in metrics and "lsa/mvl_size" in metrics
+    assert module.mvl == callback.current_mvl
+
+
+def test_fixed_mvl_is_validated(tmp_path, loaders):
+    module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(0.1))
+    trainer = trainer_for(tmp_path, [MVLRefreshCallback(num_samples=16, fixed=["nope"], plot=False)], max_epochs=1)
+    with pytest.raises(ValueError, match="MVL names probe 'nope', which the model lacks"):
+        trainer.fit(module, *loaders)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1, got 0"),
+        ({"num_samples": 0}, "num_samples must be an integer >= 1, got 0"),
+        ({"eta": -1.0}, "eta must be >= 0, got -1.0"),
+        ({"top_k": 0}, "top_k must be an integer >= 1, got 0"),
+        ({"perturbation": "cw"}, "unknown attack 'cw'"),
+        ({"measure": "l1"}, "unknown measure 'l1'"),
+    ],
+)
+def test_bad_callback_arguments(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        MVLRefreshCallback(**kwargs)
+
+
+def test_checkpoint_round_trip_keeps_the_mvl(tmp_path, loaders):
+    module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=32, top_k=1, plot=False)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer_for(tmp_path, [callback, checkpoint], max_epochs=1).fit(module, *loaders)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["lsa_train"]["mvl"] == module.mvl
+    callback_state = next(v for k, v in saved["callbacks"].items() if k.startswith("MVLRefreshCallback"))
+    assert callback_state["current_mvl"] == module.mvl and len(callback_state["history"]) == 2
+
+    restored = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.1))
+    new_callback = MVLRefreshCallback(num_samples=32, top_k=1, plot=False, every_n_epochs=5)
+    trainer = trainer_for(tmp_path, [new_callback], max_epochs=2, enable_checkpointing=False)
+    trainer.fit(restored, *loaders, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert restored.mvl == module.mvl
+    assert new_callback.history[:2] == callback_state["history"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree_on_mvl_and_weights(tmp_path):
+    script = Path(__file__).with_name("ddp_script.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["mvl"] == ranks[1]["mvl"] and ranks[0]["mvl"]
+    assert ranks[0]["history"] == ranks[1]["history"]  # same analysis numbers, not only the same choice
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["val_acc_clean"] == pytest.approx(ranks[1]["val_acc_clean"])

@@ -1,0 +1,299 @@
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lsa_train.analysis import ProbeCapture, select_probes
+from lsa_train.analysis.measures import relative_error
+from lsa_train.attacks import APGD, FGSMRS, PGD, NoAttack, TRADESAttack, create_attack
+from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, NonFiniteLossError
+
+# training_step is called directly in some tests, without a Trainer to log to
+pytestmark = pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`:UserWarning")
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def step_loss_and_grads(module: LSARegularizedModule, x, y, seed: int = 7):
+    torch.manual_seed(seed)
+    module.model.zero_grad(set_to_none=True)
+    loss = module.training_step((x, y), 0)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in module.model.parameters()]
+
+
+def test_gamma_zero_equals_plain_adversarial_training(mlp_a, moons):
+    x, y = moons[0][:32], moons[1][:32]
+    attack = PGD(eps=0.1, steps=3)
+    module = LSARegularizedModule(mlp_a, attack=attack, regularizer=LayerwiseRegularizer(gamma=0.0), mvl=[0, 2])
+    loss, grads = step_loss_and_grads(module, x, y)
+    torch.manual_seed(7)
+    mlp_a.zero_grad(set_to_none=True)
+    expected = F.cross_entropy(mlp_a(attack(mlp_a, x, y)), y)
+    expected.backward()
+    assert torch.equal(loss, expected.detach())
+    for got, want in zip(grads, (p.grad for p in mlp_a.parameters())):
+        assert torch.equal(got, want)
+
+
+def test_lr_term_adds_gamma_times_relative_error(mlp_a, moons):
+    x, y = moons[0][:32], moons[1][:32]
+    attack = PGD(eps=0.1, steps=3)
+    module = LSARegularizedModule(mlp_a, attack=attack, regularizer=LayerwiseRegularizer(gamma=[0.5, 2.0]), mvl=[0, 2])
+    loss, _ = step_loss_and_grads(module, x, y)
+    assert module.mvl == ["1", "5"]
+    torch.manual_seed(7)
+    x_adv = attack(mlp_a, x, y)
+    probes = select_probes(mlp_a, x[:1])
+    with ProbeCapture(mlp_a, [probes[0], probes[2]]) as capture:
+        mlp_a(x)
+        clean = capture.pop()
+        logits = mlp_a(x_adv)
+        adv = capture.pop()
+    expected = (
+        F.cross_entropy(logits, y)
+        + 0.5 * relative_error(clean["1"], adv["1"]).mean()
+        + 2.0 * relative_error(clean["5"], adv["5"]).mean()
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_lr_gradient_reaches_only_layers_below_the_probe(mlp_a, moons):
+    x, y = moons[0][:32], moons[1][:32]
+    x_adv = PGD(eps=0.1, steps=3)(mlp_a, x, y)
+    regularizer = LayerwiseRegularizer(gamma=1.0)
+    probes = select_probes(mlp_a, x[:1])
+    with ProbeCapture(mlp_a, [probes[1]], detach=False) as capture:
+        mlp_a(x)
+        clean = capture.pop()
+        mlp_a(x_adv)
+        adv = capture.pop()
+    term, per_probe = regularizer(clean, adv, ["3"])
+    grads = torch.autograd.grad(term, [mlp_a[0].weight, mlp_a[2].weight, mlp_a[4].weight], allow_unused=True)
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
+    assert grads[2] is None
+    assert per_probe["3"] > 0
+
+
+def test_stop_clean_grad_removes_the_clean_branch(mlp_a, moons):
+    x, y = moons[0][:16], moons[1][:16]
+    x_adv = PGD(eps=0.1, steps=2)(mlp_a, x, y)
+    clean_feat = mlp_a[:2](x)
+    adv_feat = mlp_a[:2](x_adv)
+    term, _ = LayerwiseRegularizer(1.0, stop_clean_grad=True)({"1": clean_feat}, {"1": adv_feat}, ["1"])
+    full, _ = LayerwiseRegularizer(1.0)({"1": clean_feat}, {"1": adv_feat}, ["1"])
+    assert term.item() == pytest.approx(full.item())
+    (g_stop,) = torch.autograd.grad(term, clean_feat, allow_unused=True)
+    (g_full,) = torch.autograd.grad(full, clean_feat)
+    assert g_stop is None and g_full.abs().sum() > 0
+
+
+def test_regularizer_is_finite_on_zero_representations():
+    clean = torch.zeros(4, 3, requires_grad=True)
+    adv = torch.zeros(4, 3, requires_grad=True)
+    term, _ = LayerwiseRegularizer(1.0)({"p": clean}, {"p": adv}, ["p"])
+    term.backward()
+    assert term.item() == 0.0 and torch.isfinite(clean.grad).all() and torch.isfinite(adv.grad).all()
+
+
+def test_no_hooks_while_the_attack_runs(mlp_a, moons):
+    seen: list[int] = []
+
+    class SpyAttack(PGD):
+        def perturb(self, model, images, labels):
+            seen.append(sum(len(m._forward_hooks) for m in model.modules()))
+            return super().perturb(model, images, labels)
+
+    module = LSARegularizedModule(
+        mlp_a, attack=SpyAttack(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(1.0), mvl=[1]
+    )
+    module.training_step((moons[0][:16], moons[1][:16]), 0)
+    assert seen == [0]
+    assert sum(len(m._forward_hooks) for m in mlp_a.modules()) == 0
+
+
+def test_only_mvl_probes_are_hooked(mlp_a, moons):
+    counts: list[int] = []
+    original_forward = mlp_a[6].forward
+
+    def spy(x):
+        counts.append(sum(len(m._forward_hooks) for m in mlp_a.modules()))
+        return original_forward(x)
+
+    mlp_a[6].forward = spy
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(1.0), mvl=[2])
+    module.training_step((moons[0][:8], moons[1][:8]), 0)
+    # probe discovery and the attack run hook-free; the clean forward stops after probe 2 and
+    # never reaches the head; the adversarial forward sees exactly one hook: probe 2's
+    assert counts == [0, 0, 1]
+
+
+def test_trades_reuses_the_clean_forward(mlp_a, moons):
+    calls = []
+    mlp_a.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    module = LSARegularizedModule(
+        mlp_a, attack=TRADESAttack(eps=0.1, steps=2), base_loss="trades", regularizer=LayerwiseRegularizer(1.0), mvl=[0]
+    )
+    module.ensure_probes(moons[0][:8])
+    calls.clear()
+    module.training_step((moons[0][:8], moons[1][:8]), 0)
+    # attack: 1 clean prediction + 2 steps; outer step: exactly one clean and one adversarial forward
+    assert len(calls) == 3 + 2
+
+
+def test_concat_mode_matches_separate_forwards(mlp_a, moons):
+    x, y = moons[0][:16], moons[1][:16]
+    kwargs = dict(attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.3), mvl=[1])
+    separate, _ = step_loss_and_grads(LSARegularizedModule(mlp_a, **kwargs), x, y)
+    joint, _ = step_loss_and_grads(LSARegularizedModule(mlp_a, concat_clean_adv=True, **kwargs), x, y)
+    assert joint.item() == pytest.approx(separate.item(), rel=1e-5)
+
+
+def test_concat_mode_refused_with_batchnorm():
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="concat_clean_adv=True would mix"):
+        LSARegularizedModule(model, attack=PGD(eps=0.1), regularizer=LayerwiseRegularizer(1.0), concat_clean_adv=True)
+
+
+ATTACK_CASES = [
+    ("normal", None),
+    ("ce", PGD(eps=0.1, steps=2)),
+    ("ce", FGSMRS(eps=0.1)),
+    ("ce", create_attack("fgsm", eps=0.1)),
+    ("ce", APGD(eps=0.1, steps=3)),
+    ("ce", PGD(eps=0.3, steps=2, norm="l2")),
+    ("trades", TRADESAttack(eps=0.1, steps=2)),
+]
+
+
+@pytest.mark.parametrize(
+    ("loss", "attack"), ATTACK_CASES, ids=[f"{loss}-{type(a).__name__}" for loss, a in ATTACK_CASES]
+)
+def test_fast_dev_run_with_each_attack_and_loss(tmp_path, mlp_a, loaders, loss, attack):
+    regularizer = None if attack is None else LayerwiseRegularizer(0.1)
+    module = LSARegularizedModule(mlp_a, attack=attack, base_loss=loss, regularizer=regularizer, mvl=[2])
+    trainer = quiet_trainer(tmp_path, fast_dev_run=True)
+    trainer.fit(module, *loaders)
+    assert trainer.state.finished
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    metrics = trainer.test(module, loaders[1], verbose=False)[0]
+    assert metrics["test/rg_score"] == pytest.approx(
+        100 * sum(metrics[f"test/acc_fgsm_{e:g}"] for e in (0, 0.1, 0.2, 0.3, 0.4, 0.5)), rel=1e-5
+    )
+
+
+def test_validation_reports_clean_and_pgd_accuracy(tmp_path, mlp_a, loaders):
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=2))
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
+    trainer.fit(module, *loaders)
+    metrics = trainer.callback_metrics
+    assert 0.5 < metrics["val/acc_clean"] <= 1.0
+    assert metrics["val/acc_pgd"] <= metrics["val/acc_clean"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"base_loss": "hinge"}, "unknown base loss 'hinge'; choose one of \\['ce', 'trades', 'normal'\\]"),
+        ({"attack": "pgd"}, "attack must be an lsa_train.attacks.Attack"),
+        ({"base_loss": "trades"}, "base_loss='trades' needs an attack"),
+        ({"regularizer": LayerwiseRegularizer(1.0)}, "needs an attack"),
+        ({"trades_beta": -1.0}, "trades_beta must be a finite number >= 0"),
+        ({"test_eps_grid": [0, -0.1]}, "test_eps_grid values must be finite and >= 0"),
+    ],
+)
+def test_bad_module_arguments(mlp_a, kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        LSARegularizedModule(mlp_a, **kwargs)
+
+
+def test_bad_regularizer_and_attack_arguments():
+    with pytest.raises(ValueError, match="gamma \\(lambda\\) must be a finite number >= 0, got -1"):
+        LayerwiseRegularizer(gamma=-1)
+    with pytest.raises(ValueError, match="unknown measure 'l9'"):
+        LayerwiseRegularizer(measure="l9")
+    with pytest.raises(ValueError, match="unknown attack 'cw'"):
+        create_attack("cw", eps=0.1)
+    with pytest.raises(ValueError, match="eps"):
+        PGD(eps=-0.1)
+    with pytest.raises(ValueError, match="steps"):
+        PGD(eps=0.1, steps=0)
+
+
+def test_mvl_errors_name_the_probe(mlp_a, moons):
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer([1.0, 2.0]))
+    module.ensure_probes(moons[0])
+    with pytest.raises(
+        ValueError, match="MVL names probe 'layer9', which the model lacks; probes are \\['1', '3', '5'\\]"
+    ):
+        module.set_mvl(["layer9"])
+    with pytest.raises(ValueError, match="MVL index 7 is out of range"):
+        module.set_mvl([7])
+    with pytest.raises(ValueError, match="gamma \\(lambda\\) has 2 values but the MVL has 1 probes"):
+        module.set_mvl([0])
+    module.set_mvl([0, "5"])
+    assert module.mvl == ["1", "5"]
+
+
+def test_empty_mvl_warns_or_fails_when_strict(mlp_a, moons):
+    batch = (moons[0][:8], moons[1][:8])
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(1.0), mvl=[])
+    with pytest.warns(UserWarning, match="the MVL is empty"):
+        loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    strict = LSARegularizedModule(
+        mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(1.0), mvl=[], strict_mvl=True
+    )
+    with pytest.raises(ValueError, match="MVL is empty"):
+        strict.training_step(batch, 0)
+
+
+def test_first_batch_checks(mlp_a, moons):
+    x, y = moons[0][:8], moons[1][:8]
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), num_classes=3)
+    with pytest.raises(ValueError, match="model outputs 2 logits but the data has num_classes=3"):
+        module.training_step((x, y), 0)
+    module = LSARegularizedModule(mlp_a, attack=NoAttack(eps=0.0))
+    with pytest.raises(ValueError, match="labels must lie in \\[0, 1\\]"):
+        module.training_step((x, y + 5), 0)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path, loaders):
+    class Exploding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            out = self.net(x)
+            return out * float("nan") if self.trainer_epoch >= 1 else out
+
+    model = Exploding()
+    model.trainer_epoch = 0
+    module = LSARegularizedModule(model, attack=NoAttack(eps=0.0), base_loss="normal")
+
+    class EpochFlag(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            model.trainer_epoch = trainer.current_epoch
+
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[EpochFlag(), checkpoint])
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss \\(nan\\) at global step 6 \\(epoch 1"):
+        trainer.fit(module, loaders[0])
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
