@@ -1,0 +1,150 @@
+"""Benchmark: training-step time and peak memory of normal training, FGSM-RS AT, PGD-10 AT,
+TRADES and PGD-10 AT-LR on the same model and batch, as ratios to PGD-10 AT.
+
+Each configuration trains for ``--steps`` steps with a Lightning ``Trainer`` in a fresh
+subprocess; the step time is the median over steps after ``--warmup`` (a callback times
+``on_train_batch_start`` to ``on_train_batch_end``, so the optimizer step is included).
+Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, else the growth of the peak RSS
+during ``fit``. Writes the ``train_step`` section of ``experiments/bench/RESULTS.md``.
+
+Usage:
+    python experiments/bench/train_step.py [--model cnn_b] [--batch 128] [--steps 30] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_report import write_section
+
+from lsa_train.attacks import FGSMRS, PGD, TRADESAttack
+from lsa_train.models import create_model
+from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule
+
+TARGET_TIME_RATIO = 1.12  # AT-LR / PGD-AT; the floor is 12/11 = 1.09 (one more forward/backward)
+TARGET_MEMORY_RATIO = 1.3
+EPS = 0.1
+
+CONFIGS = {
+    "normal": lambda: {"attack": None, "base_loss": "normal"},
+    "fgsm_rs_at": lambda: {"attack": FGSMRS(eps=EPS)},
+    "pgd10_at": lambda: {"attack": PGD(eps=EPS, alpha=EPS / 4, steps=10)},
+    "trades": lambda: {"attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades"},
+    "pgd10_at_lr": lambda: {
+        "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
+        "regularizer": LayerwiseRegularizer(gamma=0.1),
+        "mvl": [2],
+    },
+    "pgd10_at_lr_stopgrad": lambda: {
+        "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
+        "regularizer": LayerwiseRegularizer(gamma=0.1, stop_clean_grad=True),
+        "mvl": [2],
+    },
+}
+
+
+class StepTimer(L.Callback):
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync()
+        self.times.append(time.perf_counter() - self._start)
+
+
+def run_one(name: str, model_name: str, batch: int, steps: int, warmup: int, device: str) -> dict[str, float]:
+    torch.manual_seed(313)
+    shape = (1, 28, 28) if model_name == "cnn_b" else (3, 32, 32)
+    x = torch.rand(batch * 4, *shape)
+    y = torch.randint(0, 10, (batch * 4,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
+    model = create_model(model_name, num_classes=10, in_channels=shape[0], input_size=shape[1])
+    module = LSARegularizedModule(model, check_finite=False, **CONFIGS[name]())
+    timer = StepTimer(torch.device(device))
+    trainer = L.Trainer(
+        accelerator=device, devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], limit_val_batches=0,
+    )
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainer.fit(module, loader)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    return {"median_s": statistics.median(timer.times[warmup:]), "peak_mb": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cnn_b")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.config:
+        print(json.dumps(run_one(args.config, args.model, args.batch, args.steps, args.warmup, args.device)))
+        return
+    results: dict[str, dict[str, float]] = {}
+    for name in CONFIGS:
+        command = [sys.executable, __file__, "--config", name, "--model", args.model, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["pgd10_at"]
+    rows = "\n".join(
+        f"| {name} | {r['median_s'] * 1000:.1f} | {r['median_s'] / base['median_s']:.3f} | {r['peak_mb']:.0f} | "
+        f"{r['peak_mb'] / base['peak_mb']:.2f} |"
+        for name, r in results.items()
+    )
+    time_ratio = results["pgd10_at_lr"]["median_s"] / base["median_s"]
+    mem_ratio = results["pgd10_at_lr"]["peak_mb"] / base["peak_mb"]
+    time_met = "yes" if time_ratio <= TARGET_TIME_RATIO else "NO"
+    mem_met = "yes" if mem_ratio <= TARGET_MEMORY_RATIO else "NO"
+    memory_kind = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS growth during fit"
+    body = f"""## Training step: AT-LR vs the base methods ({args.device})
+
+Model `{args.model}`, batch {args.batch}, eps {EPS}, {args.steps} steps per configuration (median after
+{args.warmup} warm-up steps), each in a fresh process. AT-LR regularizes one MVL probe (index 2) with
+gamma 0.1. Memory: {memory_kind}.
+
+| configuration | ms / step | time / PGD-10 AT | peak MiB | memory / PGD-10 AT |
+|---|---:|---:|---:|---:|
+{rows}
+
+| target | value | bound | met |
+|---|---:|---:|:---:|
+| AT-LR / PGD-10 AT step time | {time_ratio:.3f} | <= {TARGET_TIME_RATIO} (floor 12/11 = 1.091) | {time_met} |
+| AT-LR / PGD-10 AT peak memory | {mem_ratio:.2f} | <= {TARGET_MEMORY_RATIO} | {mem_met} |
+"""
+    write_section(f"train_step_{args.device}", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""AutoAttack robust accuracy through the reference implementation (package ``pyautoattack``).
+
+AutoAttack (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690) runs an ensemble of
+parameter-free attacks (APGD-CE, APGD-T, FAB-T, Square for ``version="standard"``) one after
+the other on the samples still robust; a sample is robust only if it is classified correctly
+clean and under every attack.
+
+The reference package is optional: install it with ``pip install pyautoattack`` (or
+``pip install lsa_train[eval]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lsa_train.evaluation.utils import (
+    FlatToImage,
+    check_eps_value,
+    eval_mode,
+    frozen_parameters,
+    isolated_rng,
+    resolve_device,
+)
+
+logger = logging.getLogger(__name__)
+
+#: AutoAttack versions accepted by :func:`autoattack_accuracy`.
+AUTOATTACK_VERSIONS: tuple[str, ...] = ("standard", "plus", "rand", "custom")
+#: Attack names of the reference implementation (for ``version="custom"``).
+AUTOATTACK_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+#: Norm names of the reference implementation, by lower-case spelling.
+_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+#: The reference implementation's logger (its progress messages and its sanity-check warnings).
+_AA_LOGGER = "auto-attack"
+
+
+def _import_autoattack() -> type:
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as err:
+        raise ImportError(
+            "AutoAttack evaluation needs the reference implementation: pip install pyautoattack "
+            "(or pip install lsa_train[eval])"
+        ) from err
+    return AutoAttack
+
+
+class _WarningCollector(logging.Handler):
+    """Collects the messages of WARNING and above (pyautoattack's sanity checks)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+
+
+def _skipped_for_classes(attacks: Sequence[str], n_classes: int) -> dict[str, str]:
+    """Attacks whose loss needs more classes than the model has (the reference code would crash)."""
+    skipped: dict[str, str] = {}
+    if n_classes < 3 and "apgd-dlr" in attacks:
+        skipped["apgd-dlr"] = f"the DLR loss needs >= 3 classes, the model has {n_classes}"
+    if n_classes < 4 and "apgd-t" in attacks:
+        skipped["apgd-t"] = f"the targeted DLR loss needs >= 4 classes, the model has {n_classes}"
+    return skipped
+
+
+def _track_per_attack(adversary: Any, model: nn.Module, fooled: dict[str, int]) -> None:
+    """Wraps the reference attacks' ``perturb`` to count, per attack, the samples it fools.
+
+    AutoAttack runs each attack on the samples still robust, so ``fooled[name]`` is the number
+    of samples first broken by ``name``. One extra forward pass per attacked batch.
+    """
+
+    def name_of(kind: str, attack: Any) -> str:
+        if kind == "apgd":
+            return "apgd-ce" if attack.loss == "ce" else "apgd-dlr"
+        if kind == "fab":
+            return "fab-t" if attack.targeted else "fab"
+        return kind
+
+    def wrap(kind: str, attack: Any) -> None:
+        original: Callable[..., Tensor] = attack.perturb
+
+        def perturb(x: Tensor, y: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+            name = name_of(kind, attack)  # read before the call: the attack's settings are set by then
+            x_adv = original(x, y, *args, **kwargs)
+            if y is not None:
+                with torch.no_grad():
+                    broken = int((model(x_adv).argmax(dim=1) != y.to(x_adv.device)).sum().item())
+                fooled[name] = fooled.get(name, 0) + broken
+            return x_adv
+
+        attack.perturb = perturb
+
+    for kind, attr in (("apgd", "apgd"), ("apgd-t", "apgd_targeted"), ("fab", "fab"), ("square", "square")):
+        if hasattr(adversary, attr):
+            wrap(kind, getattr(adversary, attr))
+
+
+def autoattack_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    *,
+    attacks: Sequence[str] | None = None,
+    n_samples: int | None = None,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: torch.device | str | None = None,
+    square_queries: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Robust accuracy under AutoAttack (reference implementation ``pyautoattack``).
+
+    The model runs in eval mode with its parameters frozen (so FAB's ``backward`` leaves no
+    ``.grad``); modes, ``requires_grad`` flags and the global RNG state are restored afterwards
+    (the reference code reseeds the global RNG). Inputs that are not images ``(N, C, H, W)``
+    are presented to the attacks as ``(N, 1, 1, D)`` images (Square Attack needs that shape).
+
+    Models with fewer classes than an attack's loss needs get that attack skipped (listed in
+    ``"skipped"``) instead of crashing: APGD-DLR needs 3 classes, APGD-T 4. With fewer than 10
+    classes, APGD-T and FAB-T target the ``n_classes - 1`` other classes.
+
+    Args:
+        model: Classifier mapping ``x`` to logits ``(N, K)`` (logits, not probabilities).
+        x: Inputs ``(N, ...)`` in ``[0, 1]``; moved to ``device`` batch by batch.
+        y: Labels ``(N,)``, integer class indices.
+        eps: Radius of the threat model, in input units (e.g. ``8/255`` Linf on CIFAR-10).
+        norm: ``"Linf"``, ``"L2"`` or ``"L1"`` (case-insensitive). Default: ``"Linf"``.
+        version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square-5000), ``"plus"``, ``"rand"``
+            (APGD-CE/DLR with EOT, for randomized defenses) or ``"custom"`` (give ``attacks``).
+        attacks: The attacks to run for ``version="custom"``, a subset of
+            ``("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")``; e.g. ``["apgd-ce"]``
+            (APGD-CE, 100 iterations, 5 restarts). Must be ``None`` for the other versions.
+        n_samples: Evaluate the first ``n_samples`` samples only; ``None`` for all.
+        seed: Seed of the attacks' random starts. Default: ``0``.
+        batch_size: Batch size of the attacks. Default: ``250``.
+        device: Where the attacks run; default: the model's device.
+        square_queries: Overrides Square Attack's query budget (5000 in ``"standard"``).
+        verbose: Print pyautoattack's progress messages to stderr.
+
+    Returns:
+        A dict with ``"robust_accuracy"`` (fraction in ``[0, 1]``), ``"clean_accuracy"``,
+        ``"per_attack"`` (``{attack: robust accuracy after it}``, cumulative, in run order),
+        ``"attacks"`` (the attacks run), ``"skipped"`` (``{attack: reason}``), ``"warnings"``
+        (pyautoattack's sanity-check warnings, e.g. zero gradients), ``"n_samples"``, ``"eps"``,
+        ``"norm"``, ``"version"``, ``"seed"`` and ``"seconds"``.
+
+    Raises:
+        ImportError: If ``pyautoattack`` is not installed.
+        ValueError: On a bad argument (unknown version / norm / attack, shapes).
+    """
+    auto_attack_cls = _import_autoattack()
+    eps = check_eps_value("eps", eps)
+    norm_name = _NORMS.get(str(norm).lower())
+    if norm_name is None:
+        raise ValueError(f"norm must be one of 'Linf', 'L2', 'L1', got {norm!r}")
+    if version not in AUTOATTACK_VERSIONS:
+        raise ValueError(f"version must be one of {AUTOATTACK_VERSIONS}, got {version!r}")
+    if version == "custom":
+        if not attacks:
+            raise ValueError('version="custom" needs a non-empty list of attacks, e.g. attacks=["apgd-ce"]')
+        unknown = [a for a in attacks if a not in AUTOATTACK_ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown AutoAttack attacks {unknown}; choose from {AUTOATTACK_ATTACKS}")
+    elif attacks is not None:
+        raise ValueError(f'attacks can only be chosen with version="custom", got version={version!r}')
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError("x must be a tensor (N, ...) and y a tensor (N,) of class indices")
+    if n_samples is not None:
+        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
+            raise ValueError(f"n_samples must be None or an integer >= 1, got {n_samples!r}")
+        x, y = x[: int(n_samples)], y[: int(n_samples)]
+    if x.shape[0] == 0:
+        raise ValueError("no samples to evaluate")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
+    device = resolve_device(model, device)
+    x = x.detach().float()
+    y = y.detach().long()
+
+    attacked: nn.Module = model
+    sample_shape = tuple(x.shape[1:])
+    if x.ndim != 4:
+        attacked = FlatToImage(model, sample_shape)
+        x = FlatToImage.to_image(x)
+
+    aa_logger = logging.getLogger(_AA_LOGGER)
+    collector = _WarningCollector()
+    stream: logging.Handler | None = logging.StreamHandler() if verbose else None
+    previous_level, previous_propagate = aa_logger.level, aa_logger.propagate
+    previous_trace = sys.gettrace()  # pyautoattack's dynamic-defense check ends with sys.settrace(None)
+    fooled: dict[str, int] = {}
+    start = time.perf_counter()
+    with eval_mode(model), frozen_parameters(model), isolated_rng(device):
+        with torch.no_grad():
+            n_classes = int(attacked(x[:1].to(device)).shape[1])
+        adversary = auto_attack_cls(
+            attacked,
+            attacks=list(attacks) if version == "custom" and attacks is not None else None,
+            device=device,
+            eps=eps,
+            norm=norm_name,
+            seed=seed,
+            version=version,
+        )
+        skipped = _skipped_for_classes(adversary.attacks_to_run, n_classes)
+        adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a not in skipped]
+        adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, n_classes - 1)
+        adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, n_classes - 1)
+        if square_queries is not None:
+            adversary.square.n_queries = int(square_queries)
+        _track_per_attack(adversary, attacked, fooled)
+        aa_logger.addHandler(collector)
+        if stream is not None:
+            aa_logger.addHandler(stream)
+            aa_logger.setLevel(logging.DEBUG)
+        else:
+            aa_logger.propagate = False  # its warnings are collected and re-logged below, once
+        try:
+            if adversary.attacks_to_run:
+                x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+            else:
+                x_adv = x
+            robust, clean = 0, 0
+            with torch.no_grad():
+                for lo in range(0, x.shape[0], batch_size):
+                    xb = x[lo : lo + batch_size].to(device)
+                    yb = y[lo : lo + batch_size].to(device)
+                    xa = x_adv[lo : lo + batch_size].to(device)
+                    ok = attacked(xb).argmax(dim=1) == yb
+                    clean += int(ok.sum().item())
+                    robust += int((ok & (attacked(xa).argmax(dim=1) == yb)).sum().item())
+        finally:
+            aa_logger.removeHandler(collector)
+            if stream is not None:
+                aa_logger.removeHandler(stream)
+            aa_logger.setLevel(previous_level)
+            aa_logger.propagate = previous_propagate
+            sys.settrace(previous_trace)
+
+    n = int(x.shape[0])
+    per_attack: dict[str, float] = {}
+    remaining = clean
+    for name in adversary.attacks_to_run:  # an attack that never ran (nothing left to break) broke 0
+        remaining -= fooled.get(name, 0)
+        per_attack[name] = remaining / n
+    for message in collector.messages:
+        logger.warning("pyautoattack: %s", message)
+    return {
+        "robust_accuracy": robust / n,
+        "clean_accuracy": clean / n,
+        "per_attack": per_attack,
+        "attacks": list(adversary.attacks_to_run),
+        "skipped": skipped,
+        "warnings": list(collector.messages),
+        "n_samples": n,
+        "eps": eps,
+        "norm": norm_name,
+        "version": version,
+        "seed": seed,
+        "seconds": time.perf_counter() - start,
+    }

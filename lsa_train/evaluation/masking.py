@@ -1,0 +1,449 @@
+"""Gradient-masking checks: signs that gradient-based accuracies overstate robustness.
+
+A model can look robust to FGSM/PGD because its gradients are useless (zero, shattered,
+saturated or randomized) rather than because no adversarial example exists nearby
+(Athalye et al., ICML 2018, https://arxiv.org/abs/1802.00420; Carlini et al. 2019, "On
+Evaluating Adversarial Robustness", https://arxiv.org/abs/1902.06705). The checks here flag
+the classic symptoms, all in the Linf threat model on inputs in ``[0, 1]``:
+
+(a) iterative PGD is weaker than single-step FGSM at the same eps;
+(b) FGSM accuracy does not fall as eps grows (non-monotone, or barely below clean at the
+    largest eps);
+(c) a black-box, gradient-free attack (Square) beats white-box PGD;
+(d) PGD at a huge eps (``1.0`` covers the whole input box) leaves accuracy well above 0.
+
+Each message starts with ``"Possible gradient masking: "``. An empty list means no symptom was
+found, not that the evaluation is sound. Accuracies and tolerances are fractions in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lsa_train.attacks import PGD
+from lsa_train.evaluation.robustness import fgsm_sweep as run_fgsm_sweep
+from lsa_train.evaluation.robustness import pgd_accuracy
+from lsa_train.evaluation.utils import (
+    Batches,
+    FlatToImage,
+    check_eps_value,
+    check_tolerance,
+    eval_mode,
+    frozen_parameters,
+    isolated_rng,
+    iter_batches,
+    require_reiterable,
+    resolve_device,
+)
+
+#: Prefix of every warning produced by the checks.
+PREFIX = "Possible gradient masking: "
+#: Square Attack backends accepted by :func:`square_accuracy`.
+SQUARE_BACKENDS: tuple[str, ...] = ("auto", "torchattacks", "pyautoattack")
+
+
+def _pct(value: float) -> str:
+    return f"{100.0 * value:.2f}%"
+
+
+def _lookup(sweep: Mapping[float, float], eps: float) -> float | None:
+    for key, acc in sweep.items():
+        if abs(float(key) - eps) <= 1e-9:
+            return float(acc)
+    return None
+
+
+# -- checks on numbers ------------------------------------------------------------------------
+def check_pgd_vs_fgsm(fgsm_acc: float, pgd_acc: float, eps: float, tol: float = 0.02) -> list[str]:
+    """Check (a): PGD must not leave a higher accuracy than FGSM at the same eps.
+
+    PGD with a random start and many steps is a strictly stronger search than one FGSM step;
+    if it does worse, the loss surface is likely obfuscated (e.g. gradients that point the
+    right way only at ``x`` itself, or a random start that lands in a flat region).
+
+    Args:
+        fgsm_acc: FGSM accuracy at ``eps``.
+        pgd_acc: PGD accuracy at ``eps`` on the same samples.
+        eps: The Linf radius, for the message.
+        tol: Allowed excess of PGD over FGSM (fraction). Default: ``0.02`` (2 points).
+
+    Returns:
+        One warning, or an empty list.
+    """
+    tol = check_tolerance("tol", tol)
+    if pgd_acc > fgsm_acc + tol:
+        return [
+            f"{PREFIX}PGD accuracy {_pct(pgd_acc)} is higher than FGSM accuracy {_pct(fgsm_acc)} at eps={eps:g} "
+            f"(tolerance {_pct(tol)}): the iterative attack is weaker than a single gradient step."
+        ]
+    return []
+
+
+def check_fgsm_monotone(sweep: Mapping[float, float], tol: float = 0.02, clean_acc: float | None = None) -> list[str]:
+    """Check (b): FGSM accuracy must fall as eps grows.
+
+    Flags every rise between consecutive radii larger than ``tol``, and an accuracy at the
+    largest radius that is still within ``tol`` of the clean accuracy. The second test assumes
+    the grid reaches a radius at which an undefended-in-that-range model should lose accuracy
+    (the paper grid goes up to 0.5); it is skipped when the grid has only eps 0.
+
+    Args:
+        sweep: ``{eps: accuracy}`` from :func:`~lsa_train.evaluation.fgsm_sweep`.
+        tol: Tolerance in accuracy (fraction). Default: ``0.02``.
+        clean_acc: Clean accuracy; default: ``sweep[0]`` (if the grid has no 0, the smallest eps's
+            accuracy).
+
+    Returns:
+        The warnings (possibly empty).
+    """
+    tol = check_tolerance("tol", tol)
+    if not sweep:
+        return []
+    items = sorted((float(eps), float(acc)) for eps, acc in sweep.items())
+    messages: list[str] = []
+    for (eps_lo, acc_lo), (eps_hi, acc_hi) in itertools.pairwise(items):
+        if acc_hi > acc_lo + tol:
+            messages.append(
+                f"{PREFIX}FGSM accuracy rises from {_pct(acc_lo)} at eps={eps_lo:g} to {_pct(acc_hi)} at "
+                f"eps={eps_hi:g} (tolerance {_pct(tol)}): a larger perturbation should not help the model."
+            )
+    if clean_acc is None:
+        clean_acc = _lookup(sweep, 0.0)
+        if clean_acc is None:
+            clean_acc = items[0][1]
+    eps_max, acc_max = items[-1]
+    if eps_max > 0 and acc_max >= clean_acc - tol:
+        messages.append(
+            f"{PREFIX}FGSM accuracy at the largest eps={eps_max:g} is {_pct(acc_max)}, not below the clean accuracy "
+            f"{_pct(clean_acc)} by more than {_pct(tol)}: the FGSM gradient gives the attack no useful direction."
+        )
+    return messages
+
+
+def check_blackbox_vs_whitebox(
+    blackbox_acc: float,
+    whitebox_acc: float,
+    eps: float,
+    tol: float = 0.02,
+    blackbox: str = "Square (black-box)",
+    whitebox: str = "PGD",
+) -> list[str]:
+    """Check (c): a gradient-free attack must not beat a white-box gradient attack.
+
+    Args:
+        blackbox_acc: Accuracy under the black-box attack.
+        whitebox_acc: Accuracy under the white-box attack on the same samples.
+        eps: The Linf radius, for the message.
+        tol: Allowed excess of the white-box accuracy over the black-box one. Default: ``0.02``.
+        blackbox: Name of the black-box attack, for the message.
+        whitebox: Name of the white-box attack, for the message.
+
+    Returns:
+        One warning, or an empty list.
+    """
+    tol = check_tolerance("tol", tol)
+    if blackbox_acc < whitebox_acc - tol:
+        return [
+            f"{PREFIX}{blackbox} accuracy {_pct(blackbox_acc)} is lower than {whitebox} accuracy "
+            f"{_pct(whitebox_acc)} at eps={eps:g} (tolerance {_pct(tol)}): the gradients mislead the white-box attack."
+        ]
+    return []
+
+
+def check_large_eps(acc: float, eps: float, max_acc: float = 0.1) -> list[str]:
+    """Check (d): an attack with a huge budget must drive the accuracy to about 0.
+
+    At ``eps = 1`` on ``[0, 1]`` inputs the Linf ball is the whole input box, so every sample
+    can be moved anywhere; only a constant classifier keeps any accuracy.
+
+    Args:
+        acc: Accuracy under PGD at ``eps``.
+        eps: The (huge) radius.
+        max_acc: Highest accuracy that passes. Default: ``0.1``.
+
+    Returns:
+        One warning, or an empty list.
+    """
+    max_acc = check_tolerance("max_acc", max_acc)
+    if acc > max_acc:
+        return [
+            f"{PREFIX}PGD accuracy at the huge eps={eps:g} is {_pct(acc)} (expected about 0, threshold "
+            f"{_pct(max_acc)}): gradient steps cannot reach inputs an unbounded attacker trivially finds."
+        ]
+    return []
+
+
+# -- Square Attack ----------------------------------------------------------------------------
+def _square_attacker(
+    model: nn.Module,
+    eps: float,
+    n_queries: int,
+    p_init: float,
+    restarts: int,
+    seed: int,
+    device: torch.device,
+    backend: str,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``attack(x_img, y) -> x_adv_img`` for image-shaped inputs, from torchattacks or pyautoattack."""
+    if backend in ("auto", "torchattacks"):
+        try:
+            import torchattacks
+        except ImportError:
+            if backend == "torchattacks":
+                raise ImportError("Square Attack with backend='torchattacks' needs: pip install torchattacks") from None
+        else:
+            attack = torchattacks.Square(
+                model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=restarts, p_init=p_init, seed=seed
+            )
+            attack.set_device(device)
+            return attack
+    try:
+        from pyautoattack.square import SquareAttack
+    except ImportError:
+        raise ImportError(
+            "Square Attack needs torchattacks or pyautoattack: pip install torchattacks (or pyautoattack)"
+        ) from None
+    square = SquareAttack(
+        model, norm="Linf", n_queries=n_queries, eps=eps, p_init=p_init, n_restarts=restarts, seed=seed, device=device
+    )
+    return square.perturb
+
+
+@dataclass
+class PairedAccuracy:
+    """Accuracies of two attacks on the same samples.
+
+    Attributes:
+        blackbox: Accuracy under Square Attack.
+        whitebox: Accuracy under PGD.
+        blackbox_only: Fraction of samples broken by Square but not by PGD.
+        n_samples: Samples evaluated.
+    """
+
+    blackbox: float
+    whitebox: float
+    blackbox_only: float
+    n_samples: int
+
+
+def square_vs_pgd(
+    model: nn.Module,
+    batches: Batches,
+    eps: float,
+    *,
+    n_queries: int = 1000,
+    p_init: float = 0.8,
+    restarts: int = 1,
+    pgd_steps: int = 20,
+    pgd_alpha: float | None = None,
+    pgd_restarts: int = 1,
+    seed: int = 0,
+    backend: str = "auto",
+    device: torch.device | str | None = None,
+    max_samples: int | None = None,
+) -> PairedAccuracy:
+    """Linf Square Attack (black-box, margin loss) and PGD accuracies on the same samples.
+
+    Square Attack (Andriushchenko et al., ECCV 2020, https://arxiv.org/abs/1912.00049) only
+    queries the model's logits. Inputs that are not images ``(N, C, H, W)`` are attacked as
+    ``(N, 1, 1, D)`` images. The global RNG state is restored afterwards (the implementations
+    reseed it).
+
+    Args:
+        model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``.
+        batches: ``DataLoader`` or iterable of ``(x, y)`` batches; ``x`` in ``[0, 1]``.
+        eps: Linf radius in input units.
+        n_queries: Square Attack's query budget per sample and restart. Default: ``1000``.
+        p_init: Initial fraction of pixels changed per query. Default: ``0.8``.
+        restarts: Square Attack restarts. Default: ``1``.
+        pgd_steps: PGD steps. Default: ``20``.
+        pgd_alpha: PGD step size; ``None`` means ``eps / 4``.
+        pgd_restarts: PGD restarts. Default: ``1``.
+        seed: Seed of both attacks. Default: ``0``.
+        backend: ``"auto"`` (torchattacks if installed, else pyautoattack), ``"torchattacks"`` or
+            ``"pyautoattack"``.
+        device: Where to evaluate; default: the model's device.
+        max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
+
+    Returns:
+        A :class:`PairedAccuracy`.
+    """
+    eps = check_eps_value("eps", eps)
+    if backend not in SQUARE_BACKENDS:
+        raise ValueError(f"backend must be one of {SQUARE_BACKENDS}, got {backend!r}")
+    device = resolve_device(model, device)
+    pgd = PGD(eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed)
+    square_ok = pgd_ok = square_only = total = 0
+    attackers: dict[tuple[int, ...], tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]] = {}
+    with eval_mode(model), isolated_rng(device):
+        for x, y in iter_batches(batches, device, max_samples):
+            shape = tuple(x.shape[1:])
+            if shape not in attackers:
+                image_model = model if x.ndim == 4 else FlatToImage(model, shape)
+                attackers[shape] = (
+                    image_model,
+                    _square_attacker(image_model, eps, int(n_queries), p_init, restarts, seed, device, backend),
+                )
+            image_model, square = attackers[shape]
+            x_img = x if x.ndim == 4 else FlatToImage.to_image(x)
+            with frozen_parameters(model):
+                x_square = square(x_img, y).detach()
+            x_pgd = pgd(model, x, y)
+            with torch.no_grad():
+                sq = image_model(x_square).argmax(dim=1) == y
+                pg = model(x_pgd).argmax(dim=1) == y
+            square_ok += int(sq.sum().item())
+            pgd_ok += int(pg.sum().item())
+            square_only += int((~sq & pg).sum().item())
+            total += y.shape[0]
+    if total == 0:
+        raise ValueError("the data yielded no samples")
+    return PairedAccuracy(square_ok / total, pgd_ok / total, square_only / total, total)
+
+
+# -- all checks -------------------------------------------------------------------------------
+@dataclass
+class MaskingCheckResult:
+    """Outcome of :func:`run_masking_checks`.
+
+    Attributes:
+        warnings: Human-readable warnings, each starting with ``"Possible gradient masking: "``.
+        fgsm_sweep: The FGSM sweep used by checks (a) and (b).
+        pgd_accuracy: PGD accuracy at ``eps`` used by check (a).
+        square: Square vs PGD accuracies of check (c), or ``None`` if skipped.
+        large_eps_accuracy: PGD accuracy at the huge eps of check (d), or ``None`` if skipped.
+        settings: The parameters of the checks (eps, tolerances, budgets).
+    """
+
+    warnings: list[str]
+    fgsm_sweep: dict[float, float]
+    pgd_accuracy: float
+    square: PairedAccuracy | None = None
+    large_eps_accuracy: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def run_masking_checks(
+    model: nn.Module,
+    batches: Batches,
+    eps: float,
+    *,
+    fgsm_sweep: Mapping[float, float] | None = None,
+    pgd_acc: float | None = None,
+    tol: float = 0.02,
+    pgd_steps: int = 20,
+    pgd_alpha: float | None = None,
+    pgd_restarts: int = 1,
+    square_queries: int | None = 1000,
+    square_max_samples: int | None = 500,
+    large_eps: float | None = 1.0,
+    large_eps_max_acc: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    max_samples: int | None = None,
+) -> MaskingCheckResult:
+    """Runs the gradient-masking checks (a)-(d) and returns warnings plus the numbers behind them.
+
+    Args:
+        model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``.
+        batches: Re-iterable data (``DataLoader`` or list of ``(x, y)`` batches), ``x`` in ``[0, 1]``.
+        eps: The Linf radius of interest (input units).
+        fgsm_sweep: A precomputed FGSM sweep on the same samples (reused by (a) and (b)); computed
+            over ``(0, eps / 2, eps)`` if ``None``. If it lacks ``eps``, FGSM at ``eps`` is computed.
+        pgd_acc: A precomputed PGD accuracy at ``eps`` on the same samples; computed if ``None``.
+        tol: Tolerance of checks (a)-(c), a fraction. Default: ``0.02`` (2 points).
+        pgd_steps: PGD steps for everything computed here. Default: ``20``.
+        pgd_alpha: PGD step size at ``eps``; ``None`` means ``eps / 4`` (and ``large_eps / 4`` for (d)).
+        pgd_restarts: PGD restarts. Default: ``1``.
+        square_queries: Square Attack query budget for check (c); ``None`` skips (c).
+            Default: ``1000``.
+        square_max_samples: Check (c) uses at most this many samples (Square is costly);
+            ``None`` for all evaluated samples. Default: ``500``.
+        large_eps: Radius of check (d); ``None`` skips (d). Default: ``1.0`` (the whole ``[0, 1]`` box).
+        large_eps_max_acc: Highest accuracy at ``large_eps`` that passes (d). Default: ``0.1``.
+        seed: Seed of PGD and Square. Default: ``0``.
+        device: Where to evaluate; default: the model's device.
+        max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
+
+    Returns:
+        A :class:`MaskingCheckResult`; ``.warnings`` is empty when no check fired.
+    """
+    require_reiterable(batches, "run_masking_checks")
+    eps = check_eps_value("eps", eps)
+    tol = check_tolerance("tol", tol)
+    common: dict[str, Any] = {"device": device, "max_samples": max_samples}
+    sweep = dict(fgsm_sweep) if fgsm_sweep is not None else None
+    if sweep is None:
+        sweep = run_fgsm_sweep(model, batches, (0.0, eps / 2, eps), **common)
+    fgsm_at_eps = _lookup(sweep, eps)
+    if fgsm_at_eps is None:
+        fgsm_at_eps = run_fgsm_sweep(model, batches, (eps,), **common)[eps]
+    if pgd_acc is None:
+        pgd_acc = pgd_accuracy(
+            model, batches, eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common
+        )
+
+    warnings = check_pgd_vs_fgsm(fgsm_at_eps, pgd_acc, eps, tol)
+    warnings += check_fgsm_monotone(sweep, tol)
+
+    square: PairedAccuracy | None = None
+    if square_queries is not None and eps > 0:
+        limit = max_samples
+        if square_max_samples is not None:
+            limit = square_max_samples if limit is None else min(limit, square_max_samples)
+        square = square_vs_pgd(
+            model,
+            batches,
+            eps,
+            n_queries=square_queries,
+            pgd_steps=pgd_steps,
+            pgd_alpha=pgd_alpha,
+            pgd_restarts=pgd_restarts,
+            seed=seed,
+            device=device,
+            max_samples=limit,
+        )
+        warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
+
+    large_acc: float | None = None
+    if large_eps is not None:
+        large_eps = check_eps_value("large_eps", large_eps)
+        large_acc = pgd_accuracy(model, batches, large_eps, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common)
+        warnings += check_large_eps(large_acc, large_eps, large_eps_max_acc)
+
+    settings = {
+        "eps": eps,
+        "tol": tol,
+        "pgd_steps": pgd_steps,
+        "pgd_alpha": pgd_alpha,
+        "pgd_restarts": pgd_restarts,
+        "square_queries": square_queries,
+        "square_max_samples": square_max_samples,
+        "large_eps": large_eps,
+        "large_eps_max_acc": large_eps_max_acc,
+        "seed": seed,
+    }
+    return MaskingCheckResult(warnings, sweep, float(pgd_acc), square, large_acc, settings)
+
+
+def gradient_masking_checks(
+    model: nn.Module,
+    batches: Batches,
+    eps: float,
+    *,
+    fgsm_sweep: Mapping[float, float] | None = None,
+    pgd_acc: float | None = None,
+    **kwargs: Any,
+) -> list[str]:
+    """Gradient-masking warnings for ``model`` at Linf radius ``eps`` (empty list when none fired).
+
+    Shorthand for ``run_masking_checks(...).warnings``; see :func:`run_masking_checks` for the
+    checks and the keyword arguments (``tol``, ``square_queries``, ``large_eps``, ...).
+    """
+    return run_masking_checks(model, batches, eps, fgsm_sweep=fgsm_sweep, pgd_acc=pgd_acc, **kwargs).warnings

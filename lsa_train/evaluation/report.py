@@ -1,0 +1,241 @@
+"""The evaluation report: one dataclass, written as Markdown, JSON, CSV and an accuracy plot.
+
+Accuracies are stored as fractions in ``[0, 1]``; the Markdown shows percent. All files are
+written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsa_train.evaluation.plotting import plot_accuracy_vs_eps
+from lsa_train.evaluation.robustness import rg_score
+from lsa_train.utils.io import atomic_write_text
+
+#: Version of the JSON layout written by :meth:`EvaluationReport.to_json`.
+SCHEMA_VERSION = 1
+#: File names written by :meth:`EvaluationReport.write_all`, by key.
+REPORT_FILES: dict[str, str] = {
+    "markdown": "report.md",
+    "json": "metrics.json",
+    "csv": "metrics.csv",
+    "plot": "accuracy_vs_eps.png",
+}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}%"
+
+
+def _jsonable(value: Any) -> Any:
+    """Converts tuples, Paths and non-finite floats to JSON-safe values (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass
+class EvaluationReport:
+    """Robustness evaluation of one model.
+
+    Attributes:
+        clean_accuracy: Clean accuracy, fraction in ``[0, 1]``.
+        fgsm_sweep: FGSM ``{eps: accuracy}`` (Linf radii in input units).
+        pgd_accuracy: PGD accuracy at ``pgd_settings["eps"]``, or ``None`` if not run.
+        pgd_settings: PGD parameters (``eps``, ``alpha``, ``steps``, ``restarts``, ``norm``, ``seed``).
+        autoattack_accuracy: AutoAttack robust accuracy, or ``None`` if not run.
+        autoattack_settings: AutoAttack parameters and details (``eps``, ``norm``, ``version``,
+            ``attacks``, ``per_attack``, ``n_samples``, ...).
+        warnings: Warnings (gradient masking, unreliable evaluation), shown first in the Markdown.
+        model_name: Name of the model, for the header.
+        checkpoint: Path of the evaluated checkpoint.
+        n_samples: Number of evaluated samples.
+        other_metrics: Further named accuracies (e.g. ``"square_accuracy"``), fractions.
+        metadata: Free-form extra information (data set, seed, time, ...), JSON-serializable.
+    """
+
+    clean_accuracy: float
+    fgsm_sweep: dict[float, float]
+    pgd_accuracy: float | None = None
+    pgd_settings: dict[str, Any] = field(default_factory=dict)
+    autoattack_accuracy: float | None = None
+    autoattack_settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    model_name: str | None = None
+    checkpoint: str | None = None
+    n_samples: int | None = None
+    other_metrics: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def rg_score(self) -> float | None:
+        """The paper's R&G score (sum of the FGSM accuracies in percent), ``None`` without eps 0."""
+        try:
+            return rg_score(self.fgsm_sweep)
+        except ValueError:
+            return None
+
+    # -- serialization ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; the sweep becomes a list of ``{"eps", "accuracy"}`` records."""
+        data = asdict(self)
+        data["fgsm_sweep"] = [{"eps": float(e), "accuracy": float(a)} for e, a in self.fgsm_sweep.items()]
+        data["checkpoint"] = None if self.checkpoint is None else str(self.checkpoint)
+        return {"schema_version": SCHEMA_VERSION, "rg_score": self.rg_score, **_jsonable(data)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
+        """Inverse of :meth:`to_dict` (derived keys such as ``rg_score`` are ignored)."""
+        data = dict(data)
+        data.pop("schema_version", None)
+        data.pop("rg_score", None)
+        sweep = data.pop("fgsm_sweep", [])
+        data["fgsm_sweep"] = {float(r["eps"]): float(r["accuracy"]) for r in sweep}
+        return cls(**data)
+
+    def to_json(self, path: str | Path) -> Path:
+        """Writes :meth:`to_dict` as indented JSON, atomically. Returns the path."""
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        return atomic_write_text(path, text)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvaluationReport:
+        """Reads a report written by :meth:`to_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """One row per metric: ``{"metric", "attack", "eps", "value", "unit"}``."""
+        rows: list[dict[str, Any]] = [
+            {"metric": "clean_accuracy", "attack": "none", "eps": 0.0, "value": self.clean_accuracy, "unit": "fraction"}
+        ]
+        for eps, acc in self.fgsm_sweep.items():
+            rows.append({"metric": "fgsm_accuracy", "attack": "fgsm", "eps": eps, "value": acc, "unit": "fraction"})
+        if self.rg_score is not None:
+            rows.append({"metric": "rg_score", "attack": "fgsm", "eps": "", "value": self.rg_score, "unit": "percent"})
+        if self.pgd_accuracy is not None:
+            rows.append(
+                {
+                    "metric": "pgd_accuracy",
+                    "attack": "pgd",
+                    "eps": self.pgd_settings.get("eps", ""),
+                    "value": self.pgd_accuracy,
+                    "unit": "fraction",
+                }
+            )
+        if self.autoattack_accuracy is not None:
+            rows.append(
+                {
+                    "metric": "autoattack_accuracy",
+                    "attack": "autoattack",
+                    "eps": self.autoattack_settings.get("eps", ""),
+                    "value": self.autoattack_accuracy,
+                    "unit": "fraction",
+                }
+            )
+        for name, value in self.other_metrics.items():
+            rows.append({"metric": name, "attack": "", "eps": "", "value": value, "unit": "fraction"})
+        rows.append({"metric": "n_warnings", "attack": "", "eps": "", "value": len(self.warnings), "unit": "count"})
+        return rows
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Writes :meth:`metric_rows` as CSV (header ``metric,attack,eps,value,unit``), atomically."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["metric", "attack", "eps", "value", "unit"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.metric_rows())
+        return atomic_write_text(path, buffer.getvalue())
+
+    def to_markdown(self) -> str:
+        """A human-readable Markdown summary; warnings come first, under a bold heading."""
+        title = f"# Robustness evaluation: {self.model_name}" if self.model_name else "# Robustness evaluation"
+        lines = [title, ""]
+        if self.warnings:
+            lines += [f"## ⚠️ Warnings ({len(self.warnings)})", ""]
+            lines += [f"- **{w}**" for w in self.warnings]
+            lines += ["", "Treat the accuracies below as upper bounds until these are resolved.", ""]
+        info = [("Checkpoint", self.checkpoint), ("Samples", self.n_samples)]
+        info += [(str(k), v) for k, v in self.metadata.items()]
+        info = [(k, v) for k, v in info if v is not None]
+        if info:
+            rendered = [(k, _settings(v) if isinstance(v, dict) else v) for k, v in info]
+            lines += ["| Field | Value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rendered] + [""]
+
+        rg = self.rg_score
+        lines += ["## Summary", "", "| Metric | Value |", "|---|---|"]
+        lines.append(f"| Clean accuracy | {_pct(self.clean_accuracy)} |")
+        if rg is not None:
+            grid = ", ".join(f"{e:g}" for e in self.fgsm_sweep)
+            lines.append(f"| R&G score (FGSM, eps in {{{grid}}}) | {rg:.2f} |")
+        if self.pgd_accuracy is not None:
+            lines.append(f"| PGD accuracy ({_settings(self.pgd_settings)}) | {_pct(self.pgd_accuracy)} |")
+        if self.autoattack_accuracy is not None:
+            aa = {k: self.autoattack_settings.get(k) for k in ("eps", "norm", "version", "n_samples")}
+            lines.append(f"| AutoAttack accuracy ({_settings(aa)}) | {_pct(self.autoattack_accuracy)} |")
+        for name, value in self.other_metrics.items():
+            lines.append(f"| {name} | {_pct(value)} |")
+        lines.append("")
+
+        if self.fgsm_sweep:
+            lines += ["## FGSM accuracy vs. epsilon", "", "| eps | accuracy |", "|---|---|"]
+            lines += [f"| {e:g} | {_pct(a)} |" for e, a in self.fgsm_sweep.items()]
+            lines.append("")
+        per_attack = self.autoattack_settings.get("per_attack")
+        if per_attack:
+            lines += ["## AutoAttack, robust accuracy after each attack", "", "| attack | accuracy |", "|---|---|"]
+            lines += [f"| {name} | {_pct(acc)} |" for name, acc in per_attack.items()]
+            lines.append("")
+        if not self.warnings:
+            lines += ["No gradient-masking symptom was detected by the checks that were run.", ""]
+        return "\n".join(lines)
+
+    def write_all(self, out_dir: str | Path) -> dict[str, Path]:
+        """Writes ``report.md``, ``metrics.json``, ``metrics.csv`` and ``accuracy_vs_eps.png``.
+
+        Args:
+            out_dir: Destination folder (created if missing).
+
+        Returns:
+            ``{"markdown": path, "json": path, "csv": path, "plot": path}``.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        # The plot's x axis is the Linf radius: L2 / L1 results are listed, not drawn.
+        pgd_eps = self.pgd_settings.get("eps") if str(self.pgd_settings.get("norm", "linf")).lower() == "linf" else None
+        aa_eps = (
+            self.autoattack_settings.get("eps")
+            if str(self.autoattack_settings.get("norm", "Linf")).lower() == "linf"
+            else None
+        )
+        pgd = {float(pgd_eps): self.pgd_accuracy} if self.pgd_accuracy is not None and pgd_eps is not None else None
+        aa = (
+            {float(aa_eps): self.autoattack_accuracy}
+            if self.autoattack_accuracy is not None and aa_eps is not None
+            else None
+        )
+        title = f"{self.model_name}: accuracy vs. epsilon" if self.model_name else None
+        paths = {
+            "json": self.to_json(out / REPORT_FILES["json"]),
+            "csv": self.to_csv(out / REPORT_FILES["csv"]),
+            "plot": plot_accuracy_vs_eps(self.fgsm_sweep, out / REPORT_FILES["plot"], pgd, autoattack=aa, title=title),
+            "markdown": atomic_write_text(out / REPORT_FILES["markdown"], self.to_markdown() + "\n"),
+        }
+        return {key: paths[key] for key in REPORT_FILES}
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items() if v is not None)
