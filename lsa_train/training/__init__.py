@@ -4,6 +4,7 @@ from lsa_train.training.callbacks import MVLRefreshCallback
 from lsa_train.training.losses import BASE_LOSSES, base_loss, trades_kl
 from lsa_train.training.module import PAPER_EPS_GRID, LSARegularizedModule, NonFiniteLossError
 from lsa_train.training.regularizer import LayerwiseRegularizer
+from lsa_train.training.reproducibility import RNGStateCallback
 
 __all__ = [
     "BASE_LOSSES",
@@ -12,6 +13,7 @@ __all__ = [
     "LayerwiseRegularizer",
     "MVLRefreshCallback",
     "NonFiniteLossError",
+    "RNGStateCallback",
     "base_loss",
     "trades_kl",
 ]

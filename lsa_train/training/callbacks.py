@@ -26,9 +26,9 @@ class MVLRefreshCallback(Callback):
     On a fixed held-out subset it perturbs the inputs (PGD by default, at the training
     attack's eps), computes the CM matrix over the module's candidate probes, picks the MVL
     by ``eta`` (Algorithm 1), ``top_k`` or a ``fixed`` list, and hands it to the module.
-    It runs once at the start of fitting (when the module has no MVL yet) and after every
-    ``every_n_epochs``-th training epoch. Under DDP rank 0's choice is broadcast, so every
-    rank regularizes the same probes.
+    It runs once at the start of fitting (when the module has no MVL yet) and at the start
+    of every ``every_n_epochs``-th training epoch, on the weights the previous epoch left.
+    Under DDP rank 0's analysis is broadcast, so every rank regularizes the same probes.
 
     Args:
         every_n_epochs: Refresh period in epochs (>= 1).
@@ -90,8 +90,11 @@ class MVLRefreshCallback(Callback):
         elif not module.mvl or self.fixed is not None:
             self.refresh(trainer, module)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # At the start of epoch e (not the end of e-1): epoch-end checkpoints then hold the
+        # state before the refresh, so a resumed run refreshes exactly as an uninterrupted one.
+        epoch = trainer.current_epoch
+        if epoch > 0 and epoch % self.every_n_epochs == 0:
             self.refresh(trainer, self._check_module(pl_module))
 
     def state_dict(self) -> dict[str, Any]:
