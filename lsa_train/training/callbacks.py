@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,10 @@ class MVLRefreshCallback(Callback):
         measure: Comparison measure for the analysis.
         plot: Write the per-layer figure of every refresh into ``dirpath``.
         dirpath: Where figures and CSVs go; default ``<trainer.log_dir or default_root_dir>/lsa``.
-        attack_kwargs: Extra arguments for the perturbation attack (e.g. ``steps``).
+        attack_kwargs: Extra arguments for the perturbation attack; default ``{"steps": 5}``
+            for PGD (the analysis needs a representative perturbation, not the strongest one).
+        seed: Seeds the perturbation's random start (``seed + refresh count``), so refreshes never
+            draw from the global generators and training randomness is the same with or without them.
 
     Raises:
         ValueError: Invalid period, sample count or MVL rule, at construction.
@@ -60,6 +64,7 @@ class MVLRefreshCallback(Callback):
         plot: bool = True,
         dirpath: str | Path | None = None,
         attack_kwargs: dict[str, Any] | None = None,
+        seed: int = 313,
     ) -> None:
         if int(every_n_epochs) != every_n_epochs or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs}")
@@ -76,11 +81,15 @@ class MVLRefreshCallback(Callback):
         self.measure = canonical_measure_name(measure)
         self.plot = plot
         self.dirpath = Path(dirpath) if dirpath is not None else None
-        self.attack_kwargs = dict(attack_kwargs or {})
+        default_kwargs = {"steps": 5} if perturbation in ("pgd", "pgd_l2", "apgd", "trades") else {}
+        self.attack_kwargs = dict(attack_kwargs if attack_kwargs is not None else default_kwargs)
         create_attack(perturbation, eps=eps if eps is not None else 0.0, **self.attack_kwargs)  # validate early
+        self.seed = int(seed)
         self.current_mvl: list[str] = []
         self.history: list[dict[str, Any]] = []
         self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._plotter: ThreadPoolExecutor | None = None  # made on first use; not pickled
+        self._plot_job: Future | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -110,7 +119,8 @@ class MVLRefreshCallback(Callback):
         x, y = self._analysis_subset(trainer, module)
         probes = module.ensure_probes(x)
         eps = self.eps if self.eps is not None else module.attack.eps
-        attack = create_attack(self.perturbation, eps=eps, **self.attack_kwargs)
+        seed = self.seed + len(self.history)
+        attack = create_attack(self.perturbation, eps=eps, seed=seed, **self.attack_kwargs)
         with torch.enable_grad():
             x_adv = attack(module.model, x, y)
         cm = compute_cm(module.model, probes, x, x_adv, measure=self.measure)
@@ -169,7 +179,7 @@ class MVLRefreshCallback(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "lsa"
 
     def _analysis_subset(self, trainer: L.Trainer, module: LSARegularizedModule) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed held-out subset: the datamodule's ``analysis_subset`` or the first val batches."""
+        """A fixed held-out subset: the datamodule's ``analysis_subset`` or the first validation samples."""
         if self._subset is None:
             datamodule = getattr(trainer, "datamodule", None)
             if datamodule is not None and hasattr(datamodule, "analysis_subset"):
@@ -189,16 +199,16 @@ class MVLRefreshCallback(Callback):
 
 
 def _first_samples(trainer: L.Trainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    loaders = trainer.val_dataloaders if trainer.val_dataloaders is not None else trainer.train_dataloader
-    if loaders is None:
-        trainer.fit_loop.setup_data()
+    """The first ``n`` samples of the validation set (else the training set), read straight from the
+    dataset: the same samples on every call, rank and resume, and no sampler draws random numbers."""
+    if trainer.val_dataloaders is None:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+    loaders = trainer.val_dataloaders
+    if not loaders:
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
         loaders = trainer.train_dataloader
     loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
-    xs, ys, count = [], [], 0
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if count >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+    dataset = loader.dataset
+    samples = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([torch.as_tensor(x) for x, _ in samples]), torch.as_tensor([int(y) for _, y in samples])

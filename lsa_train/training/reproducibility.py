@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -14,15 +13,15 @@ from lightning.pytorch.callbacks import Callback
 class RNGStateCallback(Callback):
     """Saves the Python, NumPy and torch (CPU and CUDA) RNG states with every checkpoint.
 
-    On resume the states are put back when training starts (after Lightning's sanity
-    check, which draws random numbers of its own), so shuffling, attack random starts
-    and dropout continue exactly as in an uninterrupted run. Checkpoints are written at
-    epoch ends, so a run killed mid-epoch resumes from the last epoch end and replays
-    that epoch identically (exact on CPU with deterministic settings).
+    The states are put back as soon as the checkpoint is loaded: before Lightning creates the
+    resumed epoch's dataloader iterator (which draws the shuffle seed), with no sanity check in
+    between (Lightning skips it when restarting). Shuffling, attack random starts and dropout
+    then continue exactly as in an uninterrupted run. Checkpoints are written at epoch ends, so
+    a run killed mid-epoch resumes from the last epoch end and replays that epoch identically
+    (exact on CPU with deterministic settings). Code that runs between an epoch end and the next
+    epoch's first batch must not draw from the global generators; the MVL refresh uses its own
+    seeded generator for this reason.
     """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -35,24 +34,23 @@ class RNGStateCallback(Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._pending is None:
-            return
-        state, self._pending = self._pending, None
-        random.setstate(state["python"])
-        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        random.setstate(state_dict["python"])
+        np.random.set_state(_numpy_state_from_plain(state_dict["numpy"]))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 # NumPy's state holds an ndarray, which ``torch.load(weights_only=True)`` refuses; store a tensor.
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = state
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:

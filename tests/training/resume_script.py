@@ -60,7 +60,8 @@ def main() -> None:
     )
     ckpt = args.out / "ckpt" / "last.ckpt" if args.resume else None
     trainer.fit(module, train, val, ckpt_path=ckpt)
-    torch.save({"state_dict": module.model.state_dict(), "mvl": module.mvl}, args.out / "final.pt")
+    history = callbacks[0].history
+    torch.save({"state_dict": module.model.state_dict(), "mvl": module.mvl, "history": history}, args.out / "final.pt")
 
 
 if __name__ == "__main__":

@@ -27,5 +27,6 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     expected = torch.load(tmp_path / "full" / "final.pt", weights_only=True)
     got = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
     assert got["mvl"] == expected["mvl"]
+    assert got["history"] == expected["history"]  # every refresh saw the same weights and samples
     for name, tensor in expected["state_dict"].items():
         assert torch.equal(got["state_dict"][name], tensor), name
