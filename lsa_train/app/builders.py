@@ -1,0 +1,188 @@
+"""Builds the training objects from the composed config (``hydra.utils.instantiate`` where a node has a
+``_target_``). Constructor errors become one-line :class:`~lsa_train.app.errors.ConfigError` s."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import hydra
+from lightning import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lsa_train.app.errors import ConfigError, config_section, one_line
+from lsa_train.app.schemas import ATTACK_APP_KEYS, BaseLoss, MVLMode
+from lsa_train.app.validation import hydra_choice, lambda_values
+from lsa_train.attacks import Attack
+from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
+
+log = logging.getLogger(__name__)
+
+#: Model keys that, when left ``???`` in the config, are filled from the datamodule.
+DATA_MODEL_KEYS: tuple[str, ...] = ("num_classes", "in_channels", "input_size", "mean", "std")
+
+#: ``every_n_epochs`` that never comes: ``mvl.mode=once`` analyses at fit start only.
+_NEVER = 10**9
+
+
+def _where(group: str) -> str:
+    choice = hydra_choice(group)
+    return f"{group}={choice}" if choice else group
+
+
+def _instantiate(node: Any, where: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with constructor errors turned into one-line config errors."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except hydra.errors.InstantiationException as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise ConfigError(f"{where}: {one_line(cause)}") from err
+
+
+# -- data and model -----------------------------------------------------------------------------
+def build_datamodule(cfg: DictConfig) -> LightningDataModule:
+    """The datamodule of ``cfg.data`` (class facts such as ``input_shape`` are known without setup)."""
+    return _instantiate(cfg.data, _where("data"))
+
+
+def model_kwargs_from_data(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """The model config as a dict, its ``???`` (or absent) data keys filled from ``datamodule.model_kwargs()``."""
+    facts = datamodule.model_kwargs()
+    node = OmegaConf.to_container(model_cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(node, dict)
+    for key in DATA_MODEL_KEYS:
+        if node.get(key, "???") == "???":
+            node[key] = facts[key]
+    return node
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of ``cfg.model`` for this data; returns it and the resolved kwargs (for the report)."""
+    kwargs = model_kwargs_from_data(cfg.model, datamodule)
+    model = _instantiate(kwargs, f"{_where('model')} (model.name={kwargs.get('name')!r})")
+    shown = {k: v for k, v in kwargs.items() if k != "_target_"}
+    return model, shown
+
+
+# -- attack and regularizer ---------------------------------------------------------------------
+def build_attack(cfg: DictConfig) -> tuple[Attack, str]:
+    """The training attack of ``cfg.attack`` and its base loss name (``ce``, ``trades``, ``normal``)."""
+    node = OmegaConf.to_container(cfg.attack, resolve=True, enum_to_str=True)
+    assert isinstance(node, dict)
+    base_loss = BaseLoss(node.get("base_loss", "ce")).value
+    for key in ATTACK_APP_KEYS:
+        node.pop(key, None)
+    attack = _instantiate(node, _where("attack"))
+    return attack, base_loss
+
+
+@dataclass
+class RegularizerParts:
+    """What ``cfg.regularizer`` turns into: the term, the module's MVL arguments and the callback."""
+
+    regularizer: LayerwiseRegularizer | None
+    probes: Any
+    mvl: list[Any] | None
+    callback: MVLRefreshCallback | None
+
+
+def build_regularizer(cfg: DictConfig) -> RegularizerParts:
+    """The :class:`LayerwiseRegularizer` (``lambda`` is its ``gamma``) and the MVL machinery.
+
+    ``mvl.mode``: ``auto`` adds an :class:`MVLRefreshCallback` refreshing every ``every_n_epochs``;
+    ``once`` the same callback analysing at fit start only; ``fixed`` hands ``layers`` to the module
+    (plus a callback with ``fixed=layers`` that only analyses and plots, if ``log_analysis``); ``none``
+    neither.
+    """
+    reg = cfg.regularizer
+    mvl_cfg = reg.mvl
+    mode = MVLMode(mvl_cfg.mode)
+    lam = lambda_values(reg)
+    with config_section(_where("regularizer")):
+        term = LayerwiseRegularizer(gamma=lam, measure=reg.measure, stop_clean_grad=bool(reg.stop_clean_grad))
+    probes = OmegaConf.to_container(mvl_cfg.probes) if OmegaConf.is_config(mvl_cfg.probes) else mvl_cfg.probes
+    layers = list(OmegaConf.to_container(mvl_cfg.layers)) if mvl_cfg.layers is not None else None
+    callback = None
+    if mode is not MVLMode.none and (mode is not MVLMode.fixed or mvl_cfg.log_analysis):
+        with config_section("regularizer.mvl"):
+            callback = MVLRefreshCallback(
+                every_n_epochs=_NEVER if mode is MVLMode.once else int(mvl_cfg.every_n_epochs),
+                num_samples=int(mvl_cfg.num_samples),
+                perturbation=str(mvl_cfg.perturbation),
+                eta=None if mvl_cfg.top_k is not None else mvl_cfg.eta,
+                top_k=mvl_cfg.top_k,
+                fixed=layers if mode is MVLMode.fixed else None,
+                measure=str(reg.measure),
+                plot=bool(mvl_cfg.plot),
+                dirpath=mvl_cfg.dirpath,
+                attack_kwargs=OmegaConf.to_container(mvl_cfg.perturbation_kwargs, resolve=True),
+            )
+    return RegularizerParts(
+        regularizer=term,
+        probes=probes,
+        mvl=layers if mode is MVLMode.fixed else None,
+        callback=callback,
+    )
+
+
+# -- module, callbacks, loggers, trainer -------------------------------------------------------
+def build_module(
+    cfg: DictConfig, model: nn.Module, attack: Attack, base_loss: str, parts: RegularizerParts, num_classes: int
+) -> LSARegularizedModule:
+    """The :class:`LSARegularizedModule` of ``cfg.module`` with the optimizer/scheduler partials."""
+    optimizer = _instantiate(cfg.optimizer, _where("optimizer"))
+    scheduler = _instantiate(cfg.scheduler, _where("scheduler")) if cfg.get("scheduler") else None
+    for name, factory in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if factory is not None and not callable(factory):
+            raise ConfigError(f"{_where(name)}: expected a `_partial_: true` {name} config")
+    with config_section(_where("optimizer")):  # a dry build: bad values (lr=-1) fail now, not mid-fit
+        trial = optimizer(model.parameters())
+    if scheduler is not None:
+        with config_section(_where("scheduler")):
+            scheduler(trial)
+    return _instantiate(
+        cfg.module,
+        "module",
+        _convert_="all",
+        model=model,
+        attack=attack,
+        base_loss=base_loss,
+        regularizer=parts.regularizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        probes=parts.probes,
+        mvl=parts.mvl,
+        num_classes=num_classes,
+    )
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
+    """Every ``_target_`` entry of ``cfg.callbacks`` (``LearningRateMonitor`` is skipped without a logger)."""
+    callbacks: list[Callback] = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        callback = _instantiate(node, f"callbacks.{name}")
+        if isinstance(callback, LearningRateMonitor) and not has_logger:
+            log.info("logger=none: skipping the LearningRateMonitor callback")
+            continue
+        callbacks.append(callback)
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """Every ``_target_`` entry of ``cfg.logger``."""
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            loggers.append(_instantiate(node, f"logger.{name}"))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> Trainer:
+    """The Lightning ``Trainer`` of ``cfg.trainer``."""
+    return _instantiate(cfg.trainer, _where("trainer"), callbacks=callbacks, logger=loggers or False)

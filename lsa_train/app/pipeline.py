@@ -1,0 +1,206 @@
+"""The training run behind :func:`lsa_train.app.train.train`: build, check, fit, test, report.
+
+Imported on first use, so that ``--help`` and configuration mistakes are answered without loading
+torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lsa_train.app import builders, validation
+from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
+from lsa_train.app.schemas import MVLMode
+
+log = logging.getLogger(__name__)
+
+#: Lightning warnings that are expected with the small, in-memory default data.
+_EXPECTED_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+
+
+def run_training(
+    cfg: DictConfig, started: float, ckpt_path: str | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Seeds, sets determinism and threads, then builds (checking each object), fits, tests and reports.
+
+    Args:
+        cfg: The composed config, its plain values already checked by :func:`lsa_train.app.train.train`.
+        started: ``time.perf_counter()`` at the start of the run.
+        ckpt_path: The checked checkpoint to resume from, if any.
+    """
+    _route_lightning_logs_to_root()
+    if (cfg.get("extras") or {}).get("ignore_warnings", True):
+        for pattern in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+    L.seed_everything(cfg.seed, workers=True)
+    with _determinism(bool(cfg.get("deterministic", False))), _torch_threads(cfg.get("torch_threads")):
+        return _train(cfg, started, ckpt_path)
+
+
+def _train(cfg: DictConfig, started: float, ckpt_path: str | None) -> tuple[dict[str, float], dict[str, Any]]:
+    objects = _build(cfg)
+    module, trainer, datamodule = objects["module"], objects["trainer"], objects["datamodule"]
+
+    log.info("training %s on %s (%s, base loss %s)", cfg.model.name, type(datamodule).__name__,
+             module.attack, module.base_loss_name)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    metrics = _floats(trainer.callback_metrics)
+    final_mvl = list(module.mvl)
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") or None
+    best_score = getattr(checkpoint, "best_model_score", None)
+    if best_score is not None and getattr(checkpoint, "monitor", None):
+        metrics[f"{checkpoint.monitor}_best"] = float(best_score)
+
+    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
+    metrics.update(_floats(trainer.callback_metrics))
+
+    mvl_callback = objects["mvl_callback"]
+    info = {
+        "setting": _setting(cfg, module.base_loss_name),
+        "eval_eps": float(cfg.attack.eval_eps),
+        "test_pgd_steps": getattr(module.test_attack, "steps", None),
+        "mvl": final_mvl,
+        "mvl_history": list(mvl_callback.history) if mvl_callback is not None else [],
+        "best_checkpoint": best,
+        "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
+        "tested_checkpoint": best,
+        "resumed_from": ckpt_path,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "model_kwargs": objects["model_kwargs"],
+        "overrides": validation.hydra_task_overrides(),
+        "optimized_metric": cfg.get("optimized_metric"),
+    }
+    run_dir = str(cfg.paths.output_dir)
+    summary = build_summary(metrics=metrics, eps_grid=module.test_eps_grid, run_dir=run_dir, info=info)
+    if trainer.is_global_zero:
+        write_metrics_json(run_dir, summary)
+        write_report_md(run_dir, summary)
+        print_summary(summary)
+    return metrics, {**objects, "summary": summary}
+
+
+def _build(cfg: DictConfig) -> dict[str, Any]:
+    """Builds every object, checking each as it is built; nothing is written to the run dir before the
+    trainer starts."""
+    datamodule = builders.build_datamodule(cfg)
+    validation.check_dataset_available(datamodule)
+    model, model_kwargs = builders.build_model(cfg, datamodule)
+    validation.check_model_input(model, str(cfg.model.name), datamodule.input_shape, datamodule.num_classes)
+    mvl = cfg.regularizer.mvl
+    mode = MVLMode(mvl.mode)
+    if mode is not MVLMode.none:
+        layers = mvl.layers if mode is MVLMode.fixed else None
+        validation.check_mvl_layers(model, datamodule.input_shape, mvl.probes, layers)
+    attack, base_loss = builders.build_attack(cfg)
+    parts = builders.build_regularizer(cfg)
+    module = builders.build_module(cfg, model, attack, base_loss, parts, datamodule.num_classes)
+
+    loggers = builders.build_loggers(cfg)
+    callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
+    if parts.callback is not None:
+        callbacks.append(parts.callback)
+    trainer = builders.build_trainer(cfg, callbacks, loggers)
+    _log_config(cfg, trainer)
+    return {
+        "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,
+        "mvl_callback": parts.callback, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
+    }
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _route_lightning_logs_to_root() -> None:
+    """Lightning's top-level package gives the ``lightning`` logger a console handler of its own; once
+    the root logger is configured (Hydra's job logging), every Lightning message would print twice."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)
+
+
+@contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` and cuDNN determinism (the paper's
+    README asks for it), restored afterwards."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if enabled:
+        if torch.cuda.is_available():
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the run (``None``: unchanged), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+    return out
+
+
+def _setting(cfg: DictConfig, base_loss: str) -> dict[str, Any]:
+    lam = cfg.regularizer.get("lambda")
+    return {
+        "data": validation.hydra_choice("data") or cfg.data.get("_target_"),
+        "model": str(cfg.model.name),
+        "attack": validation.hydra_choice("attack") or cfg.attack.get("_target_"),
+        "eps": float(cfg.attack.eps),
+        "base_loss": base_loss,
+        "lambda": OmegaConf.to_container(lam) if OmegaConf.is_config(lam) else lam,
+        "mvl_mode": MVLMode(cfg.regularizer.mvl.mode).value,
+        "seed": int(cfg.seed),
+    }
+
+
+def _log_config(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Sends the composed config (without ``hydra``) to every logger as hyperparameters."""
+    if not trainer.loggers:
+        return
+    shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        params = OmegaConf.to_container(shown, resolve=True, enum_to_str=True, throw_on_missing=False)
+    except Exception:  # an interpolation that only resolves inside a Hydra run
+        params = OmegaConf.to_container(shown, resolve=False, enum_to_str=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+

@@ -1,0 +1,125 @@
+"""The run summary: ``metrics.json`` and ``report.md`` in the run dir, and a rich table on the console."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lsa_train.utils.io import atomic_write_text
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+def fgsm_key(eps: float) -> str:
+    """The test metric of the FGSM sweep at ``eps`` (as logged by ``LSARegularizedModule``)."""
+    return f"test/acc_fgsm_{eps:g}"
+
+
+def build_summary(
+    *,
+    metrics: Mapping[str, float],
+    eps_grid: Sequence[float],
+    run_dir: str | Path,
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The JSON-ready summary of a finished run.
+
+    Args:
+        metrics: All logged metrics (fit and test) as floats.
+        eps_grid: The FGSM budgets of the test sweep.
+        run_dir: The run's output dir.
+        info: Extra facts (model, data, attack, MVL, checkpoints, timings, ...), copied as they are.
+    """
+    fgsm = {f"{eps:g}": metrics.get(fgsm_key(eps)) for eps in eps_grid}
+    return {
+        "status": "completed",
+        "run_dir": str(run_dir),
+        "acc_clean": metrics.get("test/acc_clean"),
+        "acc_pgd": metrics.get("test/acc_pgd"),
+        "fgsm": fgsm,
+        "rg_score": metrics.get("test/rg_score"),
+        **info,
+        "metrics": dict(sorted(metrics.items())),
+    }
+
+
+def failure_summary(run_dir: str | Path, error: str, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The summary of a run that raised ``error`` (one line)."""
+    return {"status": "failed", "run_dir": str(run_dir), "error": error, **(info or {}), "metrics": {}}
+
+
+def write_metrics_json(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Writes ``metrics.json`` (atomically; NaN/inf become ``null``)."""
+    return atomic_write_text(Path(run_dir) / METRICS_FILE, json.dumps(_jsonable(summary), indent=2) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100.0 * value:.2f}"
+
+
+def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(name, value)`` rows of the summary table, shared by the console and ``report.md``."""
+    eval_eps = summary.get("eval_eps")
+    pgd_name = f"PGD-{summary.get('test_pgd_steps', '?')} accuracy (%)"
+    if eval_eps is not None:
+        pgd_name = f"PGD-{summary.get('test_pgd_steps', '?')} accuracy at eps={eval_eps:g} (%)"
+    rows = [
+        ("clean accuracy (%)", _pct(summary.get("acc_clean"))),
+        (pgd_name, _pct(summary.get("acc_pgd"))),
+    ]
+    rows += [(f"FGSM accuracy at eps={eps} (%)", _pct(acc)) for eps, acc in (summary.get("fgsm") or {}).items()]
+    rg = summary.get("rg_score")
+    rows.append(("R&G score (sum of FGSM accuracies, %)", "n/a" if rg is None else f"{rg:.2f}"))
+    rows.append(("final MVL", ", ".join(summary.get("mvl") or []) or "(none)"))
+    rows.append(("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights")))
+    rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {summary.get('wall_time_s', 0):.1f}"))
+    rows.append(("run dir", str(summary.get("run_dir"))))
+    return rows
+
+
+def write_report_md(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Writes ``report.md``: the setting and the summary table."""
+    setting = summary.get("setting") or {}
+    lines = ["# LSA training report", ""]
+    if setting:
+        lines += [", ".join(f"**{k}**: `{v}`" for k, v in setting.items()), ""]
+    lines += ["| metric | value |", "|---|---:|"]
+    lines += [f"| {name} | {value} |" for name, value in summary_rows(summary)]
+    history = summary.get("mvl_history") or []
+    if history:
+        lines += ["", "## MVL refreshes", "", "| epoch | step | MVL |", "|---:|---:|---|"]
+        lines += [f"| {h.get('epoch')} | {h.get('step')} | {', '.join(h.get('mvl') or []) or '(none)'} |"
+                  for h in history]
+    lines += ["", "Accuracies are on the test split; the R&G score sums the FGSM accuracies over the grid",
+              "(Khalooei et al.). FGSM alone can overstate robustness: compare with the PGD row.", ""]
+    return atomic_write_text(Path(run_dir) / REPORT_FILE, "\n".join(lines))
+
+
+def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
+    """Prints the summary table with rich."""
+    console = console or Console()
+    table = Table(title="LSA training summary", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(summary):
+        table.add_row(name, value)
+    console.print(table)

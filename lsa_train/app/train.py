@@ -1,0 +1,142 @@
+"""``python -m lsa_train`` / ``lsa-train``: adversarial training with the LSA layer-wise term (AT-LR).
+
+:func:`train` is a plain function of a composed config (tests call it with configs from Hydra's
+compose API); :func:`hydra_main` is the thin ``@hydra.main`` task that returns the optimized metric
+to sweepers; :func:`main` is the console entry point (one-line errors, see :mod:`lsa_train.app.cli`).
+
+Examples:
+    python -m lsa_train                                   # digits, model B, PGD-AT + LSA (auto MVL)
+    python -m lsa_train model=resnet18 attack=pgd
+    python -m lsa_train experiment=moons_model_a
+    python -m lsa_train -m regularizer.lambda=0,0.1,1 seed=1,2,3
+    python -m lsa_train ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt trainer.max_epochs=20
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from lsa_train.app import validation
+from lsa_train.app.cli import mark_task_started, run_cli
+from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.app.report import failure_summary, write_metrics_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Checks the config, trains, tests the best (else last) weights and writes the run summary.
+
+    Args:
+        cfg: A config composed from ``lsa_train.conf`` (``train.yaml``).
+
+    Returns:
+        All logged metrics (fit and test) as floats, and the objects that were built
+        (``cfg``, ``datamodule``, ``model``, ``module``, ``trainer``, ``callbacks``, ``loggers``,
+        ``summary``).
+
+    Raises:
+        ConfigError: A bad value, found before anything is trained or checkpointed.
+    """
+    started = time.perf_counter()
+    _apply_extras(cfg)
+    # Plain-value checks first: answered before torch and Lightning load.
+    validation.check_output_dir(cfg.paths.output_dir)
+    validation.check_loggers(cfg.get("logger"))
+    validation.check_attack(cfg.attack)
+    validation.check_regularizer(cfg.regularizer, cfg.attack)
+    validation.check_torch_threads(cfg.get("torch_threads"))
+    # Then the ones that need torch, but not Lightning.
+    validation.check_trainer_device(cfg.trainer)
+    ckpt_path = validation.check_ckpt_path(cfg.get("ckpt_path"))
+    validation.check_model_name(str(cfg.model.name))
+    from lsa_train.app.pipeline import run_training
+
+    return run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None)
+
+
+def _apply_extras(cfg: DictConfig) -> None:
+    extras = cfg.get("extras") or {}
+    if extras.get("print_config", False):
+        from rich.console import Console
+        from rich.syntax import Syntax
+
+        shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        Console().print(Syntax(OmegaConf.to_yaml(shown), "yaml", theme="ansi_dark"))
+
+
+def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:
+    """The metric a sweeper optimizes (``cfg.optimized_metric``); ``None`` when no name is set.
+
+    Raises:
+        ConfigError: ``name`` was not logged; the message lists the logged metrics.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} was not logged; choose one of {sorted(metrics)}")
+    return float(metrics[name])
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lsa_train.conf", config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra task: trains and returns ``cfg.optimized_metric`` (for sweepers).
+
+    In a multirun a failing job writes ``metrics.json`` with ``status: failed`` and returns NaN, so
+    that the other jobs still run and the sweep summary lists it.
+    """
+    mark_task_started()
+    multirun = _is_multirun()
+    try:
+        metrics, _ = train(cfg)
+        return metric_value(metrics, cfg.get("optimized_metric"))
+    except Exception as err:
+        config_error = isinstance(err, ConfigError)
+        message = one_line(err) if config_error else f"{type(err).__name__}: {one_line(err)}"
+        if multirun or not config_error:
+            _record_failure(cfg, message)
+        if not multirun:
+            raise
+        log.error("job failed: %s", message, exc_info=not config_error)
+        return math.nan
+
+
+def _record_failure(cfg: DictConfig, message: str) -> None:
+    try:
+        run_dir = Path(str(cfg.paths.output_dir))
+        if run_dir.is_dir():
+            info = {"overrides": validation.hydra_task_overrides()}
+            write_metrics_json(run_dir, failure_summary(run_dir, message, info))
+    except Exception:  # reporting must not hide the original error
+        log.warning("could not write metrics.json for the failed run", exc_info=True)
+
+
+def main(cfg: DictConfig | None = None) -> float | None:
+    """Console entry point (``lsa-train``, ``python -m lsa_train``).
+
+    Args:
+        cfg: A composed config to run directly (returns the optimized metric); ``None`` reads the
+            command line, runs Hydra (single run or ``-m`` multirun) and returns ``None``.
+    """
+    if cfg is not None:
+        return hydra_main(cfg)
+    run_cli(hydra_main, prog="lsa-train")
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Checks run by :func:`lsa_train.app.train.train` before anything is trained or checkpointed.
+
+Each check raises a one-line :class:`~lsa_train.app.errors.ConfigError` naming the bad value and the
+valid choices (or how to fix it). Typo'd keys, unknown group options and wrongly typed values are
+caught earlier, by Hydra at compose time (see :mod:`lsa_train.app.schemas`).
+
+The checks of plain config values import no torch, so that such mistakes are reported at once; the
+ones that need torch (devices, checkpoints, models) import it when called.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.app.schemas import BaseLoss, MVLMode
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def hydra_choice(group: str) -> str | None:
+    """The option chosen for ``group`` in the current Hydra run (``None`` outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    choice = HydraConfig.get().runtime.choices.get(group)
+    return None if choice is None else str(choice)
+
+
+def hydra_task_overrides() -> list[str]:
+    """The command-line overrides of the current Hydra job (``[]`` outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def _option(group: str, fallback: str) -> str:
+    choice = hydra_choice(group)
+    return f"{group}={choice}" if choice else fallback
+
+
+# -- run environment ---------------------------------------------------------------------------
+def check_trainer_device(trainer: DictConfig) -> None:
+    """A GPU accelerator needs a visible CUDA device (and enough of them for ``devices``)."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator not in ("gpu", "cuda"):
+        return
+    where = _option("trainer", f"trainer.accelerator={accelerator}")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{where} asks for accelerator '{accelerator}' but no CUDA GPU is available "
+            "(torch.cuda.is_available() is False); use trainer=cpu or trainer=default"
+        )
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={devices} but only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+            f"set trainer.devices<={torch.cuda.device_count()}"
+        )
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """``path`` exists (or can be created) and accepts files; returns it.
+
+    Raises:
+        ConfigError: It cannot be created or written to.
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"output dir '{out}' (paths.output_dir) is not writable ({err.strerror or err}); "
+            "set hydra.run.dir (or paths.log_dir) to a writable folder"
+        ) from err
+    return out
+
+
+def check_ckpt_path(ckpt_path: str | None) -> Path | None:
+    """``ckpt_path`` is ``None`` or a readable Lightning checkpoint (``torch.load`` on the CPU).
+
+    Raises:
+        ConfigError: Missing file, unreadable or corrupt file, or no ``state_dict`` in it.
+    """
+    if ckpt_path is None:
+        return None
+    import torch
+
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        kind = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise ConfigError(
+            f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.resolve()}'); "
+            "give a checkpoint such as <run dir>/checkpoints/last.ckpt"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unpickling failure means a corrupt file
+        raise ConfigError(
+            f"ckpt_path='{ckpt_path}' cannot be loaded, the file is corrupt or not a checkpoint "
+            f"({type(err).__name__}: {one_line(err)[:200]})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path='{ckpt_path}' is not a Lightning checkpoint (it has no 'state_dict')")
+    return path
+
+
+def check_torch_threads(threads: Any) -> None:
+    """``torch_threads`` is ``None`` or an integer ``>= 1``."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"torch_threads={threads} must be an integer >= 1 (or null for torch's default)")
+
+
+def check_loggers(logger: DictConfig | None) -> None:
+    """Loggers whose backend package is missing (TensorBoard) are refused up front."""
+    for name, node in (logger or {}).items():
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        if target.endswith("TensorBoardLogger") and not _tensorboard_available():
+            raise ConfigError(
+                f"logger '{name}' ({_option('logger', 'logger=tensorboard')}) needs the 'tensorboard' package, "
+                "which is not installed; pip install tensorboard, or use logger=csv"
+            )
+
+
+def _tensorboard_available() -> bool:
+    return any(importlib.util.find_spec(pkg) is not None for pkg in ("tensorboard", "tensorboardX"))
+
+
+# -- attack and regularizer ---------------------------------------------------------------------
+def check_attack(attack: DictConfig) -> None:
+    """Budgets are finite and ``>= 0``."""
+    where = _option("attack", "attack")
+    for key in ("eps", "eval_eps", "alpha"):
+        value = attack.get(key)
+        if value is None:
+            continue
+        if not math.isfinite(float(value)) or float(value) < 0 or (key == "alpha" and float(value) == 0):
+            rule = "> 0" if key == "alpha" else ">= 0"
+            raise ConfigError(
+                f"attack.{key}={value} is invalid for {where}: it must be a finite number {rule} "
+                "(inputs are in [0, 1], e.g. attack.eps=0.1 or 0.03137 for 8/255)"
+            )
+
+
+def lambda_values(regularizer: DictConfig) -> list[float] | float:
+    """``regularizer.lambda`` as a float or a list of floats (validated: finite, ``>= 0``)."""
+    raw = regularizer.get("lambda", 0.0)
+    values = list(raw) if isinstance(raw, ListConfig | list | tuple) else [raw]
+    if not values:
+        raise ConfigError("regularizer.lambda=[] is empty; give one number, or one per MVL layer")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"regularizer.lambda={_show(raw)} is invalid: every value must be a finite number >= 0")
+    return [float(v) for v in values] if isinstance(raw, ListConfig | list | tuple) else float(values[0])
+
+
+def check_regularizer(regularizer: DictConfig, attack: DictConfig) -> None:
+    """``lambda``, the MVL mode and the attack fit together (see :class:`~lsa_train.app.schemas.MVLMode`)."""
+    lam = lambda_values(regularizer)
+    mvl = regularizer.mvl
+    mode = MVLMode(mvl.mode)
+    active = any(g > 0 for g in (lam if isinstance(lam, list) else [lam]))
+    base_loss = BaseLoss(attack.base_loss)
+    if active and (base_loss is BaseLoss.normal or str(attack.get("_target_", "")).endswith("NoAttack")):
+        raise ConfigError(
+            f"regularizer.lambda={_show(lam)} compares clean and adversarial representations, but "
+            f"{_option('attack', 'attack')} (base_loss={base_loss.value}) trains without adversarial examples; "
+            "add regularizer=none (or regularizer.lambda=0), or pick an attack"
+        )
+    if active and mode is MVLMode.none:
+        raise ConfigError(
+            f"regularizer.mvl.mode=none with regularizer.lambda={_show(lam)}: the term needs an MVL; "
+            "choose regularizer.mvl.mode from [auto, once, fixed]"
+        )
+    layers = list(mvl.layers) if mvl.layers is not None else None
+    if mode is MVLMode.fixed and not layers:
+        raise ConfigError(
+            f"regularizer.mvl.mode=fixed needs regularizer.mvl.layers (probe indices or names, e.g. [2]), "
+            f"got {_show(mvl.layers)}"
+        )
+    if mode in (MVLMode.auto, MVLMode.once):
+        if mvl.top_k is not None and (mvl.top_k < 1):
+            raise ConfigError(f"regularizer.mvl.top_k={mvl.top_k} must be an integer >= 1 (or null to use eta)")
+        if mvl.top_k is None and (mvl.eta is None or not mvl.eta >= 0):
+            raise ConfigError(f"regularizer.mvl.eta={mvl.eta} must be a number >= 0 (or set regularizer.mvl.top_k)")
+    if mvl.every_n_epochs < 1:
+        raise ConfigError(f"regularizer.mvl.every_n_epochs={mvl.every_n_epochs} must be an integer >= 1")
+    if mvl.num_samples < 1:
+        raise ConfigError(f"regularizer.mvl.num_samples={mvl.num_samples} must be an integer >= 1")
+    if isinstance(lam, list):
+        _check_lambda_length(lam, mode, layers, mvl.top_k)
+
+
+def _check_lambda_length(lam: list[float], mode: MVLMode, layers: list[Any] | None, top_k: int | None) -> None:
+    if mode is MVLMode.fixed:
+        assert layers is not None
+        if len(lam) != len(layers):
+            raise ConfigError(
+                f"regularizer.lambda={_show(lam)} has {len(lam)} values but the fixed MVL "
+                f"regularizer.mvl.layers={_show(layers)} has {len(layers)}; give one lambda, or one per layer"
+            )
+    elif top_k is not None:
+        if len(lam) != top_k:
+            raise ConfigError(
+                f"regularizer.lambda={_show(lam)} has {len(lam)} values but regularizer.mvl.top_k={top_k}; "
+                "give one lambda, or one per MVL layer"
+            )
+    else:
+        raise ConfigError(
+            f"regularizer.lambda={_show(lam)} is a list, but the MVL size varies with "
+            f"regularizer.mvl.mode={mode.value} and eta; use mvl.mode=fixed with {len(lam)} layers, "
+            f"mvl.top_k={len(lam)}, or a single lambda"
+        )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value)
+    return str(value).replace(" ", "")
+
+
+# -- data and model -----------------------------------------------------------------------------
+def check_dataset_available(datamodule: Any) -> None:
+    """Torchvision data must be on disk unless ``data.download=true`` (nothing is fetched here)."""
+    if getattr(datamodule, "download", True) or not hasattr(datamodule, "check_available"):
+        return
+    try:
+        datamodule.check_available()
+    except FileNotFoundError as err:
+        raise ConfigError(f"{_option('data', 'data')}: {one_line(err)}") from err
+
+
+def check_model_name(name: str) -> None:
+    """``model.name`` is registered (or ``tv:<torchvision classification model>``)."""
+    from lsa_train.models import TV_PREFIX, list_models
+
+    if name.startswith(TV_PREFIX):
+        from lsa_train.models.torchvision_models import torchvision_model_names
+
+        known = torchvision_model_names()
+        if name[len(TV_PREFIX) :] not in known:
+            raise ConfigError(
+                f"unknown torchvision model model.name={name!r}; choose 'tv:<name>' with <name> one of {known}"
+            )
+        return
+    if name not in list_models():
+        raise ConfigError(
+            f"unknown model model.name={name!r}; choose one of {list_models()} or 'tv:<torchvision name>'"
+        )
+
+
+def check_model_input(model: nn.Module, name: str, input_shape: Sequence[int], num_classes: int) -> None:
+    """One dry forward of two zero samples of the data's shape; logits must be ``(2, num_classes)``."""
+    import torch
+
+    shape = tuple(int(s) for s in input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ConfigError(
+            f"model {name} cannot take the data's input shape {shape} ({one_line(err)[:200]}); "
+            "check model.input_size / model.in_channels, or choose another model"
+        ) from err
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model {name} returns {got} for a batch of 2 inputs of shape {shape}, "
+            f"expected logits (2, {num_classes}); check model.num_classes"
+        )
+
+
+def check_mvl_layers(model: nn.Module, input_shape: Sequence[int], probes: Any, layers: Sequence[Any] | None) -> None:
+    """The probe spec matches the model, and fixed MVL layers exist among its probes."""
+    import torch
+
+    from lsa_train.analysis.probes import select_probes
+
+    spec = OmegaConf.to_container(probes) if isinstance(probes, ListConfig) else probes
+    try:
+        found = select_probes(model, torch.zeros(1, *input_shape), spec)
+    except ValueError as err:
+        raise ConfigError(f"regularizer.mvl.probes={_show(probes)}: {one_line(err)}") from err
+    names = [p.name for p in found]
+    for item in layers or []:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < len(names):
+                raise ConfigError(
+                    f"regularizer.mvl.layers has index {item}, out of range: the model has {len(names)} "
+                    f"{_show(probes)} probes (0..{len(names) - 1}): {names}"
+                )
+        elif str(item) not in names:
+            raise ConfigError(f"regularizer.mvl.layers names probe {item!r}, which the model lacks; probes: {names}")

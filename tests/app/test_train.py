@@ -1,0 +1,139 @@
+"""``train(cfg)`` in-process: fast_dev_run for each attack and MVL mode, resume from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from apptest_utils import FAST
+
+from lsa_train.app.errors import ConfigError
+from lsa_train.app.train import main, metric_value, train
+
+#: Limits for the short real (not fast_dev_run) runs: a few batches, full test sweep on one batch.
+SHORT = [
+    "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1",
+    "regularizer.mvl.num_samples=64", "callbacks.rich_model_summary=null", "trainer.num_sanity_val_steps=0",
+]
+
+
+def test_default_fast_dev_run(make_cfg, tmp_path: Path) -> None:
+    metrics, objects = train(make_cfg(*FAST))
+    for key in ("val/acc_clean", "val/acc_pgd", "test/acc_clean", "test/acc_pgd", "test/rg_score"):
+        assert 0.0 <= metrics[key] <= (600.0 if key == "test/rg_score" else 1.0), key
+    grid = objects["module"].test_eps_grid
+    assert metrics["test/rg_score"] == pytest.approx(100 * sum(metrics[f"test/acc_fgsm_{e:g}"] for e in grid), rel=1e-5)
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["setting"]["model"] == "cnn_b"
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert list((tmp_path / "run" / "lsa").glob("*.png")), "the MVL refresh writes its figure into the run dir"
+    assert torch.get_num_threads() >= 1  # restored after the run
+
+
+@pytest.mark.parametrize(
+    ("attack", "extra", "base_loss"),
+    [
+        ("fgsm", [], "ce"),
+        ("fgsm_rs", [], "ce"),
+        ("pgd_l2", [], "ce"),
+        ("apgd", [], "ce"),
+        ("trades", [], "trades"),
+        ("none", ["regularizer=none"], "normal"),
+        ("pgd", ["attack.base_loss=trades"], "trades"),
+    ],
+)
+def test_each_attack_and_base_loss(make_cfg, attack: str, extra: list[str], base_loss: str) -> None:
+    metrics, objects = train(make_cfg(*FAST, f"attack={attack}", *extra))
+    module = objects["module"]
+    assert module.base_loss_name == base_loss
+    assert type(module.attack).__name__ == {"none": "NoAttack", "fgsm_rs": "FGSMRS", "pgd_l2": "PGDL2",
+                                           "trades": "TRADESAttack"}.get(attack, attack.upper())
+    assert math.isfinite(metrics["train/loss"]) and "test/acc_pgd" in metrics
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_mvl"),
+    [
+        (["regularizer.mvl.mode=fixed", "regularizer.mvl.layers=[1]"], ["net.features.relu2"]),
+        (["regularizer.mvl.mode=fixed", "regularizer.mvl.layers=[0,2]", "regularizer.lambda=[0.1,0.2]",
+          "regularizer.mvl.log_analysis=false"], ["net.features.relu1", "net.features.relu3"]),
+        (["regularizer.mvl.mode=once", "regularizer.mvl.top_k=2", "regularizer.lambda=[0.1,0.2]"], None),
+        (["regularizer=none"], []),
+    ],
+)
+def test_mvl_modes_train(make_cfg, overrides: list[str], expected_mvl: list[str] | None) -> None:
+    _, objects = train(make_cfg(*FAST, *overrides))
+    mvl = objects["summary"]["mvl"]
+    if expected_mvl is None:
+        assert len(mvl) == 2
+    else:
+        assert mvl == expected_mvl
+
+
+@pytest.mark.slow
+def test_resnet18_pgd_on_digits_offline(make_cfg) -> None:
+    """``model=resnet18 attack=pgd`` works as written on the embedded 8x8 digits."""
+    small_batches = ["data.batch_size=32", "data.eval_batch_size=32"]
+    metrics, objects = train(make_cfg(*FAST, *small_batches, "model=resnet18", "attack=pgd"))
+    assert list(objects["summary"]["model_kwargs"]["input_size"]) == [8, 8]
+    assert 0.0 <= metrics["test/acc_pgd"] <= 1.0
+
+
+@pytest.mark.slow
+def test_resume_restores_epochs_and_mvl(make_cfg, tmp_path: Path) -> None:
+    _, first = train(make_cfg(*SHORT, "trainer.max_epochs=1", out="first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    history = first["summary"]["mvl_history"]
+    assert len(history) == 1  # the analysis at fit start (refreshes happen at the start of epochs >= 1)
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["lsa_train"]["mvl"] == first["summary"]["mvl"]
+
+    metrics, second = train(make_cfg(*SHORT, "trainer.max_epochs=2", f"ckpt_path={last}", out="second"))
+    trainer = second["trainer"]
+    assert trainer.current_epoch == 2 and trainer.global_step == 6  # 3 batches per epoch, 2 epochs
+    resumed = second["summary"]["mvl_history"]
+    assert resumed[:1] == history and len(resumed) == 2  # restored from the checkpoint, plus epoch 1's refresh
+    assert second["summary"]["resumed_from"] == str(last)
+    assert (tmp_path / "second" / "checkpoints" / "last.ckpt").is_file()
+    assert "val/acc_pgd_best" in metrics
+
+
+def test_main_with_a_config_returns_the_optimized_metric(make_cfg) -> None:
+    value = main(make_cfg(*FAST))
+    assert isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def test_missing_optimized_metric_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"optimized_metric='val/nope'.*val/acc_pgd"):
+        metric_value({"val/acc_pgd": 0.5}, "val/nope")
+    assert metric_value({"val/acc_pgd": 0.5}, None) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["attack.eps=-0.1"], r"attack\.eps=-0\.1"),
+        (["regularizer.lambda=[0.1,0.2]", "regularizer.mvl.mode=fixed", "regularizer.mvl.layers=[2]"],
+         r"regularizer\.lambda=\[0\.1,0\.2\] has 2 values"),
+        (["regularizer.lambda=[0.1,0.2]"], r"regularizer\.lambda=\[0\.1,0\.2\] is a list"),
+        (["regularizer.lambda=-1"], r"regularizer\.lambda=-1"),
+        (["model.input_size=28"], r"model cnn_b cannot take the data's input shape \(1, 8, 8\)"),
+        (["model.name=nope"], r"model\.name='nope'"),
+        (["model=tv", "model.name=tv:nope"], r"tv:nope"),
+        (["model=tv", "model.name=tv:alexnet"], r"model tv:alexnet cannot take"),
+        (["regularizer.mvl.mode=fixed", "regularizer.mvl.layers=[9]"], r"index 9"),
+        (["regularizer.mvl.probes=[nothing*]"], r"nothing"),
+        (["attack=none"], r"regularizer=none"),
+        (["torch_threads=0"], r"torch_threads=0"),
+        (["optimizer.lr=-1"], r"optimizer=adam: Invalid learning rate: -1"),
+    ],
+)
+def test_config_errors_before_training(make_cfg, tmp_path: Path, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        train(make_cfg(*FAST, *overrides))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
