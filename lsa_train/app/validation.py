@@ -92,31 +92,18 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def check_ckpt_path(ckpt_path: str | None) -> Path | None:
-    """``ckpt_path`` is ``None`` or a readable Lightning checkpoint (``torch.load`` on the CPU).
+    """``ckpt_path`` is ``None`` or a readable Lightning checkpoint (loaded on the CPU with
+    ``weights_only=True`` first, see :func:`~lsa_train.app.checkpoint_loading.load_checkpoint`).
 
     Raises:
         ConfigError: Missing file, unreadable or corrupt file, or no ``state_dict`` in it.
     """
     if ckpt_path is None:
         return None
-    import torch
+    from lsa_train.app.checkpoint_loading import check_ckpt_file, load_checkpoint
 
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        kind = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
-        raise ConfigError(
-            f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.resolve()}'); "
-            "give a checkpoint such as <run dir>/checkpoints/last.ckpt"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # any unpickling failure means a corrupt file
-        raise ConfigError(
-            f"ckpt_path='{ckpt_path}' cannot be loaded, the file is corrupt or not a checkpoint "
-            f"({type(err).__name__}: {one_line(err)[:200]})"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path='{ckpt_path}' is not a Lightning checkpoint (it has no 'state_dict')")
+    path = check_ckpt_file(ckpt_path)
+    load_checkpoint(path)
     return path
 
 

@@ -1,0 +1,292 @@
+"""Shared by ``lsa-evaluate`` and ``lsa-analyze``: find a training run from its checkpoint, rebuild its
+data and network with :mod:`lsa_train.app.builders`, and load the trained weights.
+
+A training run dir (made by ``lsa-train``) looks like::
+
+    <run>/.hydra/config.yaml        the composed training config
+    <run>/checkpoints/last.ckpt     Lightning checkpoints of LSARegularizedModule (keys ``model.<...>``)
+
+Every problem with the input (missing or corrupt checkpoint, no run config next to it, weights that
+do not fit the rebuilt network) is a one-line :class:`~lsa_train.app.errors.ConfigError` naming the
+file and what was expected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lsa_train.app.errors import ConfigError, one_line
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the network's parameters in the state dict of ``LSARegularizedModule``.
+MODEL_PREFIX = "model."
+#: The run's composed config, relative to the run dir.
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+#: Folder of the checkpoints, relative to the run dir.
+CHECKPOINT_DIR = "checkpoints"
+#: Name of the OmegaConf resolver that places the output dir next to the training run.
+RUN_SUBDIR_RESOLVER = "lsa_run_subdir"
+
+
+# -- the output dir ---------------------------------------------------------------------------
+def run_subdir(ckpt_path: Any, subdir: str, fallback: str) -> str:
+    """``<train run>/<subdir>`` when ``ckpt_path`` is an existing ``<train run>/checkpoints/*.ckpt``,
+    else ``fallback`` (used by ``hydra.run.dir`` in ``evaluate.yaml`` and ``analyze.yaml``)."""
+    if ckpt_path is None:
+        return str(fallback)
+    path = Path(str(ckpt_path)).expanduser()
+    if path.is_file() and path.parent.name == CHECKPOINT_DIR:
+        return str(path.resolve().parent.parent / subdir)
+    return str(fallback)
+
+
+def register_resolvers() -> None:
+    """Registers ``${lsa_run_subdir:<ckpt_path>,<subdir>,<fallback>}`` (idempotent)."""
+    if not OmegaConf.has_resolver(RUN_SUBDIR_RESOLVER):
+        OmegaConf.register_new_resolver(RUN_SUBDIR_RESOLVER, run_subdir)
+
+
+# -- the checkpoint and the run config --------------------------------------------------------
+def check_ckpt_file(ckpt_path: Any) -> Path:
+    """``ckpt_path`` names an existing file; returns it (``~`` expanded)."""
+    if ckpt_path is None or str(ckpt_path).strip() == "":
+        raise ConfigError("ckpt_path is required: give a checkpoint of a training run, "
+                          "e.g. ckpt_path=<run dir>/checkpoints/last.ckpt")
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        kind = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise ConfigError(
+            f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.resolve()}'); "
+            "give a checkpoint of a training run, such as <run dir>/checkpoints/last.ckpt"
+        )
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], bool]:
+    """``torch.load`` on the CPU, ``weights_only=True`` first; returns the checkpoint and whether the
+    safe loader sufficed.
+
+    Falls back to ``weights_only=False`` (full unpickling, only for files you trust) when the safe
+    loader refuses the file's objects, and says so in a log line.
+
+    Raises:
+        ConfigError: Unreadable or corrupt file, or no ``state_dict`` in it.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        checkpoint, safe = torch.load(path, map_location="cpu", weights_only=True), True
+    except pickle.UnpicklingError as err:  # the safe loader met an object it does not allow
+        if "weights_only" not in str(err):
+            raise _corrupt(path, err) from err
+        log.warning("checkpoint '%s' holds objects that weights_only=True refuses (%s); loading it with "
+                    "weights_only=False: only do this for files you trust", path, one_line(err)[:160])
+        try:
+            checkpoint, safe = torch.load(path, map_location="cpu", weights_only=False), False
+        except Exception as err2:
+            raise _corrupt(path, err2) from err2
+    except Exception as err:  # truncated zip, random bytes, not a torch file
+        raise _corrupt(path, err) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ConfigError(
+            f"ckpt_path='{path}' is not a Lightning checkpoint (it has no 'state_dict'); give a checkpoint "
+            "written by lsa-train, such as <run dir>/checkpoints/last.ckpt"
+        )
+    return checkpoint, safe
+
+
+def _corrupt(path: Path, err: BaseException) -> ConfigError:
+    return ConfigError(
+        f"ckpt_path='{path}' cannot be loaded, the file is corrupt or not a PyTorch checkpoint "
+        f"({type(err).__name__}: {one_line(err)[:160]}); expected a Lightning .ckpt written by lsa-train"
+    )
+
+
+def find_run_config(ckpt: Path, run_config: Any = None) -> Path:
+    """The training config of the run that wrote ``ckpt``: ``run_config`` when given, else
+    ``<run>/.hydra/config.yaml`` with ``ckpt`` in ``<run>/checkpoints/`` (or in ``<run>/``)."""
+    if run_config is not None:
+        path = Path(str(run_config)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"run_config='{run_config}' does not exist (looked at '{path.resolve()}'); "
+                              "give the training run's .hydra/config.yaml")
+        return path
+    folder = ckpt.resolve().parent
+    candidates = [folder.parent / RUN_CONFIG] if folder.name == CHECKPOINT_DIR else []
+    candidates.append(folder / RUN_CONFIG)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no training config next to ckpt_path='{ckpt}': expected '{candidates[0]}' (a checkpoint in "
+        "<run dir>/checkpoints/ of a run made by lsa-train, whose <run dir>/.hydra/config.yaml it reads); "
+        "or set run_config=<path to that config.yaml>"
+    )
+
+
+def load_run_config(path: Path) -> DictConfig:
+    """The composed training config saved by Hydra (``train.yaml`` with its groups)."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"run config '{path}' cannot be read ({type(err).__name__}: {one_line(err)[:160]})") from err
+    if not isinstance(cfg, DictConfig) or "data" not in cfg or "model" not in cfg:
+        raise ConfigError(f"run config '{path}' is not a composed lsa-train config (it lacks 'data' or 'model')")
+    return cfg
+
+
+# -- the run ----------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A trained network with its data, rebuilt from a checkpoint and its run's config."""
+
+    ckpt_path: Path
+    run_dir: Path
+    run_config_path: Path
+    run_cfg: DictConfig
+    datamodule: Any
+    model: Any
+    model_kwargs: dict[str, Any]
+    weights_only: bool
+    epoch: int | None
+    global_step: int | None
+
+    @property
+    def model_name(self) -> str:
+        return str(self.run_cfg.model.get("name", type(self.model).__name__))
+
+    def training_eps(self) -> float:
+        """The budget the run was tested at (``attack.eval_eps``, by default the training ``attack.eps``)."""
+        attack = self.run_cfg.get("attack") or {}
+        for key in ("eval_eps", "eps"):
+            value = OmegaConf.select(attack, key, default=None) if isinstance(attack, DictConfig) else None
+            if value is not None:
+                return float(value)
+        raise ConfigError(f"run config '{self.run_config_path}' has no attack.eps; set the budget explicitly")
+
+    def attack_norm(self) -> str:
+        attack = self.run_cfg.get("attack")
+        return str(attack.get("norm", "linf")).lower() if isinstance(attack, DictConfig) else "linf"
+
+
+def data_overrides(node: Any) -> dict[str, Any]:
+    """The non-null entries of the app's ``data`` node (merged into the run's data config)."""
+    if node is None:
+        return {}
+    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    assert isinstance(values, dict)
+    return {str(k): v for k, v in values.items() if v is not None}
+
+
+def load_run(ckpt_path: Any, run_config: Any = None, data: Mapping[str, Any] | None = None) -> LoadedRun:
+    """Checks ``ckpt_path``, finds its run config, rebuilds datamodule and network, loads the weights.
+
+    Args:
+        ckpt_path: ``<run dir>/checkpoints/<name>.ckpt``.
+        run_config: The run's ``.hydra/config.yaml`` if it is not next to the checkpoint.
+        data: Overrides of the run's ``data`` config (``batch_size``, ``data_dir``, ...).
+    """
+    from lsa_train.app import builders, validation
+
+    ckpt = check_ckpt_file(ckpt_path)
+    config_path = find_run_config(ckpt, run_config)
+    run_cfg = load_run_config(config_path)
+    checkpoint, safe = load_checkpoint(ckpt)
+    if data:
+        run_cfg.data = OmegaConf.merge(run_cfg.data, dict(data))
+    validation.check_model_name(str(run_cfg.model.get("name")))
+    datamodule = builders.build_datamodule(run_cfg)
+    validation.check_dataset_available(datamodule)
+    model, kwargs = builders.build_model(run_cfg, datamodule)
+    load_weights(model, checkpoint["state_dict"], ckpt, config_path)
+    model.eval()
+    return LoadedRun(
+        ckpt_path=ckpt, run_dir=config_path.parent.parent, run_config_path=config_path, run_cfg=run_cfg,
+        datamodule=datamodule, model=model, model_kwargs=kwargs, weights_only=safe,
+        epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"),
+    )
+
+
+def model_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's entries of an ``LSARegularizedModule`` state dict, ``model.`` prefix stripped
+    (a plain network state dict without the prefix is returned as it is)."""
+    stripped = {k[len(MODEL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
+    return stripped or dict(state_dict)
+
+
+def load_weights(model: Any, state_dict: Mapping[str, Any], ckpt: Path, config_path: Path) -> None:
+    """``model.load_state_dict`` (strict) of the checkpoint's network weights."""
+    weights = model_state_dict(state_dict)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        detail = f"missing {missing[:4]}, unexpected {unexpected[:4]}" if missing or unexpected else one_line(err)[:200]
+        raise ConfigError(
+            f"the weights of ckpt_path='{ckpt}' do not fit the network rebuilt from '{config_path}' ({detail}); "
+            "use the run config that wrote this checkpoint"
+        ) from err
+
+
+# -- runtime ----------------------------------------------------------------------------------
+def resolve_device(name: Any) -> Any:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...; refuses an absent GPU."""
+    import torch
+
+    text = str(name or "auto").lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu or cuda") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA GPU is available; use device=cpu or device=auto")
+    return device
+
+
+@contextmanager
+def torch_runtime(seed: int, threads: int | None) -> Iterator[None]:
+    """Seeds torch (and Python, NumPy) and sets the intra-op threads for the block (restored after)."""
+    import lightning as L
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+        raise ConfigError(f"torch_threads={threads} must be an integer >= 1 (or null for torch's default)")
+    previous = torch.get_num_threads()
+    L.seed_everything(int(seed), workers=True, verbose=False)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_facts(run: LoadedRun) -> dict[str, Any]:
+    """Facts about the evaluated run for reports (JSON-ready)."""
+    setting = {
+        "run_dir": str(run.run_dir),
+        "run_config": str(run.run_config_path),
+        "data": str(run.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
+        "model": run.model_name,
+        "checkpoint_epoch": run.epoch,
+        "checkpoint_global_step": run.global_step,
+        "weights_only_load": run.weights_only,
+    }
+    attack = run.run_cfg.get("attack")
+    if isinstance(attack, DictConfig):
+        setting["train_attack"] = str(attack.get("_target_", "")).rsplit(".", 1)[-1]
+        setting["train_eps"] = OmegaConf.select(attack, "eps", default=None)
+    return setting

@@ -1,0 +1,200 @@
+"""``python -m lsa_train.app.evaluate`` / ``lsa-evaluate``: robustness evaluation of a trained run.
+
+Rebuilds the data and network of a training run from ``<run>/.hydra/config.yaml``, loads the weights
+of ``ckpt_path`` and evaluates on the test split, streaming over batches: clean accuracy, the FGSM
+sweep with the paper's R&G score, PGD-k, AutoAttack (on ``autoattack.n_samples`` samples) and the
+gradient-masking checks (their warnings head the report). Writes ``report.md``, ``metrics.json``,
+``metrics.csv`` and ``accuracy_vs_eps.png`` into the run dir of this evaluation, by default
+``<train run>/eval/<date>_<time>/`` (``logs/evaluate/runs/<date>_<time>/`` when the checkpoint is
+not in a ``checkpoints/`` folder).
+
+Examples:
+    python -m lsa_train.app.evaluate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+    lsa-evaluate ckpt_path=<ckpt> pgd.steps=50 pgd.restarts=5 autoattack.n_samples=1000
+    lsa-evaluate ckpt_path=<ckpt> autoattack.enabled=false data.eval_batch_size=512 device=cuda
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from lsa_train.app.checkpoint_loading import register_resolvers
+from lsa_train.app.cli import mark_task_started, run_cli
+from lsa_train.app.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+register_resolvers()
+
+#: ``autoattack.version`` values (see :data:`lsa_train.evaluation.AUTOATTACK_VERSIONS`).
+_AA_VERSIONS = ("standard", "plus", "rand", "custom")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Plain-value checks, answered before anything is loaded.
+
+    Raises:
+        ConfigError: A bad value, named with the valid choices.
+    """
+    if str(cfg.split) not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split} is invalid; choose test or val")
+    grid = list(cfg.fgsm.eps_grid or [])
+    if not grid or any(float(e) < 0 for e in grid):
+        raise ConfigError(f"fgsm.eps_grid={grid} must be a non-empty list of budgets >= 0 (include 0 for R&G)")
+    if cfg.pgd.eps is not None and float(cfg.pgd.eps) < 0:
+        raise ConfigError(f"pgd.eps={cfg.pgd.eps} must be >= 0 (or null for the run's training eps)")
+    for key in ("steps", "restarts"):
+        if int(cfg.pgd[key]) < 1:
+            raise ConfigError(f"pgd.{key}={cfg.pgd[key]} must be an integer >= 1")
+    if cfg.pgd.alpha is not None and float(cfg.pgd.alpha) <= 0:
+        raise ConfigError(f"pgd.alpha={cfg.pgd.alpha} must be > 0 (or null for eps / 4)")
+    if cfg.max_samples is not None and int(cfg.max_samples) < 1:
+        raise ConfigError(f"max_samples={cfg.max_samples} must be an integer >= 1 (or null for all)")
+    aa = cfg.autoattack
+    if aa.enabled:
+        if str(aa.version) not in _AA_VERSIONS:
+            raise ConfigError(f"autoattack.version={aa.version} is invalid; choose one of {list(_AA_VERSIONS)}")
+        if aa.n_samples is not None and int(aa.n_samples) < 1:
+            raise ConfigError(f"autoattack.n_samples={aa.n_samples} must be an integer >= 1")
+
+
+def evaluate(cfg: DictConfig) -> Any:
+    """Evaluates the checkpoint of ``cfg.ckpt_path`` and writes the report into ``cfg.paths.output_dir``.
+
+    Args:
+        cfg: A config composed from ``lsa_train.conf`` (``evaluate.yaml``).
+
+    Returns:
+        The :class:`~lsa_train.evaluation.EvaluationReport` (also written to disk).
+
+    Raises:
+        ConfigError: Bad input (checkpoint, run config, values), reported in one line by :func:`main`.
+    """
+    from lsa_train.app import validation
+    from lsa_train.app.checkpoint_loading import data_overrides, load_run, resolve_device, torch_runtime
+
+    started = time.perf_counter()
+    check_config(cfg)
+    out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
+    device = resolve_device(cfg.device)
+    with torch_runtime(int(cfg.seed), cfg.torch_threads):
+        run = load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(cfg.get("data")))
+        report = _evaluate_run(cfg, run, device, started)
+    report.write_all(out_dir)
+    print_report(report, out_dir)
+    log.info("evaluation written to %s", out_dir)
+    return report
+
+
+def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any:
+    from lsa_train.app.checkpoint_loading import run_facts
+    from lsa_train.evaluation import evaluate_robustness
+
+    datamodule = run.datamodule
+    datamodule.setup("test" if cfg.split == "test" else "validate")
+    loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
+    eps = float(cfg.pgd.eps) if cfg.pgd.eps is not None else run.training_eps()
+    extra_warnings: list[str] = []
+    if cfg.pgd.eps is None and run.attack_norm() != "linf":
+        extra_warnings.append(f"the run was trained with an {run.attack_norm()} attack; its eps={eps:g} is used "
+                              "as a Linf budget here (set pgd.eps for a meaningful Linf evaluation)")
+    aa_version = _autoattack_version(cfg, extra_warnings)
+    model = run.model.to(device)
+    log.info("evaluating %s (%s) on the %s split, eps=%g, device %s", run.model_name, run.ckpt_path, cfg.split,
+             eps, device)
+    masking = cfg.masking
+    report = evaluate_robustness(
+        model, loader, eps,
+        eps_grid=[float(e) for e in cfg.fgsm.eps_grid],
+        pgd_steps=int(cfg.pgd.steps), pgd_alpha=None if cfg.pgd.alpha is None else float(cfg.pgd.alpha),
+        pgd_restarts=int(cfg.pgd.restarts),
+        autoattack_version=aa_version,
+        autoattack_attacks=list(cfg.autoattack.attacks) if cfg.autoattack.attacks else None,
+        autoattack_samples=None if cfg.autoattack.n_samples is None else int(cfg.autoattack.n_samples),
+        masking_checks=bool(masking.enabled),
+        masking_kwargs={k: masking[k] for k in ("tol", "square_queries", "square_max_samples", "large_eps",
+                                                  "large_eps_max_acc")},
+        seed=int(cfg.seed), device=device,
+        max_samples=None if cfg.max_samples is None else int(cfg.max_samples),
+        model_name=run.model_name, checkpoint=run.ckpt_path,
+        metadata={**run_facts(run), "split": str(cfg.split), "device": str(device)},
+    )
+    report.warnings.extend(extra_warnings)
+    report.metadata["wall_time_s"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def _autoattack_version(cfg: DictConfig, warnings: list[str]) -> str | None:
+    """``autoattack.version`` when enabled and the package is installed, else ``None`` (with a warning)."""
+    if not cfg.autoattack.enabled:
+        return None
+    if importlib.util.find_spec("pyautoattack") is None:
+        message = ("AutoAttack was skipped: the package pyautoattack is not installed "
+                   "(pip install pyautoattack, or lsa_train[eval]); set autoattack.enabled=false to silence this")
+        log.warning(message)
+        warnings.append(message)
+        return None
+    return str(cfg.autoattack.version)
+
+
+def print_report(report: Any, out_dir: Path) -> None:
+    """Prints the metrics and warnings as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"LSA robustness evaluation ({report.model_name}, {report.n_samples} samples)",
+                  header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    pct = _pct
+    table.add_row("clean accuracy (%)", pct(report.clean_accuracy))
+    for eps, acc in report.fgsm_sweep.items():
+        table.add_row(f"FGSM accuracy at eps={eps:g} (%)", pct(acc))
+    rg = report.rg_score
+    table.add_row("R&G score (sum of FGSM accuracies, %)", "n/a" if rg is None else f"{rg:.2f}")
+    settings = report.pgd_settings
+    table.add_row(f"PGD-{settings.get('steps')} accuracy at eps={settings.get('eps', 0):g} (%)",
+                  pct(report.pgd_accuracy))
+    aa = report.autoattack_settings
+    table.add_row(f"AutoAttack accuracy ({aa.get('n_samples', '?')} samples) (%)" if aa else "AutoAttack accuracy",
+                  pct(report.autoattack_accuracy) if report.autoattack_accuracy is not None else "not run")
+    for name, value in report.other_metrics.items():
+        table.add_row(f"{name} (%)", pct(value))
+    table.add_row("output dir", str(out_dir))
+    console = Console()
+    console.print(table)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+    if not report.warnings:
+        console.print("no gradient-masking symptom detected by the checks that were run")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lsa_train.conf", config_name="evaluate")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra task: evaluates and returns the PGD accuracy (for sweepers)."""
+    mark_task_started()
+    report = evaluate(cfg)
+    return report.pgd_accuracy
+
+
+def main() -> None:
+    """Console entry point (``lsa-evaluate``, ``python -m lsa_train.app.evaluate``): one-line errors,
+    exit code 2 for bad input (see :mod:`lsa_train.app.cli`)."""
+    run_cli(hydra_main, prog="lsa-evaluate")
+
+
+__all__ = ["check_config", "evaluate", "hydra_main", "main", "print_report"]
+
+if __name__ == "__main__":
+    main()
