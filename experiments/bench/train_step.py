@@ -75,6 +75,7 @@ class StepTimer(L.Callback):
 
 
 def run_one(name: str, model_name: str, batch: int, steps: int, warmup: int, device: str) -> dict[str, float]:
+    torch.set_num_threads(1)  # steadier medians on a shared CPU; the ratios are what count
     torch.manual_seed(313)
     shape = (1, 28, 28) if model_name == "cnn_b" else (3, 32, 32)
     x = torch.rand(batch * 4, *shape)
@@ -130,7 +131,7 @@ def main() -> None:
     body = f"""## Training step: AT-LR vs the base methods ({args.device})
 
 Model `{args.model}`, batch {args.batch}, eps {EPS}, {args.steps} steps per configuration (median after
-{args.warmup} warm-up steps), each in a fresh process. AT-LR regularizes one MVL probe (index 2) with
+{args.warmup} warm-up steps), each in a fresh process with one torch thread. AT-LR regularizes one MVL probe (index 2) with
 gamma 0.1. Memory: {memory_kind}.
 
 | configuration | ms / step | time / PGD-10 AT | peak MiB | memory / PGD-10 AT |
