@@ -79,10 +79,19 @@ def main() -> None:
     epoch_time = statistics.mean([epochs.seconds[0], *train_only])
     refresh_time = statistics.mean(refresh.seconds)
     fraction = refresh_time / epoch_time
+    # The refresh costs the same on any dataset; an epoch grows with it. Extrapolated (not measured) to a
+    # CIFAR-10-sized epoch: 50k samples at the per-sample training cost measured here.
+    per_sample = epoch_time / len(dm.train_set)
+    cifar_fraction = refresh_time / (per_sample * 50_000)
+
+    def met(value: float) -> str:
+        return "yes" if value <= TARGET_FRACTION else "NO"
+
     body = f"""## MVL refresh callback overhead (cpu)
 
 Digits 8x8 ({len(dm.train_set)} training samples, batch 64), model B, PGD-7 AT + LSA term, eps {args.eps};
-callback defaults (256 held-out samples, PGD-10 at the training eps, figure + CSV written), {args.epochs} epochs.
+callback defaults (256 held-out samples, PGD-5 at the training eps, CSV written, figure drawn on a worker
+thread), {args.epochs} epochs.
 
 | measure | seconds |
 |---|---:|
@@ -91,7 +100,11 @@ callback defaults (256 held-out samples, PGD-10 at the training eps, figure + CS
 
 | target | value | bound | met |
 |---|---:|---:|:---:|
-| refresh / epoch | {fraction:.3f} | <= {TARGET_FRACTION} | {'yes' if fraction <= TARGET_FRACTION else 'NO'} |
+| refresh / epoch (digits default run, measured) | {fraction:.3f} | <= {TARGET_FRACTION} | {met(fraction)} |
+| refresh / epoch at 50k samples (extrapolated) | {cifar_fraction:.4f} | <= {TARGET_FRACTION} | {met(cifar_fraction)} |
+
+The digits epoch (about 1k samples) is so short that a fixed 256-sample analysis cannot stay under 5 %;
+`regularizer.mvl.every_n_epochs` or `regularizer.mvl.num_samples` trade refresh cost for MVL freshness.
 """
     write_section("refresh_overhead", body)
     print(body)
