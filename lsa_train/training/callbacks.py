@@ -166,12 +166,34 @@ class MVLRefreshCallback(Callback):
             return
         tag = f"{len(self.history):03d}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}"
         result.to_csv(out / f"lsa_{tag}.csv")
-        if self.plot:
-            plot_layer_curves(
+        if self.plot:  # drawn on a worker thread, so the PNG never holds up training
+            self._wait_for_plots()
+            if self._plotter is None:
+                self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsa-plot")
+            self._plot_job = self._plotter.submit(
+                plot_layer_curves,
                 {self.perturbation: result},
                 out / f"lsa_{tag}.png",
-                title=f"LSA at epoch {trainer.current_epoch} (eps={result.metadata['eps']:g})",
+                title=f"LSA before epoch {trainer.current_epoch} (eps={result.metadata['eps']:g})",
             )
+
+    def _wait_for_plots(self) -> None:
+        """Blocks until the last figure is written; re-raises a plotting error here."""
+        if self._plot_job is not None:
+            job, self._plot_job = self._plot_job, None
+            job.result()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._wait_for_plots()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._plot_job is not None:  # let the figure finish; the training error is the one to report
+            self._plot_job.exception()
+            self._plot_job = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._wait_for_plots()
+        return {**self.__dict__, "_plotter": None, "_plot_job": None}
 
     def _dirpath(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:

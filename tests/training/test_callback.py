@@ -112,3 +112,23 @@ def test_ddp_two_cpu_processes_agree_on_mvl_and_weights(tmp_path):
     assert ranks[0]["history"] == ranks[1]["history"]  # same analysis numbers, not only the same choice
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert ranks[0]["val_acc_clean"] == pytest.approx(ranks[1]["val_acc_clean"])
+
+
+def test_figures_are_written_off_the_training_thread(tmp_path, loaders, monkeypatch):
+    import threading
+
+    from lsa_train.training import callbacks as callbacks_module
+
+    threads: list[str] = []
+    real_plot = callbacks_module.plot_layer_curves
+
+    def recording_plot(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real_plot(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks_module, "plot_layer_curves", recording_plot)
+    module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=16, top_k=1, dirpath=tmp_path / "lsa")
+    trainer_for(tmp_path, [callback], max_epochs=2, enable_checkpointing=False).fit(module, *loaders)
+    assert len(threads) == 2 and all(name.startswith("lsa-plot") for name in threads)
+    assert len(list((tmp_path / "lsa").glob("*.png"))) == 2  # all written by the time fit returns
