@@ -59,7 +59,9 @@ class LSARegularizedModule(L.LightningModule):
             :class:`~lsa_train.training.callbacks.MVLRefreshCallback` replaces it when used.
         trades_beta: Weight of the KL term for ``base_loss="trades"``.
         concat_clean_adv: Run clean and adversarial samples in one forward. Only allowed for
-            models without BatchNorm, whose batch statistics it would mix.
+            models without BatchNorm, whose batch statistics it would mix. Otherwise the clean
+            forward runs separately in train mode, so BatchNorm layers up to the deepest MVL probe
+            also update their running statistics with the clean batch (as in TRADES).
         val_attack: Attack for validation robust accuracy; default PGD-10 at the training eps.
         test_eps_grid: FGSM budgets of the test sweep (include 0 for the R&G score).
         test_attack: Attack for test robust accuracy; default PGD-20 at the training eps.
