@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lsa_train.analysis.results import LSAResult
+from lsa_train.utils.io import atomic_write
 
 
 def plot_layer_curves(
@@ -67,9 +68,4 @@ def plot_layer_curves(
     axes.set_title(title or f"Layer sustainability analysis ({first.num_samples} samples)")
     axes.grid(alpha=0.3)
     axes.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120))

@@ -260,18 +260,14 @@ def resolve_device(name: Any) -> Any:
 def torch_runtime(seed: int, threads: int | None) -> Iterator[None]:
     """Seeds torch (and Python, NumPy) and sets the intra-op threads for the block (restored after)."""
     import lightning as L
-    import torch
+
+    from lsa_train.utils.runtime import torch_threads
 
     if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
         raise ConfigError(f"torch_threads={threads} must be an integer >= 1 (or null for torch's default)")
-    previous = torch.get_num_threads()
     L.seed_everything(int(seed), workers=True, verbose=False)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(threads):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run_facts(run: LoadedRun) -> dict[str, Any]:

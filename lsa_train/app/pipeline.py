@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lsa_train.app import builders, validation
 from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
 from lsa_train.app.schemas import MVLMode
+from lsa_train.utils.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def run_training(
         for pattern in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
-    with _determinism(bool(cfg.get("deterministic", False))), _torch_threads(cfg.get("torch_threads")):
+    with _determinism(bool(cfg.get("deterministic", False))), torch_threads(cfg.get("torch_threads")):
         return _train(cfg, started, ckpt_path)
 
 
@@ -153,18 +154,6 @@ def _determinism(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """``torch.set_num_threads(threads)`` for the run (``None``: unchanged), restored afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from lsa_train.utils.io import atomic_write
 
 
 def plot_accuracy_vs_eps(
@@ -36,8 +36,6 @@ def plot_accuracy_vs_eps(
     Returns:
         The written path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(5.0, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -54,14 +52,4 @@ def plot_accuracy_vs_eps(
     ax.set_title(title or "Accuracy vs. epsilon")
     ax.legend(loc="best")
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder and a rename.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Calls ``write(handle)`` on a temporary file in the same folder, then renames it to ``path``.
 
-    A crash or a full disk mid-write leaves the previous file intact, never half a file.
+    A crash, an exception in ``write`` or a full disk mid-write leaves the previous file intact,
+    never half a file; the temporary file is removed on failure. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -25,3 +28,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
