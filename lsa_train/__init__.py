@@ -15,6 +15,7 @@ _LAZY = {
     "analyze": "lsa_train.analysis",
     "analyze_perturbations": "lsa_train.analysis",
     "compute_cm": "lsa_train.analysis",
+    "compute_cms": "lsa_train.analysis",
     "list_probes": "lsa_train.analysis",
     "select_probes": "lsa_train.analysis",
     "select_mvl": "lsa_train.analysis",

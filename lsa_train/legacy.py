@@ -3,7 +3,8 @@
 Same constructor, attributes and numbers as the authors' package on its first call,
 with its leaks fixed: hooks are removed after every call (the original adds hooks on
 each call and never removes them, so calls slow down and memory grows), nothing goes
-through numpy, and CUDA tensors stay on their device.
+through numpy, and CUDA tensors stay on their device. It is also faster: no autograd
+graph, forwards in cache-sized chunks, ``channels_last`` images on CPU.
 
 Example:
     >>> from lsa_train.legacy import LayerSustainabilityAnalysis
@@ -14,13 +15,56 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lsa_train.analysis.measures import get_measure
+from lsa_train.analysis.layout import choose_channels_last, default_chunk_size, to_layout
+from lsa_train.analysis.measures import DEFAULT_EPS, canonical_measure_name
+
+# Per probe the chunks contribute sums, in float64: ||c - p||^2, ||c||^2, ||p||^2, <c, p> and the
+# element count; each whole-batch measure is a function of them and computes only those it needs.
+_NEEDED_SUMS = {"relative_error": (0, 1), "mse": (0, 4), "cosine": (0, 1, 2, 3)}
+
+
+def _pair_sums(clean: torch.Tensor, perturbed: torch.Tensor, needed: Sequence[int]) -> torch.Tensor:
+    a, b = clean.float(), perturbed.float()
+    sums = torch.zeros(5, dtype=torch.float64, device=a.device)
+    for index in needed:
+        if index == 0:
+            sums[0] = torch.linalg.vector_norm(a - b).double().square()
+        elif index == 1:
+            sums[1] = torch.linalg.vector_norm(a).double().square()
+        elif index == 2:
+            sums[2] = torch.linalg.vector_norm(b).double().square()
+        elif index == 3:
+            sums[3] = (a * b).sum(dtype=torch.float64)
+        else:
+            sums[4] = a.numel()
+    return sums
+
+
+def _relative_error(s: torch.Tensor) -> torch.Tensor:
+    return s[0].sqrt() / s[1].sqrt().clamp_min(DEFAULT_EPS)
+
+
+def _mse(s: torch.Tensor) -> torch.Tensor:
+    return s[0] / s[4]
+
+
+def _cosine(s: torch.Tensor) -> torch.Tensor:
+    if s[0] == 0:  # identical tensors (zeros included) are at distance 0
+        return torch.zeros((), dtype=s.dtype, device=s.device)
+    return 1.0 - s[3] / (s[1].sqrt() * s[2].sqrt()).clamp_min(DEFAULT_EPS)
+
+
+_WHOLE_BATCH_MEASURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relative_error": _relative_error,
+    "mse": _mse,
+    "cosine": _cosine,
+}
 
 
 def legacy_probe_modules(model: nn.Module, class_names: Sequence[str]) -> list[nn.Module]:
@@ -49,14 +93,20 @@ class LayerSustainabilityAnalysis:
 
     Args:
         pretrained_model: The trained network; put in eval mode, as in the original.
+        chunk_size: Samples per forward, clean and perturbed together (not in the original);
+            ``None``: 64 on CPU, 512 on GPUs. Results do not depend on it, speed and peak
+            memory do.
 
     Attributes:
         selected_probs: Class names of the probed modules (the original's spelling);
             edit it to probe other module types.
     """
 
-    def __init__(self, pretrained_model: nn.Module) -> None:
+    def __init__(self, pretrained_model: nn.Module, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.pretrained_model = pretrained_model
+        self.chunk_size = chunk_size
         self.pretrained_model.eval()
         self.selected_probs = ["ReLU", "ELU", "LeakyReLU"]
 
@@ -78,26 +128,41 @@ class LayerSustainabilityAnalysis:
 
         ``relative-error`` is ``||clean - perturbed||_F / ||clean||_F`` over the batch
         tensor of each probe, as the original computes (it ignores ``measure`` and
-        always computes this). Other registered measures (``mse``, ``cosine``) are
-        applied to the flattened batch.
+        always computes this). ``mse`` and ``cosine`` are applied to the flattened batch.
+
+        The batch runs in chunks, each one forward of ``chunk_size // 2`` clean samples
+        followed by their perturbed copies, and only sums (squared norms, dot product)
+        are kept per probe, so no feature map of the whole batch is ever held or copied;
+        eval mode makes samples independent, so the values equal the whole-batch ones
+        up to float rounding.
         """
         if img_clean.shape != img_perturbed.shape:
             raise ValueError(
                 f"img_clean and img_perturbed differ in shape: {tuple(img_clean.shape)} vs "
                 f"{tuple(img_perturbed.shape)}"
             )
-        measure_fn = get_measure(measure)
+        measure_name = canonical_measure_name(measure)
+        finish, needed = _WHOLE_BATCH_MEASURES[measure_name], _NEEDED_SUMS[measure_name]
         modules = legacy_probe_modules(self.pretrained_model, self.selected_probs)
-        half = img_clean.shape[0]
+        totals: list[torch.Tensor] = []
+        for clean_chunk, perturbed_chunk in self._chunks(img_clean, img_perturbed):
 
-        def whole_batch_measure(output: torch.Tensor) -> torch.Tensor:
-            # eval mode makes samples independent, so one forward of [clean; perturbed] suffices
-            return measure_fn(output[:half].reshape(1, -1), output[half:].reshape(1, -1))[0]
+            def chunk_sums(output: torch.Tensor, half: int = clean_chunk.shape[0]) -> torch.Tensor:
+                return _pair_sums(output[:half], output[half:], needed)
 
-        values = [float(v) for v in self._capture(torch.cat([img_clean, img_perturbed]), modules, whole_batch_measure)]
+            # one forward of [clean; perturbed]: the hook sees both halves, nothing is copied
+            sums = self._capture(torch.cat([clean_chunk, perturbed_chunk]), modules, chunk_sums)
+            totals = sums if not totals else [a + b for a, b in zip(totals, sums)]
+        values = [float(finish(total)) for total in totals]
         if verbose:
             print(f"{len(values)} probes compared ({measure})")
         return values
+
+    def _chunks(self, clean: torch.Tensor, perturbed: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        step = max(1, (self.chunk_size or default_chunk_size(clean.device)) // 2)
+        layout = choose_channels_last(self.pretrained_model, clean[:2], None) if clean.ndim == 4 else False
+        for start in range(0, clean.shape[0], step):
+            yield (to_layout(clean[start : start + step], layout), to_layout(perturbed[start : start + step], layout))
 
     @torch.no_grad()
     def _capture(
@@ -110,8 +175,8 @@ class LayerSustainabilityAnalysis:
         outputs: list[torch.Tensor] = []
 
         def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            value = reduce(output) if reduce is not None else output.detach().clone()
-            outputs.extend([value] * repeats[id(module)])
+            for _ in range(repeats[id(module)]):  # a module hooked twice reports twice, as in the original
+                outputs.append(reduce(output) if reduce is not None else output.detach().clone())
 
         unique = list({id(m): m for m in modules}.values())
         handles = [m.register_forward_hook(hook) for m in unique]

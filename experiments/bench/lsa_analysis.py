@@ -1,11 +1,13 @@
 """Benchmark: our LSA analysis vs the original ``LayersSustainabilityAnalysis`` 1.0.4.
 
-Same small CNN, one batch of 128 images 3x32x32, N calls of ``representation_comparisons``
-each. Every implementation runs in its own fresh subprocess so RSS growth is its own.
+Same small CNN, one clean batch of 128 images 3x32x32 and N calls of
+``representation_comparisons``, each with its own perturbed batch (noise levels of a sweep,
+the way the analysis is used; the same tensors for both implementations). Every
+implementation runs in its own fresh subprocess so RSS growth is its own.
 Writes the ``lsa_analysis`` section of ``experiments/bench/RESULTS.md``.
 
 Usage:
-    python experiments/bench/lsa_analysis.py [--calls 30] [--batch 128]
+    python experiments/bench/lsa_analysis.py [--calls 20] [--batch 128]
 """
 
 from __future__ import annotations
@@ -45,20 +47,21 @@ def measure(impl: str, calls: int, batch: int) -> dict[str, float]:
     torch.manual_seed(313)
     model = small_cnn()
     clean = torch.rand(batch, 3, 32, 32)
-    perturbed = (clean + 0.03 * torch.randn_like(clean)).clamp(0, 1)
+    sigmas = torch.linspace(0.01, 0.1, calls + 3).tolist()
+    perturbed = [(clean + sigma * torch.randn_like(clean)).clamp(0, 1) for sigma in sigmas]
     if impl == "original":
         from LayerSustainabilityAnalysis import LayerSustainabilityAnalysis
     else:
         from lsa_train.legacy import LayerSustainabilityAnalysis
     lsa = LayerSustainabilityAnalysis(pretrained_model=model)
-    for _ in range(3):  # warm-up calls (allocator and kernel caches), not timed
-        lsa.representation_comparisons(clean, perturbed, verbose=False)
+    for noisy in perturbed[:3]:  # warm-up calls (allocator and kernel caches), not timed
+        lsa.representation_comparisons(clean, noisy, verbose=False)
     start_rss = rss_mb()
     hooks_before = sum(len(m._forward_hooks) for m in model.modules())
     times = []
-    for _ in range(calls):
+    for noisy in perturbed[3:]:
         t0 = time.perf_counter()
-        lsa.representation_comparisons(clean, perturbed, verbose=False)
+        lsa.representation_comparisons(clean, noisy, verbose=False)
         times.append(time.perf_counter() - t0)
     hooks = sum(len(m._forward_hooks) for m in model.modules()) - hooks_before
     return {"median_s": statistics.median(times), "rss_growth_mb": rss_mb() - start_rss, "hooks_left": hooks}
@@ -66,7 +69,7 @@ def measure(impl: str, calls: int, batch: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--impl", choices=["original", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -91,7 +94,8 @@ def main() -> None:
     body = f"""## LSA analysis: ours vs original LayersSustainabilityAnalysis 1.0.4
 
 Small CNN (4 conv + 2 linear, 5 ReLU probes), batch {args.batch} of 3x32x32, {args.calls} calls of
-`representation_comparisons` after three warm-up calls, each implementation in a fresh process.
+`representation_comparisons` after three warm-up calls, each call with its own perturbed batch
+(Gaussian noise, sigma 0.01..0.1), each implementation in a fresh process.
 
 | implementation | median s / call | RSS growth over {args.calls} calls (MiB) | hooks added by the timed calls |
 |---|---:|---:|---:|

@@ -3,7 +3,7 @@
 Plain PyTorch: usable in a notebook without Lightning or Hydra.
 """
 
-from lsa_train.analysis.analyze import analyze, compute_cm
+from lsa_train.analysis.analyze import analyze, compute_cm, compute_cms
 from lsa_train.analysis.capture import ProbeCapture
 from lsa_train.analysis.measures import (
     MEASURES,
@@ -29,6 +29,7 @@ __all__ = [
     "analyze",
     "analyze_perturbations",
     "compute_cm",
+    "compute_cms",
     "cosine_distance",
     "get_measure",
     "list_measures",

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lsa_train.analysis.capture import ProbeCapture
+from lsa_train.analysis.layout import choose_channels_last, default_chunk_size, to_layout
 from lsa_train.analysis.measures import Measure, canonical_measure_name, get_measure
 from lsa_train.analysis.mvl import check_mvl_rule, select_mvl
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
@@ -34,7 +35,6 @@ def check_pair(clean: torch.Tensor, perturbed: torch.Tensor) -> None:
             raise ValueError(f"{label} inputs contain NaN or inf values")
 
 
-@torch.no_grad()
 def compute_cm(
     model: nn.Module,
     probes: Sequence[Probe],
@@ -42,12 +42,14 @@ def compute_cm(
     perturbed: torch.Tensor,
     *,
     measure: str | Measure = "relative_error",
-    batch_size: int | None = 256,
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """Comparison measure of every sample at every probe.
 
-    The model runs in eval mode (restored afterwards) on clean and perturbed halves
-    concatenated into one batch, so each chunk costs a single forward.
+    The model runs in eval mode (restored afterwards), chunk by chunk, only up to the
+    deepest probe: each forward carries ``batch_size / 2`` clean samples followed by
+    their perturbed copies, compared probe by probe inside the hooks.
 
     Args:
         model: The network.
@@ -55,38 +57,83 @@ def compute_cm(
         clean: Inputs, shape ``(M, ...)``.
         perturbed: Perturbed copies, same shape.
         measure: Registered measure name or a callable ``(a, b) -> (N,)``.
-        batch_size: Samples per chunk (``None``: all at once).
+        batch_size: Samples per forward; ``None`` picks by device (64 on CPU, 512 on GPUs).
+        channels_last: Feed 4-D inputs in ``channels_last`` layout; ``None`` turns it on
+            for CPU inputs when the model accepts it (values are unchanged, speed is not).
 
     Returns:
         CM matrix, float32 on CPU, shape ``(M, L)``.
     """
-    check_pair(clean, perturbed)
+    return compute_cms(
+        model, probes, clean, [perturbed], measure=measure, batch_size=batch_size, channels_last=channels_last
+    )[0]
+
+
+@torch.no_grad()
+def compute_cms(
+    model: nn.Module,
+    probes: Sequence[Probe],
+    clean: torch.Tensor,
+    perturbed: Sequence[torch.Tensor],
+    *,
+    measure: str | Measure = "relative_error",
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
+) -> list[torch.Tensor]:
+    """:func:`compute_cm` for several perturbed versions of the same inputs.
+
+    With several, the clean forward of each chunk (``batch_size`` samples) is shared by
+    all of them, its probe outputs kept as the reference, so ``K`` perturbations cost
+    ``K + 1`` forwards per chunk instead of ``2K``.
+
+    Returns:
+        One float32 CPU CM matrix of shape ``(M, L)`` per entry of ``perturbed``.
+    """
+    if not perturbed:
+        raise ValueError("compute_cms needs at least one perturbed tensor")
+    for other in perturbed:
+        check_pair(clean, other)
     measure_fn = get_measure(measure)
     device = model_device(model, clean.device)
-    step = clean.shape[0] if batch_size is None else int(batch_size)
+    step = default_chunk_size(device) if batch_size is None else int(batch_size)
     if step < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = [m.training for m in model.modules()]
-    columns: list[torch.Tensor] = []
-    half = 0
+    columns: list[list[torch.Tensor]] = [[] for _ in perturbed]
+    reference: dict[str, torch.Tensor] = {}
 
-    def split_measure(output: torch.Tensor) -> torch.Tensor:
-        # runs inside the hook: the feature map is compared and dropped, never copied
-        return measure_fn(output[:half], output[half:])
+    def compare(name: str, output: torch.Tensor) -> torch.Tensor:
+        # runs inside the hook: the perturbed feature map is compared and dropped, never copied
+        return measure_fn(reference[name], output)
 
     model.eval()
     try:
-        with ProbeCapture(model, probes, detach=True, reduce=split_measure) as capture:
-            for start in range(0, clean.shape[0], step):
-                a = clean[start : start + step].to(device)
-                b = perturbed[start : start + step].to(device)
-                half = a.shape[0]
-                model(torch.cat([a, b]))
-                columns.append(torch.stack(list(capture.pop().values()), dim=1).float().cpu())
+        layout = choose_channels_last(model, clean[:2].to(device), channels_last)
+        with ProbeCapture(model, probes, detach=True) as capture:
+            if len(perturbed) == 1:
+                # one forward of [clean; perturbed] per chunk: the hook sees both halves, nothing is copied
+                half = max(1, step // 2)
+                capture.reduce = lambda _name, output: measure_fn(output[: output.shape[0] // 2],
+                                                                  output[output.shape[0] // 2 :])
+                for start in range(0, clean.shape[0], half):
+                    pair = torch.cat([clean[start : start + half], perturbed[0][start : start + half]])
+                    values = capture.forward_until_captured(to_layout(pair.to(device), layout))
+                    columns[0].append(torch.stack(list(values.values()), dim=1).float().cpu())
+            else:
+                for start in range(0, clean.shape[0], step):
+                    capture.reduce = None  # the clean outputs are kept (copied) as the reference
+                    chunk = to_layout(clean[start : start + step].to(device), layout)
+                    reference = capture.forward_until_captured(chunk)
+                    capture.reduce = compare
+                    for k, other in enumerate(perturbed):
+                        chunk = to_layout(other[start : start + step].to(device), layout)
+                        values = capture.forward_until_captured(chunk)
+                        columns[k].append(torch.stack(list(values.values()), dim=1).float().cpu())
+                    reference = {}
     finally:
         for module, mode in zip(model.modules(), was_training):
             module.training = mode
-    return torch.cat(columns)
+    return [torch.cat(chunks) for chunks in columns]
 
 
 def analyze(
@@ -98,7 +145,7 @@ def analyze(
     measure: str | Measure = "relative_error",
     eta: float | None = 1.0,
     top_k: int | None = None,
-    batch_size: int | None = 256,
+    batch_size: int | None = None,
     perturbation: str | None = None,
 ) -> LSAResult:
     """Runs the layer sustainability analysis on one clean/perturbed pair of batches.
@@ -112,7 +159,7 @@ def analyze(
         measure: ``"relative_error"`` (default), ``"mse"``, ``"cosine"``, or a callable.
         eta: Algorithm 1 cut-off (``mean_l - mu > eta * sigma``).
         top_k: Pick the ``k`` most vulnerable probes instead of using ``eta``.
-        batch_size: Samples per forward chunk.
+        batch_size: Samples per forward (``None``: 64 on CPU, 512 on GPUs).
         perturbation: Name recorded in the result (e.g. ``"pgd"``).
 
     Returns:

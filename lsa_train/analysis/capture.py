@@ -38,9 +38,10 @@ class ProbeCapture:
         detach: ``True`` (analysis) stores detached copies; ``False`` (training
             regularizer) keeps the autograd graph so a loss on the outputs reaches the
             parameters below each probe.
-        reduce: Optional ``f(output) -> tensor`` applied inside the hook, at the moment
-            the module returns; its result is stored instead of a copy of the output.
-            Analysis uses it to turn big feature maps into per-sample measures at once.
+        reduce: Optional ``f(probe_name, output) -> tensor`` applied inside the hook, at
+            the moment the module returns; its result is stored instead of a copy of the
+            output. Analysis uses it to turn big feature maps into per-sample measures at
+            once. The attribute may be swapped between forwards.
 
     Without ``reduce`` the stored tensor is a copy (``clone``), so an inplace activation
     or a later inplace op in the network cannot overwrite what was recorded.
@@ -52,7 +53,7 @@ class ProbeCapture:
         probes: Sequence[Probe],
         *,
         detach: bool = True,
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if not probes:
             raise ValueError("ProbeCapture needs at least one probe")
@@ -163,7 +164,8 @@ class ProbeCapture:
                 raise TypeError(f"probe {wanted[call]!r} produced {type(output).__name__}, not a tensor")
             if self.detach:
                 tensor = tensor.detach()
-            self._outputs[wanted[call]] = self.reduce(tensor) if self.reduce is not None else tensor.clone()
+            name = wanted[call]
+            self._outputs[name] = self.reduce(name, tensor) if self.reduce is not None else tensor.clone()
             if self._stop_when_complete and len(self._outputs) == len(self.probes):
                 raise CaptureComplete
 

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from lsa_train.analysis.analyze import analyze, model_device
-from lsa_train.analysis.measures import Measure
+from lsa_train.analysis.analyze import compute_cms, model_device
+from lsa_train.analysis.measures import Measure, canonical_measure_name
+from lsa_train.analysis.mvl import check_mvl_rule, select_mvl
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
 from lsa_train.analysis.results import LSAResult
 
@@ -27,10 +28,10 @@ def analyze_perturbations(
     measure: str | Measure = "relative_error",
     eta: float | None = 1.0,
     top_k: int | None = None,
-    batch_size: int | None = 256,
+    batch_size: int | None = None,
     seed: int = 313,
 ) -> dict[str, LSAResult]:
-    """Runs :func:`analyze` once per perturbation.
+    """Runs :func:`analyze` once per perturbation, sharing the clean forwards.
 
     Args:
         model: The network.
@@ -46,6 +47,8 @@ def analyze_perturbations(
     from lsa_train.perturbations import perturb
 
     budgets = dict(perturbations) if isinstance(perturbations, Mapping) else dict.fromkeys(perturbations, eps)
+    check_mvl_rule(None if top_k is not None else eta, top_k)
+    measure_name = getattr(measure, "__name__", "custom") if callable(measure) else canonical_measure_name(measure)
     device = model_device(model, clean.device)
     clean = clean.to(device)
     if labels is not None:
@@ -53,11 +56,22 @@ def analyze_perturbations(
     if not (isinstance(probes, Sequence) and probes and isinstance(probes[0], Probe)):
         probes = select_probes(model, clean[:1], probes)  # type: ignore[arg-type]
     generator = torch.Generator(device=device).manual_seed(seed)
+    perturbed = [
+        perturb(name, clean, budget, model=model, labels=labels, generator=generator)
+        for name, budget in budgets.items()
+    ]
+    # one clean forward per chunk serves every perturbation
+    cms = compute_cms(model, probes, clean, perturbed, measure=measure, batch_size=batch_size)
     results: dict[str, LSAResult] = {}
-    for name, budget in budgets.items():
-        perturbed = perturb(name, clean, budget, model=model, labels=labels, generator=generator)
-        result = analyze(model, clean, perturbed, probes=probes, measure=measure, eta=eta, top_k=top_k,
-                         batch_size=batch_size, perturbation=name)
-        result.metadata["eps"] = budget
-        results[name] = result
+    for (name, budget), cm in zip(budgets.items(), cms):
+        results[name] = LSAResult(
+            probe_names=[p.name for p in probes],  # type: ignore[union-attr]
+            cm=cm,
+            mvl=select_mvl(cm, eta=eta, top_k=top_k),
+            measure=measure_name,
+            perturbation=name,
+            eta=None if top_k is not None else eta,
+            top_k=top_k,
+            metadata={"eps": budget},
+        )
     return results

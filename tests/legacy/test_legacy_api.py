@@ -137,3 +137,37 @@ def test_works_on_cuda_tensors():
     lsa = LayerSustainabilityAnalysis(model)
     values = lsa.representation_comparisons(clean.cuda(), perturbed.cuda(), verbose=False)
     assert len(values) == 3
+
+
+@pytest.mark.parametrize("measure", ["relative-error", "mse", "cosine"])
+@pytest.mark.parametrize("chunk_size", [2, 7, None])
+def test_chunked_sums_equal_the_whole_batch_measure(measure, chunk_size):
+    from lsa_train.analysis.measures import get_measure
+
+    model, clean, perturbed = build("nested_cnn")
+    values = LayerSustainabilityAnalysis(model, chunk_size=chunk_size).representation_comparisons(
+        clean, perturbed, measure=measure, verbose=False
+    )
+    measure_fn = get_measure(measure)
+    tensors_clean = LayerSustainabilityAnalysis(model).representation_tensors(clean, verbose=False)
+    tensors_perturbed = LayerSustainabilityAnalysis(model).representation_tensors(perturbed, verbose=False)
+    expected = [
+        float(measure_fn(a.reshape(1, -1), b.reshape(1, -1))[0]) for a, b in zip(tensors_clean, tensors_perturbed)
+    ]
+    # 1 - cos cancels: the float32 whole-batch reference is only good to ~1e-6 absolute
+    assert values == pytest.approx(expected, rel=1e-5, abs=1e-6 if measure == "cosine" else 1e-9)
+
+
+def test_identical_inputs_compare_to_zero_for_every_measure():
+    model, clean, _ = build("nested_cnn")
+    lsa = LayerSustainabilityAnalysis(model, chunk_size=5)
+    for measure in ("relative-error", "mse", "cosine"):
+        assert lsa.representation_comparisons(clean, clean.clone(), measure=measure, verbose=False) == [0.0, 0.0]
+
+
+def test_bad_chunk_size_and_measure_are_clear_errors():
+    model, clean, perturbed = build("mlp_elu")
+    with pytest.raises(ValueError, match="chunk_size must be >= 1 or None, got 0"):
+        LayerSustainabilityAnalysis(model, chunk_size=0)
+    with pytest.raises(ValueError, match="unknown measure 'L7'"):
+        LayerSustainabilityAnalysis(model).representation_comparisons(clean, perturbed, measure="L7", verbose=False)
