@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -69,6 +69,12 @@ class LSARegularizedModule(L.LightningModule):
         strict_mvl: Raise instead of warning when the regularizer is on and the MVL is empty.
         check_finite: Stop with :class:`NonFiniteLossError` on a NaN/inf loss (one host sync
             per step).
+        channels_last: Convert the model and every 4-D input batch to ``channels_last``
+            (faster convolutions on GPUs under AMP, and with oneDNN on CPUs).
+        compile_model: ``torch.compile`` the model where no probe hooks are active: every
+            attack (training, validation, test) and the plain forwards of steps without an MVL;
+            ``True`` or a dict of ``torch.compile`` arguments. The forwards that record MVL
+            probes stay eager, since hooks added per step would force recompilation.
 
     Example:
         >>> module = LSARegularizedModule(
@@ -96,9 +102,19 @@ class LSARegularizedModule(L.LightningModule):
         num_classes: int | None = None,
         strict_mvl: bool = False,
         check_finite: bool = True,
+        channels_last: bool = False,
+        compile_model: bool | Mapping[str, Any] = False,
     ) -> None:
         super().__init__()
-        self.model = model
+        if not isinstance(compile_model, bool | Mapping):
+            raise ValueError(
+                f"compile_model must be true, false or a dict of torch.compile arguments, got {compile_model!r}"
+            )
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.channels_last = bool(channels_last)
+        self.compile_kwargs: dict[str, Any] | None = (
+            dict(compile_model) if isinstance(compile_model, Mapping) else ({} if compile_model else None)
+        )
         self.base_loss_name = check_base_loss(base_loss)
         if attack is not None and not isinstance(attack, Attack):
             raise ValueError(f"attack must be an lsa_train.attacks.Attack or None, got {type(attack).__name__}")
@@ -202,6 +218,22 @@ class LSARegularizedModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @property
+    def fast_model(self) -> nn.Module:
+        """The model for forwards without probe hooks: compiled if ``compile_model``, else the model."""
+        if self.compile_kwargs is None:
+            return self.model
+        compiled = self.__dict__.get("_compiled_model")  # kept out of the submodules and the state dict
+        if compiled is None:
+            compiled = torch.compile(self.model, **self.compile_kwargs)
+            self.__dict__["_compiled_model"] = compiled
+        return compiled
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and isinstance(batch, tuple | list) and batch and batch[0].ndim == 4:
+            return type(batch)([batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]])
+        return batch
+
     def _check_first_batch(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         if self._checked_first_batch:
             return
@@ -219,7 +251,7 @@ class LSARegularizedModule(L.LightningModule):
         x, y = batch
         mvl = self._active_mvl(x)
         needs_adv = self.base_loss_name != "normal" and not isinstance(self.attack, NoAttack)
-        x_adv = self.attack(self.model, x, y) if needs_adv else None
+        x_adv = self.attack(self.fast_model, x, y) if needs_adv else None
         needs_clean = self.base_loss_name != "ce" or bool(mvl) or x_adv is None
         lr_term: torch.Tensor | None = None
         per_probe: dict[str, torch.Tensor] = {}
@@ -244,8 +276,8 @@ class LSARegularizedModule(L.LightningModule):
                     adversarial = capture.pop()
             lr_term, per_probe = self.regularizer(clean, adversarial, names)
         else:
-            logits_clean = self.model(x) if needs_clean else None
-            logits_adv = self.model(x_adv) if x_adv is not None else None
+            logits_clean = self.fast_model(x) if needs_clean else None
+            logits_adv = self.fast_model(x_adv) if x_adv is not None else None
         self._check_first_batch(x, y, logits_adv if logits_adv is not None else logits_clean)
         loss_base = base_loss(self.base_loss_name, y, logits_adv, logits_clean, self.trades_beta)
         loss = loss_base if lr_term is None else loss_base + lr_term
@@ -284,23 +316,23 @@ class LSARegularizedModule(L.LightningModule):
         x, y = batch
         if self.regularizer is not None:
             self.ensure_probes(x)
-        logits = self.model(x)
+        logits = self.fast_model(x)
         self.log("val/loss", nn.functional.cross_entropy(logits.float(), y), on_epoch=True, sync_dist=True)
         self.val_acc_clean.update((logits.argmax(1) == y).float())
         self.log("val/acc_clean", self.val_acc_clean, prog_bar=True, on_epoch=True)
         if self.val_attack is not None:
-            x_adv = _attack_with_grad(self.val_attack, self.model, x, y)
-            self.val_acc_robust.update((self.model(x_adv).argmax(1) == y).float())
+            x_adv = _attack_with_grad(self.val_attack, self.fast_model, x, y)
+            self.val_acc_robust.update((self.fast_model(x_adv).argmax(1) == y).float())
             self.log("val/acc_pgd", self.val_acc_robust, prog_bar=True, on_epoch=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         for eps, metric in zip(self.test_eps_grid, self.test_acc_fgsm):
-            x_eps = x if eps == 0 else _attack_with_grad(FGSM(eps=eps), self.model, x, y)
-            metric.update((self.model(x_eps).argmax(1) == y).float())
+            x_eps = x if eps == 0 else _attack_with_grad(FGSM(eps=eps), self.fast_model, x, y)
+            metric.update((self.fast_model(x_eps).argmax(1) == y).float())
         if self.test_attack is not None:
-            x_adv = _attack_with_grad(self.test_attack, self.model, x, y)
-            self.test_acc_robust.update((self.model(x_adv).argmax(1) == y).float())
+            x_adv = _attack_with_grad(self.test_attack, self.fast_model, x, y)
+            self.test_acc_robust.update((self.fast_model(x_adv).argmax(1) == y).float())
 
     def on_test_epoch_end(self) -> None:
         accuracies = [metric.compute() for metric in self.test_acc_fgsm]

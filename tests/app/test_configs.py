@@ -143,6 +143,18 @@ def test_refresh_attack_settings(tmp_path: Path, overrides: list[str], kwargs: d
     assert parts.callback.attack_kwargs == kwargs and parts.callback.num_samples == 128
 
 
+def test_speed_switches_reach_the_module(tmp_path: Path) -> None:
+    cfg = compose_train(["model=cnn_b", "module.channels_last=true", "module.compile_model={backend: eager}"],
+                        tmp_path)
+    dm = builders.build_datamodule(cfg)
+    model, _ = builders.build_model(cfg, dm)
+    attack, base_loss = builders.build_attack(cfg)
+    module = builders.build_module(cfg, model, attack, base_loss, builders.build_regularizer(cfg), dm.num_classes)
+    assert module.channels_last and module.compile_kwargs == {"backend": "eager"}
+    conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_optimizer_and_scheduler_partials(tmp_path: Path) -> None:
     cfg = compose_train(["optimizer=sgd", "scheduler=multistep"], tmp_path)
     optimizer = builders._instantiate(cfg.optimizer, "optimizer")([torch.nn.Parameter(torch.zeros(1))])
@@ -161,10 +173,12 @@ def test_cpu_trainer_configs_instantiate(tmp_path: Path, name: str) -> None:
     assert isinstance(trainer, L.Trainer)
 
 
-@pytest.mark.parametrize("name", ["gpu", "ddp"])
+@pytest.mark.parametrize("name", ["gpu", "gpu_bf16", "ddp"])
 def test_gpu_trainer_configs_compose(tmp_path: Path, name: str) -> None:
     cfg = compose_train([f"trainer={name}"], tmp_path)
     assert cfg.trainer.accelerator == "gpu"
+    if name == "gpu_bf16":
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.benchmark is True
     if not torch.cuda.is_available():
         with pytest.raises(validation.ConfigError, match=f"trainer={name}"):
             validation.check_trainer_device(cfg.trainer)
