@@ -78,14 +78,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--model", default="cnn_b", help="a registry name, e.g. resnet18 (more probes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows: dict[str, dict[str, list[float]]] = {label(*c): {"rho": [], "same": [], "s": []} for c in CANDIDATES}
+    num_probes = 0
     for seed in range(args.seeds):
         L.seed_everything(seed)
         dm = DigitsDataModule(batch_size=64, seed=seed)
         dm.setup("fit")
-        model = create_model("cnn_b", **dm.model_kwargs())
+        model = create_model(args.model, **dm.model_kwargs())
         module = LSARegularizedModule(model, attack=PGD(eps=args.eps, steps=7), regularizer=LayerwiseRegularizer(0.0))
         snapshots = Snapshot()
         L.Trainer(
@@ -95,6 +97,7 @@ def main() -> None:
         ).fit(module, dm)
         x, y = dm.analysis_subset(len(dm.val_set))
         probes = select_probes(model, x[:1])
+        num_probes = len(probes)
         for epoch, state in enumerate(snapshots.states):
             model.load_state_dict(state)
             ref_means, ref_mvl, _ = analyse(model, probes, x, y, *REFERENCE, seed=epoch, eps=args.eps)
@@ -110,18 +113,20 @@ def main() -> None:
         for name, r in rows.items()
     )
     runs = args.seeds * args.epochs
-    body = f"""## MVL refresh: cheaper analyses vs a reference
+    section = "refresh_fidelity" if args.model == "cnn_b" else f"refresh_fidelity_{args.model}"
+    body = f"""## MVL refresh: cheaper analyses vs a reference ({args.model}, {num_probes} probes)
 
-Model B on the 8x8 digits, PGD-7 AT at eps {args.eps} (no LSA term), analysed after each of {args.epochs} epochs
-for {args.seeds} seeds ({runs} models). Reference: all {len(x)} validation samples, PGD-20. Per candidate: Spearman
-rank correlation of the per-probe mean CM with the reference (mean and worst), share of models whose MVL
+Model `{args.model}` on the 8x8 digits, PGD-7 AT at eps {args.eps} (no LSA term), analysed after each of
+{args.epochs} epochs for {args.seeds} seeds ({runs} models). Reference: all {len(x)} validation samples, PGD-20.
+Per candidate: Spearman rank correlation of the per-probe mean CM with the reference (mean and worst), share
+of models whose MVL
 (eta {ETA}) equals the reference MVL, and the median time of attack + CM on one thread.
 
 | candidate | rank corr. mean | worst | same MVL | ms |
 |---|---:|---:|---:|---:|
 {lines}
 """
-    write_section("refresh_fidelity", body)
+    write_section(section, body)
     print(body)
 
 

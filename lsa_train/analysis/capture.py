@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -24,6 +25,15 @@ from lsa_train.analysis.probes import Probe
 
 class CaptureComplete(Exception):
     """Raised from a hook to end a forward early once every probe has been recorded."""
+
+
+#: Per module, the calls whose recorded output no later op of a complete forward modified.
+_UNMODIFIED_OUTPUTS: WeakKeyDictionary[nn.Module, set[int]] = WeakKeyDictionary()
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter; ``None`` for inference tensors, which have none."""
+    return None if tensor.is_inference() else tensor._version
 
 
 class ProbeCapture:
@@ -43,8 +53,12 @@ class ProbeCapture:
             output. Analysis uses it to turn big feature maps into per-sample measures at
             once. The attribute may be swapped between forwards.
 
-    Without ``reduce`` the stored tensor is a copy (``clone``), so an inplace activation
-    or a later inplace op in the network cannot overwrite what was recorded.
+    Without ``reduce`` the stored tensor must survive the rest of the forward: an inplace
+    op after the probe (``out += identity`` on a probed BatchNorm output) would overwrite
+    it. The first time a probe is recorded its output is copied (``clone``) and watched;
+    if no later op of that complete forward changed it (its version counter did not move),
+    later captures store the output itself, saving the copy's memory and time. A stored
+    output that does change anyway makes :meth:`pop` raise instead of returning wrong values.
     """
 
     def __init__(
@@ -66,6 +80,9 @@ class ProbeCapture:
         self._pause_depth = 0
         self._stop_when_complete = False
         self._call_counts: dict[str, int] = {}
+        # name -> (module, call, output as the network holds it, its version, whether a clone was stored)
+        self._watched: dict[str, tuple[nn.Module, int, torch.Tensor, int, bool]] = {}
+        self._forward_complete = True
         modules = dict(model.named_modules())
         self._wanted: dict[str, dict[int, str]] = {}
         for probe in self.probes:
@@ -93,6 +110,7 @@ class ProbeCapture:
             handle.remove()
         self._handles.clear()
         self._outputs.clear()
+        self._watched.clear()
 
     @property
     def active(self) -> bool:
@@ -127,9 +145,24 @@ class ProbeCapture:
         missing = [p.name for p in self.probes if p.name not in self._outputs]
         if missing:
             raise RuntimeError(f"probes recorded nothing in the last forward: {missing}")
+        self._check_watched()
         result = self.outputs
         self._outputs.clear()
         return result
+
+    def _check_watched(self) -> None:
+        """Learns which outputs need no copy; raises if an uncopied one was modified in place."""
+        watched, self._watched = self._watched, {}
+        for name, (module, call, tensor, version, cloned) in watched.items():
+            modified = tensor._version != version
+            if cloned and not modified and self._forward_complete:
+                _UNMODIFIED_OUTPUTS.setdefault(module, set()).add(call)
+            elif not cloned and modified:
+                _UNMODIFIED_OUTPUTS.get(module, set()).discard(call)  # the next capture copies it again
+                raise RuntimeError(
+                    f"the output of probe {name!r} was modified in place after it was recorded (the forward "
+                    "changed since an earlier one); run the forward again, it will be copied from now on"
+                )
 
     def forward_until_captured(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Runs ``model(*inputs)`` only as far as the last probe, and returns :meth:`pop`.
@@ -139,22 +172,36 @@ class ProbeCapture:
         representations are needed, e.g. the clean branch of the LSA regularizer.
         """
         self._stop_when_complete = True
+        self._forward_complete = False  # later ops never ran: nothing learnt about them
         try:
             self.model(*inputs)
         except CaptureComplete:
             pass
         finally:
             self._stop_when_complete = False
-        return self.pop()
+        try:
+            return self.pop()
+        finally:
+            self._forward_complete = True
 
     # -- hooks ----------------------------------------------------------------------------
     def _reset_counts(self, _module: nn.Module, _inputs: object) -> None:
         self._call_counts.clear()
+        self._watched.clear()
+        self._forward_complete = not self._stop_when_complete
+
+    def _keep(self, name: str, module: nn.Module, call: int, tensor: torch.Tensor) -> torch.Tensor:
+        version = _version(tensor)
+        if version is None:
+            return tensor.clone()
+        safe = call in _UNMODIFIED_OUTPUTS.get(module, ())
+        self._watched[name] = (module, call, tensor, version, not safe)
+        return tensor if safe else tensor.clone()
 
     def _make_hook(self, module_name: str):
         wanted = self._wanted[module_name]
 
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        def hook(module: nn.Module, _inputs: object, output: object) -> None:
             call = self._call_counts.get(module_name, 0) + 1
             self._call_counts[module_name] = call
             if self._pause_depth or call not in wanted:
@@ -165,7 +212,10 @@ class ProbeCapture:
             if self.detach:
                 tensor = tensor.detach()
             name = wanted[call]
-            self._outputs[name] = self.reduce(name, tensor) if self.reduce is not None else tensor.clone()
+            if self.reduce is not None:
+                self._outputs[name] = self.reduce(name, tensor)
+            else:
+                self._outputs[name] = self._keep(name, module, call, tensor)
             if self._stop_when_complete and len(self._outputs) == len(self.probes):
                 raise CaptureComplete
 

@@ -160,3 +160,74 @@ def test_forward_until_captured_skips_later_layers(cnn, images):
         assert reached_head == []
         cnn(images)  # a normal forward afterwards runs to the end
         assert reached_head == [True]
+
+
+class Residual(nn.Module):
+    """``out = bn(conv(x)); out += x`` when ``add`` is on: the probed BatchNorm output changes in place."""
+
+    def __init__(self, add: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.act = nn.ReLU()
+        self.add = add
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        if self.add:
+            out += x
+        return self.act(out).mean((2, 3))
+
+
+def _outputs_seen(module: nn.Module) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    module.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    return seen
+
+
+def test_outputs_modified_in_place_later_are_always_copied():
+    torch.manual_seed(0)
+    model = Residual(add=True).eval()
+    x = torch.randn(4, 2, 5, 5)
+    probes = select_probes(model, x[:1], ["bn"])
+    expected = model.bn(model.conv(x)).detach()
+    seen = _outputs_seen(model.bn)
+    with ProbeCapture(model, probes, detach=False) as capture:
+        for _ in range(3):
+            model(x)
+            recorded = capture.pop()["bn"]
+            assert torch.allclose(recorded, expected, atol=1e-6)
+            assert recorded.data_ptr() != seen[-1].data_ptr()
+
+
+def test_outputs_left_alone_are_stored_without_a_copy_after_the_first_forward():
+    torch.manual_seed(0)
+    model = Residual(add=False).eval()
+    x = torch.randn(4, 2, 5, 5)
+    probes = select_probes(model, x[:1], ["bn"])
+    seen = _outputs_seen(model.bn)
+    with ProbeCapture(model, probes, detach=False) as capture:
+        capture.forward_until_captured(x)  # stopped early: teaches nothing
+        model(x)
+        first = capture.pop()["bn"]
+        model(x)
+        second = capture.pop()["bn"]
+    assert first.data_ptr() != seen[1].data_ptr()  # copied while unknown
+    assert second.data_ptr() == seen[2].data_ptr()  # then the output itself
+    assert torch.equal(first, second)
+
+
+def test_an_uncopied_output_modified_later_raises_then_gets_copied():
+    torch.manual_seed(0)
+    model = Residual(add=False).eval()
+    x = torch.randn(4, 2, 5, 5)
+    probes = select_probes(model, x[:1], ["bn"])
+    with ProbeCapture(model, probes, detach=False) as capture:
+        model(x)
+        capture.pop()
+        model.add = True  # the forward changes: the stored output is now overwritten
+        model(x)
+        with pytest.raises(RuntimeError, match="probe 'bn' was modified in place after it was recorded"):
+            capture.pop()
+        model(x)
+        assert torch.allclose(capture.pop()["bn"], model.bn(model.conv(x)), atol=1e-6)

@@ -92,5 +92,5 @@ def test_compiled_model_is_used_by_the_attack(tmp_path):
 
 
 def test_bad_compile_model_value_is_a_clear_error():
-    with pytest.raises(ValueError, match="compile_model must be true, false or a dict.*got 'yes'"):
+    with pytest.raises(ValueError, match=r"compile_model must be true, false or a dict.*got 'yes'"):
         at_lr(compile_model="yes")
