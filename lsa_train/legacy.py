@@ -107,6 +107,7 @@ class LayerSustainabilityAnalysis:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.pretrained_model = pretrained_model
         self.chunk_size = chunk_size
+        self._channels_last: dict[tuple[tuple[int, ...], str], bool] = {}
         self.pretrained_model.eval()
         self.selected_probs = ["ReLU", "ELU", "LeakyReLU"]
 
@@ -160,7 +161,10 @@ class LayerSustainabilityAnalysis:
 
     def _chunks(self, clean: torch.Tensor, perturbed: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step = max(1, (self.chunk_size or default_chunk_size(clean.device)) // 2)
-        layout = choose_channels_last(self.pretrained_model, clean[:2], None) if clean.ndim == 4 else False
+        key = (tuple(clean.shape[1:]), clean.device.type)  # the layout trial runs once per input shape
+        if key not in self._channels_last:
+            self._channels_last[key] = choose_channels_last(self.pretrained_model, clean[:2], None)
+        layout = self._channels_last[key]
         for start in range(0, clean.shape[0], step):
             yield (to_layout(clean[start : start + step], layout), to_layout(perturbed[start : start + step], layout))
 

@@ -1,7 +1,7 @@
 """Comparison measures (CM) between clean and perturbed representations.
 
 Every measure maps two tensors of shape ``(N, ...)`` to one value per sample, shape
-``(N,)``, in float32. All are differentiable and finite when a representation is all
+``(N,)``, in float32 (float64 for float64 inputs). All are differentiable and finite when a representation is all
 zeros: norms in the denominator are clamped at ``eps`` (default ``1e-8``), so a zero
 clean representation with an unchanged perturbed one gives 0, and a changed one gives
 ``||b|| / eps`` instead of inf.
@@ -21,14 +21,48 @@ DEFAULT_EPS = 1e-8
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).float()
+    flat = x.reshape(x.shape[0], -1)
+    return flat if flat.dtype == torch.float64 else flat.float()  # half/bf16 features are compared in float32
+
+
+class _RelativeError(torch.autograd.Function):
+    """``||a - b|| / max(||a||, eps)`` per row of ``(N, D)`` inputs.
+
+    Autograd would save ``a - b`` (one more feature map per probe) for the norm's backward;
+    this saves only ``a`` and ``b``, which the network keeps alive anyway, and recomputes
+    the difference in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        diff_norm = torch.linalg.vector_norm(a - b, dim=1)
+        clean_norm = torch.linalg.vector_norm(a, dim=1)
+        ctx.save_for_backward(a, b, diff_norm, clean_norm)
+        ctx.eps = eps
+        return diff_norm / clean_norm.clamp_min(eps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
+        a, b, diff_norm, clean_norm = ctx.saved_tensors
+        denominator = clean_norm.clamp_min(ctx.eps)
+        # d||d||/dd = d / ||d|| (0 where d = 0, as torch's norm); the clamp passes no gradient below eps
+        unit_diff = (a - b) * (grad / (denominator * diff_norm.masked_fill(diff_norm == 0, 1.0)))[:, None]
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            active = (clean_norm > ctx.eps).to(a.dtype)
+            scale = grad * diff_norm * active / (denominator.square() * clean_norm.masked_fill(clean_norm == 0, 1.0))
+            grad_a = unit_diff - a * scale[:, None]
+        if ctx.needs_input_grad[1]:
+            grad_b = -unit_diff
+        return grad_a, grad_b, None
 
 
 def relative_error(clean: torch.Tensor, perturbed: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """``||a - b||_F / ||a||_F`` per sample, the paper's CM. Shape ``(N,)``."""
     a, b = _flat(clean), _flat(perturbed)
-    numerator = torch.linalg.vector_norm(a - b, dim=1)
-    return numerator / torch.linalg.vector_norm(a, dim=1).clamp_min(eps)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _RelativeError.apply(a, b, eps)
+    return torch.linalg.vector_norm(a - b, dim=1) / torch.linalg.vector_norm(a, dim=1).clamp_min(eps)
 
 
 def mse(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:

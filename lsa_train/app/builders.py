@@ -103,7 +103,10 @@ def build_regularizer(cfg: DictConfig) -> RegularizerParts:
     mode = MVLMode(mvl_cfg.mode)
     lam = lambda_values(reg)
     with config_section(_where("regularizer")):
-        term = LayerwiseRegularizer(gamma=lam, measure=reg.measure, stop_clean_grad=bool(reg.stop_clean_grad))
+        term = LayerwiseRegularizer(
+            gamma=lam, measure=reg.measure, stop_clean_grad=bool(reg.stop_clean_grad),
+            checkpoint_clean=bool(reg.get("checkpoint_clean", False)),
+        )
     probes = OmegaConf.to_container(mvl_cfg.probes) if OmegaConf.is_config(mvl_cfg.probes) else mvl_cfg.probes
     layers = list(OmegaConf.to_container(mvl_cfg.layers)) if mvl_cfg.layers is not None else None
     callback = None

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric
 
 from lsa_train.analysis.capture import ProbeCapture
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
 from lsa_train.attacks import FGSM, PGD, Attack, NoAttack
+from lsa_train.attacks.base import buffers_snapshot, restore_buffers
 from lsa_train.training.losses import base_loss, check_base_loss
 from lsa_train.training.regularizer import LayerwiseRegularizer
 
@@ -28,6 +31,17 @@ PAPER_EPS_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or inf; names the step."""
+
+
+@contextlib.contextmanager
+def preserved_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Restores the normalization statistics on exit: a checkpoint's recomputation must not
+    update them a second time."""
+    snapshot = buffers_snapshot(model, batchnorm_only=True)
+    try:
+        yield
+    finally:
+        restore_buffers(snapshot)
 
 
 def _attack_with_grad(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -258,20 +272,15 @@ class LSARegularizedModule(L.LightningModule):
         if mvl:
             assert self.regularizer is not None and x_adv is not None
             names = [p.name for p in mvl]
-            with ProbeCapture(self.model, mvl, detach=False) as capture:
-                if self.concat_clean_adv:
+            if self.concat_clean_adv:
+                with ProbeCapture(self.model, mvl, detach=False) as capture:
                     logits_clean, logits_adv = self.model(torch.cat([x, x_adv])).chunk(2)
                     features = capture.pop()
-                    clean = {k: v[: len(x)] for k, v in features.items()}
-                    adversarial = {k: v[len(x) :] for k, v in features.items()}
-                else:
-                    with torch.no_grad() if self.regularizer.stop_clean_grad else torch.enable_grad():
-                        if self.base_loss_name == "ce":
-                            # only the representations are needed: stop after the deepest MVL probe
-                            logits_clean, clean = None, capture.forward_until_captured(x)
-                        else:
-                            logits_clean = self.model(x)
-                            clean = capture.pop()
+                clean = {k: v[: len(x)] for k, v in features.items()}
+                adversarial = {k: v[len(x) :] for k, v in features.items()}
+            else:
+                logits_clean, clean = self._clean_branch(x, mvl)
+                with ProbeCapture(self.model, mvl, detach=False) as capture:
                     logits_adv = self.model(x_adv)
                     adversarial = capture.pop()
             lr_term, per_probe = self.regularizer(clean, adversarial, names)
@@ -299,6 +308,30 @@ class LSARegularizedModule(L.LightningModule):
             self.train_acc_adv.update((logits_adv.detach().argmax(1) == y).float())
             self.log("train/acc_adv", self.train_acc_adv, prog_bar=True, on_step=False, on_epoch=True)
         return loss
+
+    def _clean_branch(self, x: torch.Tensor, mvl: list[Probe]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Clean logits (only when the base loss needs them) and clean MVL representations."""
+        assert self.regularizer is not None
+        with_grad = not self.regularizer.stop_clean_grad
+        if self.base_loss_name != "ce":  # TRADES needs the clean logits: a full forward
+            with torch.set_grad_enabled(with_grad), ProbeCapture(self.model, mvl, detach=False) as capture:
+                logits = self.model(x)
+                return logits, capture.pop()
+        names = [p.name for p in mvl]
+        if with_grad and self.regularizer.checkpoint_clean:
+            outputs = checkpoint(
+                self._representations, x, mvl, use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), preserved_norm_statistics(self.model)),
+            )
+        else:
+            with torch.set_grad_enabled(with_grad):
+                outputs = self._representations(x, mvl)
+        return None, dict(zip(names, outputs))
+
+    def _representations(self, x: torch.Tensor, mvl: list[Probe]) -> tuple[torch.Tensor, ...]:
+        # only the representations are needed: the forward stops after the deepest MVL probe
+        with ProbeCapture(self.model, mvl, detach=False) as capture:
+            return tuple(capture.forward_until_captured(x).values())
 
     def _active_mvl(self, x: torch.Tensor) -> list[Probe]:
         if self.regularizer is None:

@@ -20,6 +20,10 @@ class LayerwiseRegularizer:
             ``(a, b) -> (N,)``.
         stop_clean_grad: Treat the clean representation as a constant (no gradient through
             the clean branch); the clean forward can then run without a graph.
+        checkpoint_clean: Keep no activations of the clean branch for the backward and run it
+            again there (``torch.utils.checkpoint``): the exact gradient at the cost of one more
+            forward up to the deepest MVL probe, with memory close to plain adversarial training.
+            Normalization statistics are updated once, as without it.
 
     Raises:
         ValueError: A negative or non-finite gamma, an empty gamma list, or an unknown measure.
@@ -30,6 +34,7 @@ class LayerwiseRegularizer:
         gamma: float | Sequence[float] = 1.0,
         measure: str | Measure = "relative_error",
         stop_clean_grad: bool = False,
+        checkpoint_clean: bool = False,
     ) -> None:
         gammas = [gamma] if isinstance(gamma, int | float) else list(gamma)
         if not gammas:
@@ -41,6 +46,7 @@ class LayerwiseRegularizer:
         self.measure_name = measure if callable(measure) else canonical_measure_name(measure)
         self.measure = get_measure(measure)
         self.stop_clean_grad = stop_clean_grad
+        self.checkpoint_clean = checkpoint_clean
 
     @property
     def is_zero(self) -> bool:
@@ -93,5 +99,5 @@ class LayerwiseRegularizer:
     def __repr__(self) -> str:
         return (
             f"LayerwiseRegularizer(gamma={self.gamma}, measure={self.measure_name!r}, "
-            f"stop_clean_grad={self.stop_clean_grad})"
+            f"stop_clean_grad={self.stop_clean_grad}, checkpoint_clean={self.checkpoint_clean})"
         )

@@ -93,3 +93,32 @@ def test_top_k_returns_sorted_largest():
 def test_mvl_rule_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         select_mvl(torch.rand(3, 4), **kwargs)
+
+
+def test_relative_error_gradient_matches_autograd_without_saving_the_difference():
+    from lsa_train.analysis.measures import relative_error
+
+    torch.manual_seed(0)
+    a = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(relative_error, (a, b))
+    with torch.no_grad():  # the kinks: equal rows, an all-zero pair, a zero clean row
+        b[1] = a[1]
+        a[2], b[2] = 0, 0
+        a[3] = 0
+
+    def plain(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.reshape(6, -1), y.reshape(6, -1)
+        return torch.linalg.vector_norm(x - y, dim=1) / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-8)
+
+    weights = torch.randn(6, dtype=torch.float64)
+    ours = torch.autograd.grad(relative_error(a, b), (a, b), weights)
+    reference = torch.autograd.grad(plain(a, b), (a, b), weights)
+    for mine, theirs in zip(ours, reference):
+        assert torch.isfinite(mine).all()
+        assert torch.allclose(mine, theirs, rtol=1e-9, atol=1e-9)
+
+    saved: list[int] = []  # autograd saves only the inputs and two norms: no (N, D) difference tensor
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        relative_error(a, b)
+    assert sorted(saved) == [6, 6, 72, 72]

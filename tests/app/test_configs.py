@@ -143,6 +143,12 @@ def test_refresh_attack_settings(tmp_path: Path, overrides: list[str], kwargs: d
     assert parts.callback.attack_kwargs == kwargs and parts.callback.num_samples == 128
 
 
+def test_checkpoint_clean_reaches_the_regularizer(tmp_path: Path) -> None:
+    assert not builders.build_regularizer(compose_train([], tmp_path)).regularizer.checkpoint_clean
+    parts = builders.build_regularizer(compose_train(["regularizer.checkpoint_clean=true"], tmp_path))
+    assert parts.regularizer.checkpoint_clean
+
+
 def test_speed_switches_reach_the_module(tmp_path: Path) -> None:
     cfg = compose_train(["model=cnn_b", "module.channels_last=true", "module.compile_model={backend: eager}"],
                         tmp_path)

@@ -33,7 +33,7 @@ def main(out: Path) -> None:
         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], default_root_dir=out,
     )
     trainer.fit(module, train, val)
-    weights = [round(float(p.double().sum()), 10) for p in module.model.parameters()]
+    weights = [round(float(p.detach().double().sum()), 10) for p in module.model.parameters()]
     result = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
@@ -43,6 +43,10 @@ def main(out: Path) -> None:
         "val_acc_clean": float(trainer.callback_metrics["val/acc_clean"]),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    if torch.distributed.is_initialized():
+        # gloo's threads must be joined before exit, or the process can abort at teardown
+        # ("terminate called without an active exception")
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -94,3 +94,25 @@ def test_compiled_model_is_used_by_the_attack(tmp_path):
 def test_bad_compile_model_value_is_a_clear_error():
     with pytest.raises(ValueError, match=r"compile_model must be true, false or a dict.*got 'yes'"):
         at_lr(compile_model="yes")
+
+
+@pytest.mark.parametrize("mvl", [[0], [1]])
+def test_checkpointed_clean_branch_gives_the_same_gradients_and_statistics(mvl):
+    def make(checkpoint_clean: bool) -> LSARegularizedModule:
+        return LSARegularizedModule(
+            small_cnn(), attack=PGD(eps=0.05, steps=3, seed=0), mvl=mvl,
+            regularizer=LayerwiseRegularizer(0.5, checkpoint_clean=checkpoint_clean),
+        )
+
+    x, y = image_loaders()[0].dataset.tensors
+    x, y = x[:16], y[:16]
+    plain, checkpointed = make(False), make(True)
+    for module in (plain, checkpointed):
+        module.train()
+        module.training_step((x, y), 0).backward()
+    bn_plain, bn_checkpointed = plain.model[1], checkpointed.model[1]
+    assert int(bn_checkpointed.num_batches_tracked) == int(bn_plain.num_batches_tracked) == 2  # clean + adversarial
+    assert torch.allclose(bn_checkpointed.running_mean, bn_plain.running_mean, atol=1e-7)
+    assert torch.allclose(bn_checkpointed.running_var, bn_plain.running_var, atol=1e-7)
+    for (name, ours), theirs in zip(checkpointed.model.named_parameters(), plain.model.parameters()):
+        assert ours.grad is not None and torch.allclose(ours.grad, theirs.grad, atol=1e-6), name
