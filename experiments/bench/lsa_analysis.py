@@ -105,6 +105,10 @@ Small CNN (4 conv + 2 linear, 5 ReLU probes), batch {args.batch} of 3x32x32, {ar
 |---|---:|---:|:---:|
 | time ratio ours / original | {ratio:.3f} | <= {TARGET_TIME_RATIO} | {time_met} |
 | our RSS growth (MiB) | {growth:.1f} | <= {TARGET_RSS_GROWTH_MB:.0f} | {rss_met} |
+
+The original adds its hooks again on every call and compares every output they collect, so its time
+per call grows with the number of calls and swings between runs; ours stays flat (chunked
+`[clean; perturbed]` forwards without autograd, channels_last on CPU, sums instead of feature maps).
 """
     write_section("lsa_analysis", body)
     print(body)

@@ -37,6 +37,7 @@ CANDIDATES = [
     (256, "pgd", {"steps": 5}),
     (128, "pgd", {"steps": 5}),
     (128, "pgd", {"steps": 3}),
+    (64, "pgd", {"steps": 3}),
     (64, "pgd", {"steps": 5}),
     (256, "fgsm", {}),
     (128, "fgsm", {}),

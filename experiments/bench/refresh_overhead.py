@@ -91,7 +91,7 @@ def main() -> None:
 
 The default run (`python -m lsa_train`: digits 8x8, model B, PGD-{cfg.attack.steps} AT + LSA term, batch
 {cfg.data.batch_size}, validation with PGD every epoch), built from the app's configuration, {args.epochs} epochs.
-Refresh: its defaults ({mvl.num_samples} held-out samples, PGD-3 at the training eps, CSV written, figure drawn
+Refresh: its defaults ({mvl.num_samples} held-out samples, PGD-5 at the training eps, CSV written, figure drawn
 on a worker thread), {len(refresh_times)} refreshes (fit start and every epoch start).
 
 | measure | seconds (median) |
@@ -104,7 +104,7 @@ on a worker thread), {len(refresh_times)} refreshes (fit start and every epoch s
 | refresh / epoch (default run) | {fraction:.3f} | <= {TARGET_FRACTION} | {met} |
 
 The refresh costs the same on any dataset while an epoch grows with it, so larger datasets sit further
-below the bound. Why 128 samples and PGD-3 suffice: see "MVL refresh: cheaper analyses vs a reference".
+below the bound. Why 64 samples and PGD-5 suffice: see "MVL refresh: cheaper analyses vs a reference".
 """
     write_section("refresh_overhead", body)
     print(body)

@@ -178,7 +178,7 @@ class MVLConf:
     top_k: int | None = None
     layers: list[Any] | None = None
     every_n_epochs: int = 1
-    num_samples: int = 128
+    num_samples: int = 64
     perturbation: str = "pgd"
     perturbation_kwargs: dict[str, Any] = field(default_factory=dict)
     log_analysis: bool = True

@@ -132,15 +132,15 @@ def test_mvl_modes(tmp_path: Path, overrides: list[str], callback: bool, every: 
 @pytest.mark.parametrize(
     ("overrides", "kwargs"),
     [
-        ([], {"steps": 3}),  # {} in the config means the callback's default
-        (["+regularizer.mvl.perturbation_kwargs.alpha=0.01"], {"steps": 3, "alpha": 0.01}),
+        ([], {"steps": 5}),  # {} in the config means the callback's default
+        (["+regularizer.mvl.perturbation_kwargs.alpha=0.01"], {"steps": 5, "alpha": 0.01}),
         (["+regularizer.mvl.perturbation_kwargs.steps=10"], {"steps": 10}),
     ],
 )
 def test_refresh_attack_settings(tmp_path: Path, overrides: list[str], kwargs: dict) -> None:
     parts = builders.build_regularizer(compose_train(overrides, tmp_path))
     assert parts.callback is not None
-    assert parts.callback.attack_kwargs == kwargs and parts.callback.num_samples == 128
+    assert parts.callback.attack_kwargs == kwargs and parts.callback.num_samples == 64
 
 
 def test_checkpoint_clean_reaches_the_regularizer(tmp_path: Path) -> None:
