@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from lsa_train.analysis.capture import ProbeCapture
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
 from lsa_train.attacks import FGSM, PGD, Attack, NoAttack
-from lsa_train.attacks.base import buffers_snapshot, restore_buffers
+from lsa_train.attacks.base import preserved_model_state
 from lsa_train.training.losses import base_loss, check_base_loss
 from lsa_train.training.regularizer import LayerwiseRegularizer
 
@@ -31,17 +31,6 @@ PAPER_EPS_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or inf; names the step."""
-
-
-@contextlib.contextmanager
-def preserved_norm_statistics(model: nn.Module) -> Iterator[None]:
-    """Restores the normalization statistics on exit: a checkpoint's recomputation must not
-    update them a second time."""
-    snapshot = buffers_snapshot(model, batchnorm_only=True)
-    try:
-        yield
-    finally:
-        restore_buffers(snapshot)
 
 
 def _attack_with_grad(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -321,7 +310,8 @@ class LSARegularizedModule(L.LightningModule):
         if with_grad and self.regularizer.checkpoint_clean:
             outputs = checkpoint(
                 self._representations, x, mvl, use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), preserved_norm_statistics(self.model)),
+                # the recomputation in the backward must not update buffers (BatchNorm statistics) again
+                context_fn=lambda: (contextlib.nullcontext(), preserved_model_state(self.model, craft_mode="keep")),
             )
         else:
             with torch.set_grad_enabled(with_grad):
