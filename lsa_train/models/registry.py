@@ -80,7 +80,8 @@ def create_model(
 
     Args:
         name: A name from :func:`list_models`, or ``"tv:<name>"`` for a torchvision
-            classification model (always randomly initialized; never downloads weights).
+            classification model (random, or pretrained with ``weights=DEFAULT``: see
+            :mod:`lsa_train.models.torchvision_models`).
         num_classes: Number of output logits.
         in_channels: Image channels ``C``; for vector inputs with ``input_size=None`` the
             feature count ``D``.
@@ -88,6 +89,7 @@ def create_model(
             1-tuple ``(D,)`` means vector inputs ``(N, D)`` (only ``mlp_a`` accepts those).
         mean: Per-channel (images) or per-feature (vectors) mean of the inputs in ``[0, 1]`` units.
         std: Matching standard deviations (all > 0). Give both ``mean`` and ``std`` or neither.
+            For ``tv:`` models with ``weights``, neither means the weights' own preprocessing statistics.
         **kwargs: Passed to the model's entry point (e.g. ``padding`` for ``cnn_b``,
             ``drop_rate`` for the wide ResNets, builder arguments for ``tv:`` models).
 
@@ -109,6 +111,12 @@ def create_model(
         from lsa_train.models.torchvision_models import create_torchvision_model
 
         image_size(input_size)  # torchvision models take images
+        if mean is None and kwargs.get("weights") not in (None, False):
+            from lsa_train.models.torchvision_models import pretrained_statistics
+
+            stats = pretrained_statistics(name[len(TV_PREFIX) :], kwargs["weights"])
+            if stats is not None:
+                mean, std = _per_channel(stats[0], in_channels), _per_channel(stats[1], in_channels)
         net = create_torchvision_model(
             name[len(TV_PREFIX) :], num_classes=int(num_classes), in_channels=int(in_channels), **kwargs
         )
@@ -124,3 +132,9 @@ def create_model(
         kind = "features" if vector else "channels"
         raise ValueError(f"mean/std have {len(mean)} entries but the input has {expected} {kind}")
     return NormalizedModel(Normalize(mean, std, vector=vector), net)
+
+
+def _per_channel(values: Sequence[float], channels: int) -> list[float]:
+    """RGB statistics for ``channels`` inputs: as they are for 3, their mean repeated otherwise."""
+    values = [float(v) for v in values]
+    return values if len(values) == channels else [sum(values) / len(values)] * int(channels)

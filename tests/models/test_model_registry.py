@@ -56,9 +56,9 @@ def test_unknown_torchvision_model_raises() -> None:
         create_model("tv:not_a_net", num_classes=3)
 
 
-def test_torchvision_weights_are_refused() -> None:
-    with pytest.raises(ValueError, match="no downloads"):
-        create_model("tv:resnet18", num_classes=3, weights="DEFAULT")
+def test_torchvision_unknown_weights_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"weights='IMAGENET9K' is not a weights of tv:resnet18; .*IMAGENET1K_V1"):
+        create_model("tv:resnet18", num_classes=3, weights="IMAGENET9K")
 
 
 def test_register_model_rejects_duplicates() -> None:
