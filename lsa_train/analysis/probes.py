@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -171,7 +172,8 @@ def select_probes(
         example_input: A batch the model accepts, e.g. shape ``(N, C, H, W)``; one
             sample is enough. Used for one dry forward under ``no_grad`` in eval mode.
         probes: ``"activations"`` (default: ReLU, ELU, LeakyReLU, GELU, SiLU, ...),
-            ``"learnable"`` (Conv/Linear outputs), a list of module-name patterns
+            ``"learnable"`` (Conv/Linear outputs; also what ``"activations"`` falls back to, with a
+            warning, for a model whose activations are functional calls), a list of module-name patterns
             (fnmatch globs such as ``"layer*.relu"``, or ``"re:<regex>"``), or a list
             of modules of ``model``. Names may also carry a call suffix (``"relu:2"``).
 
@@ -206,6 +208,15 @@ def select_probes(
         if keep:
             name = f"{module_name}:{call}" if module_name in multi else module_name
             selected.append(Probe(name=name, module_name=module_name, call=call, index=len(selected)))
+    if not selected and spec in (None, "activations") and not patterns:
+        # activations applied as functions (F.relu in forward) leave no activation module to hook
+        fallback = select_probes(model, example_input, "learnable")
+        warnings.warn(
+            f"{type(model).__name__} has no activation modules (functional activations?): probing the "
+            f"{len(fallback)} conv/linear outputs instead (probes='learnable'); pass module-name patterns to choose",
+            stacklevel=2,
+        )
+        return fallback
     if not selected:
         kinds = sorted({type(m).__name__ for m in model.modules()})
         raise ProbeSelectionError(

@@ -51,8 +51,10 @@ def test_bad_probe_specs_raise_one_line_errors(cnn, images, spec, message):
 
 
 def test_no_probe_matched_names_the_module_types():
-    model = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(ProbeSelectionError, match=r"no probe matched 'activations'.*Linear"):
+    model = nn.Sequential(nn.Flatten(), nn.Identity())  # nothing to probe, not even conv/linear outputs
+    with pytest.raises(ProbeSelectionError, match=r"no probe matched 'learnable'.*Flatten, Identity"), pytest.warns(
+        UserWarning, match="no activation modules"
+    ):
         select_probes(model, torch.rand(1, 2))
 
 
@@ -231,3 +233,23 @@ def test_an_uncopied_output_modified_later_raises_then_gets_copied():
             capture.pop()
         model(x)
         assert torch.allclose(capture.pop()["bn"], model.bn(model.conv(x)), atol=1e-6)
+
+
+class _FunctionalNet(nn.Module):
+    """Activations as function calls: no activation module to hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.relu(self.conv(x)).flatten(1))
+
+
+def test_functional_activations_fall_back_to_learnable_probes_with_a_warning() -> None:
+    from lsa_train.analysis.probes import list_probes
+
+    with pytest.warns(UserWarning, match="no activation modules .* probing the 2 conv/linear outputs"):
+        names = list_probes(_FunctionalNet(), torch.zeros(1, 1, 8, 8))
+    assert names == ["conv", "fc"]
