@@ -1,9 +1,11 @@
-"""``python -m lsa_train.app.analyze`` / ``lsa-analyze``: layer sustainability analysis of a trained run.
+"""``python -m lsa_train.app.analyze`` / ``lsa-analyze``: layer sustainability analysis of a trained run
+or of any model.
 
-Rebuilds the data and network of a training run from ``<run>/.hydra/config.yaml``, loads the weights
-of ``ckpt_path`` and compares clean and perturbed representations at every probe for the paper's six
-perturbations (gaussian, salt, pepper, speckle, fgsm, pgd) at one budget ``eps``, on ``num_samples``
-test samples. Writes into ``<train run>/analysis/<date>_<time>/``:
+Rebuilds the data and network of a training run from ``<run>/.hydra/config.yaml`` and loads the weights
+of ``ckpt_path``, or builds ``model=<name>`` for ``data=<name>`` (weights from ``model.checkpoint``,
+pretrained torchvision/timm weights, RobustBench), and compares clean and perturbed representations at
+every probe for the paper's six perturbations (gaussian, salt, pepper, speckle, fgsm, pgd) at one
+budget ``eps``, on ``num_samples`` test samples. Writes into ``<train run>/analysis/<date>_<time>/``:
 
 * ``lsa_<perturbation>.csv``: per-probe mean/std CM and MVL flag, one file per perturbation;
 * ``lsa_layers.csv``: the same rows for all perturbations (column ``perturbation``);
@@ -14,6 +16,8 @@ test samples. Writes into ``<train run>/analysis/<date>_<time>/``:
 Examples:
     python -m lsa_train.app.analyze ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     lsa-analyze ckpt_path=<ckpt> eps=0.2 num_samples=1000 probes=learnable top_k=2
+    lsa-analyze model=tv model.name=tv:resnet18 model.weights=DEFAULT data=imagefolder data.root=<dir> eps=0.03
+    lsa-analyze ckpt_path=<ckpt> list_probes=true     # print the probes one can pick, then stop
 """
 
 from __future__ import annotations
@@ -75,9 +79,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"log_scale={cfg.log_scale} is invalid; choose true, false or auto")
 
 
-def analysis_settings(cfg: DictConfig, run_cfg: DictConfig) -> dict[str, Any]:
-    """Probes, measure and MVL rule: the app's values, else the training run's MVL settings."""
-    reg = run_cfg.get("regularizer") or {}
+def analysis_settings(cfg: DictConfig, run_cfg: DictConfig | None) -> dict[str, Any]:
+    """Probes, measure and MVL rule: the app's values, else the training run's MVL settings (if any)."""
+    reg = (run_cfg.get("regularizer") or {}) if run_cfg is not None else {}
     mvl = reg.get("mvl") or {} if isinstance(reg, DictConfig) else {}
     probes = cfg.probes if cfg.probes is not None else mvl.get("probes", "activations")
     if OmegaConf.is_config(probes):
@@ -106,20 +110,22 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     """
     from lsa_train.analysis import analyze_perturbations
     from lsa_train.app import validation
-    from lsa_train.app.checkpoint_loading import data_overrides, load_run, resolve_device, run_facts, torch_runtime
+    from lsa_train.app.checkpoint_loading import load_for_app, resolve_device, run_facts, torch_runtime
     from lsa_train.evaluation import collect_samples
 
     started = time.perf_counter()
     check_config(cfg)
     out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
     device = resolve_device(cfg.device)
-    with torch_runtime(int(cfg.seed), cfg.torch_threads):
-        run = load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(cfg.get("data")))
+    with torch_runtime(cfg.seed, cfg.torch_threads):
+        run = load_for_app(cfg)
         settings = analysis_settings(cfg, run.run_cfg)
-        eps = float(cfg.eps) if cfg.eps is not None else float(run.run_cfg.attack.eps)
         datamodule = run.datamodule
         datamodule.setup("test" if cfg.split == "test" else "validate")
         loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
+        if cfg.get("list_probes"):
+            return {"probes": print_probes(run.model, collect_samples(loader, 1)[0], settings["probes"])}
+        eps = float(cfg.eps) if cfg.eps is not None else run.training_eps(keys=("eps",), setting="eps")
         x, y = collect_samples(loader, int(cfg.num_samples))
         if x.shape[0] < int(cfg.num_samples):
             log.info("the %s split has %d samples (< num_samples=%d): using all", cfg.split, x.shape[0],
@@ -142,6 +148,30 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     print_mvl(results, out_dir)
     log.info("analysis written to %s (%.1f s)", out_dir, facts["wall_time_s"])
     return {"results": results, "eps": eps, "settings": facts, "files": files}
+
+
+def print_probes(model: Any, example: Any, probes: Any) -> list[str]:
+    """Prints (and returns) the probes of ``model`` that ``probes`` selects, with their output shapes."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from lsa_train.analysis import ProbeCapture, select_probes
+
+    try:
+        found = select_probes(model, example, probes)
+    except ValueError as err:
+        raise ConfigError(f"probes={probes}: {one_line(err)}") from err
+    with torch.no_grad(), ProbeCapture(model, found) as capture:
+        features = capture.forward_until_captured(example)
+    table = Table(title=f"probes={probes}: {len(found)} probes in forward order (pick by index or name)",
+                  header_style="bold")
+    for column in ("index", "probe", "output shape"):
+        table.add_column(column)
+    for probe in found:
+        table.add_row(str(probe.index), probe.name, str(tuple(features[probe.name].shape[1:])))
+    Console().print(table)
+    return [probe.name for probe in found]
 
 
 def _log_scale(option: Any, results: Mapping[str, Any]) -> bool:

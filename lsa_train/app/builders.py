@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lsa_train import factory
 from lsa_train.app.errors import ConfigError, config_section, one_line
 from lsa_train.app.schemas import ATTACK_APP_KEYS, BaseLoss, MVLMode
 from lsa_train.app.validation import hydra_choice, lambda_values
@@ -21,9 +22,6 @@ from lsa_train.attacks import Attack
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
 
 log = logging.getLogger(__name__)
-
-#: Model keys that, when left ``???`` in the config, are filled from the datamodule.
-DATA_MODEL_KEYS: tuple[str, ...] = ("num_classes", "in_channels", "input_size", "mean", "std")
 
 #: ``every_n_epochs`` that never comes: ``mvl.mode=once`` analyses at fit start only.
 _NEVER = 10**9
@@ -36,36 +34,50 @@ def _where(group: str) -> str:
 
 def _instantiate(node: Any, where: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with constructor errors turned into one-line config errors."""
-    try:
-        return hydra.utils.instantiate(node, **kwargs)
-    except hydra.errors.InstantiationException as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        raise ConfigError(f"{where}: {one_line(cause)}") from err
+    return _instantiate_wrapped(lambda: hydra.utils.instantiate(node, **kwargs), where)
 
 
 # -- data and model -----------------------------------------------------------------------------
 def build_datamodule(cfg: DictConfig) -> LightningDataModule:
     """The datamodule of ``cfg.data`` (class facts such as ``input_shape`` are known without setup)."""
-    return _instantiate(cfg.data, _where("data"))
+    with config_section(_where("data")):
+        return _instantiate_wrapped(lambda: factory.build_data(cfg.data), _where("data"))
 
 
-def model_kwargs_from_data(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """The model config as a dict, its ``???`` (or absent) data keys filled from ``datamodule.model_kwargs()``."""
-    facts = datamodule.model_kwargs()
-    node = OmegaConf.to_container(model_cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(node, dict)
-    for key in DATA_MODEL_KEYS:
-        if node.get(key, "???") == "???":
-            node[key] = facts[key]
-    return node
+def model_display_name(model_cfg: Any) -> str:
+    """``model.name`` when the node has one, else the class name of its ``_target_``."""
+    name = model_cfg.get("name") if isinstance(model_cfg, DictConfig) else None
+    return str(name) if name is not None else str(model_cfg.get("_target_", "model")).rsplit(".", 1)[-1]
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of ``cfg.model`` for this data; returns it and the resolved kwargs (for the report)."""
-    kwargs = model_kwargs_from_data(cfg.model, datamodule)
-    model = _instantiate(kwargs, f"{_where('model')} (model.name={kwargs.get('name')!r})")
-    shown = {k: v for k, v in kwargs.items() if k != "_target_"}
-    return model, shown
+    """The network of ``cfg.model`` for this data (``???`` keys from the data, ``model.checkpoint``
+    loaded, see :func:`lsa_train.factory.build_model`); returns it and the resolved arguments."""
+    where = f"{_where('model')} ({model_label(cfg.model)})"
+    with config_section(where):
+        facts = factory.data_facts(datamodule)
+        return _instantiate_wrapped(
+            lambda: factory.build_model(cfg.model, facts=facts, trust_checkpoint=trust_checkpoint(cfg)), where
+        )
+
+
+def model_label(model_cfg: Any) -> str:
+    """``model.name=<name>`` for named models, else ``model._target_=<target>``."""
+    name = model_cfg.get("name") if isinstance(model_cfg, DictConfig) else None
+    return f"model.name={name!r}" if name is not None else f"model._target_={model_cfg.get('_target_')}"
+
+
+def trust_checkpoint(cfg: DictConfig) -> bool:
+    """The top-level ``trust_checkpoint`` switch (full unpickling of files that need it)."""
+    return bool(cfg.get("trust_checkpoint", False))
+
+
+def _instantiate_wrapped(build: Any, where: str) -> Any:
+    try:
+        return build()
+    except hydra.errors.InstantiationException as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise ConfigError(f"{where}: {one_line(cause)}") from err
 
 
 # -- attack and regularizer ---------------------------------------------------------------------
@@ -139,8 +151,8 @@ def build_module(
     """The :class:`LSARegularizedModule` of ``cfg.module`` with the optimizer/scheduler partials."""
     optimizer = _instantiate(cfg.optimizer, _where("optimizer"))
     scheduler = _instantiate(cfg.scheduler, _where("scheduler")) if cfg.get("scheduler") else None
-    for name, factory in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if factory is not None and not callable(factory):
+    for name, partial in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if partial is not None and not callable(partial):
             raise ConfigError(f"{_where(name)}: expected a `_partial_: true` {name} config")
     with config_section(_where("optimizer")):  # a dry build: bad values (lr=-1) fail now, not mid-fit
         trial = optimizer(model.parameters())
@@ -186,6 +198,17 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
+def determinism_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """Lightning's own switches for the top-level ``deterministic`` key: ``deterministic="warn"`` (deterministic
+    algorithms, warning where an op has none) and ``benchmark=False`` (no cuDNN autotuning) when true."""
+    if not bool(cfg.get("deterministic", False)):
+        return {"deterministic": False}
+    if cfg.trainer.get("benchmark"):
+        log.info("deterministic=true: trainer.benchmark is turned off (set deterministic=false for cuDNN autotuning)")
+    return {"deterministic": "warn", "benchmark": False}
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> Trainer:
-    """The Lightning ``Trainer`` of ``cfg.trainer``."""
-    return _instantiate(cfg.trainer, _where("trainer"), callbacks=callbacks, logger=loggers or False)
+    """The Lightning ``Trainer`` of ``cfg.trainer`` (determinism from the top-level ``deterministic``)."""
+    return _instantiate(cfg.trainer, _where("trainer"), callbacks=callbacks, logger=loggers or False,
+                        **determinism_arguments(cfg))

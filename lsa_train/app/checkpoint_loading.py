@@ -1,5 +1,9 @@
-"""Shared by ``lsa-evaluate`` and ``lsa-analyze``: find a training run from its checkpoint, rebuild its
-data and network with :mod:`lsa_train.app.builders`, and load the trained weights.
+"""Shared by ``lsa-train`` (resume), ``lsa-evaluate`` and ``lsa-analyze``: open checkpoints safely, find a
+training run from its checkpoint, rebuild its data and network with :mod:`lsa_train.app.builders` and load
+the trained weights, or build any ``model=`` + ``data=`` pair without a run.
+
+Imports go one way: this module uses :mod:`~lsa_train.app.builders` and :mod:`~lsa_train.app.validation`,
+which never import it.
 
 A training run dir (made by ``lsa-train``) looks like::
 
@@ -22,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsa_train.app import builders, validation
 from lsa_train.app.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
@@ -70,32 +75,26 @@ def check_ckpt_file(ckpt_path: Any) -> Path:
     return path
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Any], bool]:
-    """``torch.load`` on the CPU, ``weights_only=True`` first; returns the checkpoint and whether the
-    safe loader sufficed.
-
-    Falls back to ``weights_only=False`` (full unpickling, only for files you trust) when the safe
-    loader refuses the file's objects, and says so in a log line.
+def load_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, Any], bool]:
+    """The Lightning checkpoint in ``path``, read on the CPU with ``weights_only=True``; returns it and
+    whether the safe loader sufficed (``False`` only when ``trust`` allowed full unpickling).
 
     Raises:
-        ConfigError: Unreadable or corrupt file, or no ``state_dict`` in it.
+        ConfigError: A file the safe loader refuses (unless ``trust``; the message names
+            ``trust_checkpoint=true``), an unreadable or corrupt file, or no ``state_dict`` in it.
     """
-    import pickle
-
-    import torch
+    from lsa_train.models.weights import UntrustedFileError, read_weights_file
 
     try:
-        checkpoint, safe = torch.load(path, map_location="cpu", weights_only=True), True
-    except pickle.UnpicklingError as err:  # the safe loader met an object it does not allow
-        if "weights_only" not in str(err):
-            raise _corrupt(path, err) from err
-        log.warning("checkpoint '%s' holds objects that weights_only=True refuses (%s); loading it with "
-                    "weights_only=False: only do this for files you trust", path, one_line(err)[:160])
-        try:
-            checkpoint, safe = torch.load(path, map_location="cpu", weights_only=False), False
-        except Exception as err2:
-            raise _corrupt(path, err2) from err2
-    except Exception as err:  # truncated zip, random bytes, not a torch file
+        checkpoint, safe = read_weights_file(path), True
+    except UntrustedFileError as err:
+        if not trust:
+            raise ConfigError(
+                f"ckpt_path='{path}' was not loaded: {one_line(err)}; if you trust where the file comes from, "
+                "add trust_checkpoint=true"
+            ) from err
+        checkpoint, safe = read_weights_file(path, trust=True), False
+    except (ValueError, OSError) as err:
         raise _corrupt(path, err) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise ConfigError(
@@ -103,6 +102,15 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], bool]:
             "written by lsa-train, such as <run dir>/checkpoints/last.ckpt"
         )
     return checkpoint, safe
+
+
+def check_ckpt_path(ckpt_path: str | None, trust: bool = False) -> Path | None:
+    """``ckpt_path`` is ``None`` or a Lightning checkpoint that loads (see :func:`load_checkpoint`)."""
+    if ckpt_path is None:
+        return None
+    path = check_ckpt_file(ckpt_path)
+    load_checkpoint(path, trust)
+    return path
 
 
 def _corrupt(path: Path, err: BaseException) -> ConfigError:
@@ -148,35 +156,49 @@ def load_run_config(path: Path) -> DictConfig:
 # -- the run ----------------------------------------------------------------------------------
 @dataclass
 class LoadedRun:
-    """A trained network with its data, rebuilt from a checkpoint and its run's config."""
+    """A network with its data: rebuilt from an lsa-train checkpoint and its run's config, or built from
+    ``model=`` + ``data=`` (then the run fields are ``None``)."""
 
-    ckpt_path: Path
-    run_dir: Path
-    run_config_path: Path
-    run_cfg: DictConfig
+    ckpt_path: Path | None
+    run_dir: Path | None
+    run_config_path: Path | None
+    run_cfg: DictConfig | None
     datamodule: Any
     model: Any
     model_kwargs: dict[str, Any]
     weights_only: bool
     epoch: int | None
     global_step: int | None
+    model_cfg: Any = None
 
     @property
     def model_name(self) -> str:
-        return str(self.run_cfg.model.get("name", type(self.model).__name__))
+        node = self.run_cfg.model if self.run_cfg is not None else self.model_cfg
+        return builders.model_display_name(node) if node is not None else type(self.model).__name__
 
-    def training_eps(self) -> float:
-        """The budget the run was tested at (``attack.eval_eps``, by default the training ``attack.eps``)."""
+    def training_eps(self, keys: tuple[str, ...] = ("eval_eps", "eps"), setting: str = "pgd.eps") -> float:
+        """The run's budget: ``attack.eval_eps`` (the budget it was tested at), else ``attack.eps``.
+
+        Raises:
+            ConfigError: No training run (``setting`` must be given), or no budget in its config.
+        """
+        if self.run_cfg is None:
+            raise ConfigError(f"{setting} is required when no ckpt_path of an lsa-train run is given "
+                              f"(e.g. {setting}=0.03137 for 8/255 on [0, 1] inputs)")
         attack = self.run_cfg.get("attack") or {}
-        for key in ("eval_eps", "eps"):
+        for key in keys:
             value = OmegaConf.select(attack, key, default=None) if isinstance(attack, DictConfig) else None
             if value is not None:
                 return float(value)
-        raise ConfigError(f"run config '{self.run_config_path}' has no attack.eps; set the budget explicitly")
+        raise ConfigError(f"run config '{self.run_config_path}' has no attack.eps; set {setting} explicitly")
 
     def attack_norm(self) -> str:
-        attack = self.run_cfg.get("attack")
+        attack = self.run_cfg.get("attack") if self.run_cfg is not None else None
         return str(attack.get("norm", "linf")).lower() if isinstance(attack, DictConfig) else "linf"
+
+
+#: Keys of the ``data`` node of evaluate.yaml/analyze.yaml that are ``null`` unless overridden.
+DATA_OVERRIDE_KEYS: tuple[str, ...] = ("batch_size", "eval_batch_size", "num_workers", "data_dir")
 
 
 def data_overrides(node: Any) -> dict[str, Any]:
@@ -188,25 +210,75 @@ def data_overrides(node: Any) -> dict[str, Any]:
     return {str(k): v for k, v in values.items() if v is not None}
 
 
-def load_run(ckpt_path: Any, run_config: Any = None, data: Mapping[str, Any] | None = None) -> LoadedRun:
+def _has_target(node: Any) -> bool:
+    return isinstance(node, DictConfig) and node.get("_target_") is not None
+
+
+def load_for_app(cfg: DictConfig) -> LoadedRun:
+    """What ``lsa-evaluate``/``lsa-analyze`` work on: the run of ``cfg.ckpt_path``, or the pair
+    ``cfg.model`` + ``cfg.data`` (``model=<name> data=<name>``, with ``model.checkpoint=<file>``).
+
+    Raises:
+        ConfigError: Both or neither given, or anything :func:`load_run` / the builders refuse.
+    """
+    trust = bool(cfg.get("trust_checkpoint", False))
+    model_node, data_node = cfg.get("model"), cfg.get("data")
+    if cfg.get("ckpt_path") is not None:
+        if _has_target(model_node) or _has_target(data_node):
+            raise ConfigError(
+                "give either ckpt_path (a checkpoint of an lsa-train run, whose model and data are rebuilt) or "
+                "model=... data=... (any model; its weights with model.checkpoint=<file>), not both"
+            )
+        return load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(data_node), trust)
+    missing = [group for group, node in (("model", model_node), ("data", data_node)) if not _has_target(node)]
+    if missing:
+        raise ConfigError(
+            f"no ckpt_path and no {' and no '.join(f'{g}=' for g in missing)}: give ckpt_path=<run dir>/checkpoints/"
+            "last.ckpt of an lsa-train run, or model=<name> and data=<name> (e.g. model=tv model.name=tv:resnet18 "
+            "model.weights=DEFAULT data=imagefolder data.root=<dir>)"
+        )
+    data = OmegaConf.to_container(data_node, resolve=True)
+    assert isinstance(data, dict)
+    data = {k: v for k, v in data.items() if not (k in DATA_OVERRIDE_KEYS and v is None)}
+    app_cfg = OmegaConf.create({"model": model_node, "data": data, "trust_checkpoint": trust})
+    validation.check_model_name(app_cfg.model)
+    datamodule = builders.build_datamodule(app_cfg)
+    prepare_data(datamodule)
+    model, kwargs = builders.build_model(app_cfg, datamodule)
+    model.eval()
+    return LoadedRun(
+        ckpt_path=None, run_dir=None, run_config_path=None, run_cfg=None, datamodule=datamodule, model=model,
+        model_kwargs=kwargs, weights_only=True, epoch=None, global_step=None, model_cfg=app_cfg.model,
+    )
+
+
+def prepare_data(datamodule: Any) -> None:
+    """Downloads with ``data.download=true`` (``prepare_data``), then checks the files are there."""
+    if getattr(datamodule, "download", False) and hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    validation.check_dataset_available(datamodule)
+
+
+def load_run(
+    ckpt_path: Any, run_config: Any = None, data: Mapping[str, Any] | None = None, trust: bool = False
+) -> LoadedRun:
     """Checks ``ckpt_path``, finds its run config, rebuilds datamodule and network, loads the weights.
 
     Args:
         ckpt_path: ``<run dir>/checkpoints/<name>.ckpt``.
         run_config: The run's ``.hydra/config.yaml`` if it is not next to the checkpoint.
         data: Overrides of the run's ``data`` config (``batch_size``, ``data_dir``, ...).
+        trust: Allow full unpickling of a checkpoint the safe loader refuses.
     """
-    from lsa_train.app import builders, validation
-
     ckpt = check_ckpt_file(ckpt_path)
     config_path = find_run_config(ckpt, run_config)
     run_cfg = load_run_config(config_path)
-    checkpoint, safe = load_checkpoint(ckpt)
+    checkpoint, safe = load_checkpoint(ckpt, trust)
     if data:
         run_cfg.data = OmegaConf.merge(run_cfg.data, dict(data))
-    validation.check_model_name(str(run_cfg.model.get("name")))
+    validation.check_model_name(run_cfg.model)
     datamodule = builders.build_datamodule(run_cfg)
-    validation.check_dataset_available(datamodule)
+    prepare_data(datamodule)
     model, kwargs = builders.build_model(run_cfg, datamodule)
     load_weights(model, checkpoint["state_dict"], ckpt, config_path)
     model.eval()
@@ -257,25 +329,32 @@ def resolve_device(name: Any) -> Any:
 
 
 @contextmanager
-def torch_runtime(seed: int, threads: int | None) -> Iterator[None]:
-    """Seeds torch (and Python, NumPy) and sets the intra-op threads for the block (restored after)."""
+def torch_runtime(seed: Any, threads: Any) -> Iterator[None]:
+    """Seeds torch (and Python, NumPy) and sets the intra-op threads for the block (restored after).
+
+    ``threads``: an integer, ``None`` (torch's default) or ``auto`` (torch's default here: the model is
+    not known yet)."""
     import lightning as L
 
     from lsa_train.utils.runtime import torch_threads
 
-    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
-        raise ConfigError(f"torch_threads={threads} must be an integer >= 1 (or null for torch's default)")
+    validation.check_seed(seed)
+    validation.check_torch_threads(threads)
     L.seed_everything(int(seed), workers=True, verbose=False)
-    with torch_threads(threads):
+    with torch_threads(None if threads is None or str(threads).lower() == "auto" else int(threads)):
         yield
 
 
 def run_facts(run: LoadedRun) -> dict[str, Any]:
     """Facts about the evaluated run for reports (JSON-ready)."""
+    data_name = type(run.datamodule).__name__
+    if run.run_cfg is None:
+        return {"model": run.model_name, "data": data_name, "model_kwargs": run.model_kwargs,
+                "weights_only_load": run.weights_only}
     setting = {
         "run_dir": str(run.run_dir),
         "run_config": str(run.run_config_path),
-        "data": str(run.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
+        "data": data_name,
         "model": run.model_name,
         "checkpoint_epoch": run.epoch,
         "checkpoint_global_step": run.global_step,

@@ -1,7 +1,8 @@
-"""``python -m lsa_train.app.evaluate`` / ``lsa-evaluate``: robustness evaluation of a trained run.
+"""``python -m lsa_train.app.evaluate`` / ``lsa-evaluate``: robustness evaluation of a trained run or any model.
 
-Rebuilds the data and network of a training run from ``<run>/.hydra/config.yaml``, loads the weights
-of ``ckpt_path`` and evaluates on the test split, streaming over batches: clean accuracy, the FGSM
+Rebuilds the data and network of a training run from ``<run>/.hydra/config.yaml`` and loads the weights
+of ``ckpt_path``, or builds ``model=<name>`` for ``data=<name>`` (weights from ``model.checkpoint``), and
+evaluates on the test split, streaming over batches: clean accuracy, the FGSM
 sweep with the paper's R&G score, PGD-k, AutoAttack (on ``autoattack.n_samples`` samples) and the
 gradient-masking checks (their warnings head the report). Writes ``report.md``, ``metrics.json``,
 ``metrics.csv`` and ``accuracy_vs_eps.png`` into the run dir of this evaluation, by default
@@ -12,6 +13,8 @@ Examples:
     python -m lsa_train.app.evaluate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     lsa-evaluate ckpt_path=<ckpt> pgd.steps=50 pgd.restarts=5 autoattack.n_samples=1000
     lsa-evaluate ckpt_path=<ckpt> autoattack.enabled=false data.eval_batch_size=512 device=cuda
+    lsa-evaluate model=custom model._target_=my_nets.SmallCNN model.checkpoint=cnn.pt data=imagefolder \
+        data.root=<dir> pgd.eps=0.03
 """
 
 from __future__ import annotations
@@ -78,14 +81,14 @@ def evaluate(cfg: DictConfig) -> Any:
         ConfigError: Bad input (checkpoint, run config, values), reported in one line by :func:`main`.
     """
     from lsa_train.app import validation
-    from lsa_train.app.checkpoint_loading import data_overrides, load_run, resolve_device, torch_runtime
+    from lsa_train.app.checkpoint_loading import load_for_app, resolve_device, torch_runtime
 
     started = time.perf_counter()
     check_config(cfg)
     out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
     device = resolve_device(cfg.device)
-    with torch_runtime(int(cfg.seed), cfg.torch_threads):
-        run = load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(cfg.get("data")))
+    with torch_runtime(cfg.seed, cfg.torch_threads):
+        run = load_for_app(cfg)
         report = _evaluate_run(cfg, run, device, started)
     report.write_all(out_dir)
     print_report(report, out_dir)

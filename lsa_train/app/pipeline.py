@@ -7,11 +7,9 @@ torch and Lightning.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -48,17 +46,43 @@ def run_training(
         for pattern in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
-    with _determinism(bool(cfg.get("deterministic", False))), torch_threads(cfg.get("torch_threads")):
-        return _train(cfg, started, ckpt_path)
+    return _train(cfg, started, ckpt_path)
 
 
 def _train(cfg: DictConfig, started: float, ckpt_path: str | None) -> tuple[dict[str, float], dict[str, Any]]:
     objects = _build(cfg)
+    threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
+    with torch_threads(threads):
+        return _fit_test_report(cfg, objects, started, ckpt_path)
+
+
+#: ``torch_threads=auto``: models below this many parameters run on one CPU thread.
+SMALL_MODEL_PARAMETERS = 2_000_000
+
+
+def resolve_torch_threads(setting: Any, model: torch.nn.Module) -> int | None:
+    """``torch_threads`` for this model (``auto``: 1 below :data:`SMALL_MODEL_PARAMETERS` parameters,
+    else torch's default), said in the run's first lines."""
+    if str(setting).lower() != "auto":
+        threads = None if setting is None else int(setting)
+        log.info("torch threads: %s (torch_threads=%s)", threads or torch.get_num_threads(), setting)
+        return threads
+    size = sum(p.numel() for p in model.parameters())
+    threads = 1 if size < SMALL_MODEL_PARAMETERS else None
+    log.info("torch threads: %d (torch_threads=auto: the model has %.2gM parameters; set torch_threads=<n> to "
+             "choose)", threads or torch.get_num_threads(), size / 1e6)
+    return threads
+
+
+def _fit_test_report(
+    cfg: DictConfig, objects: dict[str, Any], started: float, ckpt_path: str | None
+) -> tuple[dict[str, float], dict[str, Any]]:
     module, trainer, datamodule = objects["module"], objects["trainer"], objects["datamodule"]
 
-    log.info("training %s on %s (%s, base loss %s)", cfg.model.name, type(datamodule).__name__,
+    log.info("training %s on %s (%s, base loss %s)", builders.model_display_name(cfg.model), type(datamodule).__name__,
              module.attack, module.base_loss_name)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trusted = bool(cfg.get("trust_checkpoint", False))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trusted)
     metrics = _floats(trainer.callback_metrics)
     final_mvl = list(module.mvl)
     checkpoint = trainer.checkpoint_callback
@@ -67,7 +91,7 @@ def _train(cfg: DictConfig, started: float, ckpt_path: str | None) -> tuple[dict
     if best_score is not None and getattr(checkpoint, "monitor", None):
         metrics[f"{checkpoint.monitor}_best"] = float(best_score)
 
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
+    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     metrics.update(_floats(trainer.callback_metrics))
 
     mvl_callback = objects["mvl_callback"]
@@ -103,7 +127,8 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = builders.build_datamodule(cfg)
     validation.check_dataset_available(datamodule)
     model, model_kwargs = builders.build_model(cfg, datamodule)
-    validation.check_model_input(model, str(cfg.model.name), datamodule.input_shape, datamodule.num_classes)
+    validation.check_model_input(model, builders.model_display_name(cfg.model), datamodule.input_shape,
+                                 datamodule.num_classes)
     mvl = cfg.regularizer.mvl
     mode = MVLMode(mvl.mode)
     if mode is not MVLMode.none:
@@ -137,25 +162,6 @@ def _route_lightning_logs_to_root() -> None:
             lightning_logger.removeHandler(handler)
 
 
-@contextmanager
-def _determinism(enabled: bool) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True, warn_only=True)`` and cuDNN determinism (the paper's
-    README asks for it), restored afterwards."""
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    if enabled:
-        if torch.cuda.is_available():
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
-
-
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
@@ -170,13 +176,14 @@ def _setting(cfg: DictConfig, base_loss: str) -> dict[str, Any]:
     lam = cfg.regularizer.get("lambda")
     return {
         "data": validation.hydra_choice("data") or cfg.data.get("_target_"),
-        "model": str(cfg.model.name),
+        "model": builders.model_display_name(cfg.model),
         "attack": validation.hydra_choice("attack") or cfg.attack.get("_target_"),
         "eps": float(cfg.attack.eps),
         "base_loss": base_loss,
         "lambda": OmegaConf.to_container(lam) if OmegaConf.is_config(lam) else lam,
         "mvl_mode": MVLMode(cfg.regularizer.mvl.mode).value,
         "seed": int(cfg.seed),
+        "tags": [str(t) for t in cfg.get("tags") or []],
     }
 
 

@@ -51,15 +51,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     started = time.perf_counter()
     _apply_extras(cfg)
     # Plain-value checks first: answered before torch and Lightning load.
+    validation.check_top_level(cfg)
     validation.check_output_dir(cfg.paths.output_dir)
     validation.check_loggers(cfg.get("logger"))
     validation.check_attack(cfg.attack)
     validation.check_regularizer(cfg.regularizer, cfg.attack)
-    validation.check_torch_threads(cfg.get("torch_threads"))
     # Then the ones that need torch, but not Lightning.
     validation.check_trainer_device(cfg.trainer)
-    ckpt_path = validation.check_ckpt_path(cfg.get("ckpt_path"))
-    validation.check_model_name(str(cfg.model.name))
+    from lsa_train.app.checkpoint_loading import check_ckpt_path
+
+    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"), bool(cfg.get("trust_checkpoint", False)))
+    validation.check_model_name(cfg.model)
     from lsa_train.app.pipeline import run_training
 
     return run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None)

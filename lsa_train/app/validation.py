@@ -91,26 +91,37 @@ def check_output_dir(path: str | Path) -> Path:
     return out
 
 
-def check_ckpt_path(ckpt_path: str | None) -> Path | None:
-    """``ckpt_path`` is ``None`` or a readable Lightning checkpoint (loaded on the CPU with
-    ``weights_only=True`` first, see :func:`~lsa_train.app.checkpoint_loading.load_checkpoint`).
-
-    Raises:
-        ConfigError: Missing file, unreadable or corrupt file, or no ``state_dict`` in it.
-    """
-    if ckpt_path is None:
-        return None
-    from lsa_train.app.checkpoint_loading import check_ckpt_file, load_checkpoint
-
-    path = check_ckpt_file(ckpt_path)
-    load_checkpoint(path)
-    return path
-
-
 def check_torch_threads(threads: Any) -> None:
-    """``torch_threads`` is ``None`` or an integer ``>= 1``."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"torch_threads={threads} must be an integer >= 1 (or null for torch's default)")
+    """``torch_threads`` is ``auto``, ``None`` or an integer ``>= 1``."""
+    if threads is None or str(threads).lower() == "auto":
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"torch_threads={threads} must be an integer >= 1, auto, or null for torch's default")
+
+
+def check_seed(seed: Any) -> None:
+    """``seed`` is an integer in ``[0, 2**32)``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed} must be an integer in [0, 2**32), e.g. seed=313")
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """The plain top-level keys have the right types: ``seed`` an integer in [0, 2**32), ``deterministic``
+    and ``trust_checkpoint`` booleans, ``tags`` a list, ``torch_threads`` see :func:`check_torch_threads`,
+    ``ckpt_path``/``optimized_metric``/``task_name`` strings (or null)."""
+    check_seed(cfg.get("seed"))
+    for key in ("deterministic", "trust_checkpoint"):
+        value = cfg.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value} must be true or false")
+    tags = cfg.get("tags")
+    if tags is not None and not isinstance(tags, ListConfig | list):
+        raise ConfigError(f"tags={tags} must be a list, e.g. tags=[baseline,cifar10]")
+    for key in ("ckpt_path", "optimized_metric", "task_name"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key}={value} must be a string (or null)")
+    check_torch_threads(cfg.get("torch_threads"))
 
 
 def check_loggers(logger: DictConfig | None) -> None:
@@ -232,10 +243,18 @@ def check_dataset_available(datamodule: Any) -> None:
         raise ConfigError(f"{_option('data', 'data')}: {one_line(err)}") from err
 
 
-def check_model_name(name: str) -> None:
-    """``model.name`` is registered (or ``tv:<torchvision classification model>``)."""
+#: The ``_target_`` of the built-in model configs, whose ``name`` is checked against the registry.
+CREATE_MODEL_TARGET = "lsa_train.models.create_model"
+
+
+def check_model_name(model: DictConfig) -> None:
+    """For the registry's models (``_target_: lsa_train.models.create_model``): ``model.name`` is
+    registered or ``tv:<torchvision classification model>``. Other targets are checked when built."""
     from lsa_train.models import TV_PREFIX, list_models
 
+    if str(model.get("_target_")) != CREATE_MODEL_TARGET:
+        return
+    name = str(model.get("name"))
     if name.startswith(TV_PREFIX):
         from lsa_train.models.torchvision_models import torchvision_model_names
 
