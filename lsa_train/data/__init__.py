@@ -2,6 +2,7 @@
 
 from lsa_train.data.base import LSADataModule
 from lsa_train.data.digits import DigitsDataModule
+from lsa_train.data.imagefolder import ImageFolderDataModule
 from lsa_train.data.moons import MoonsDataModule
 from lsa_train.data.registry import DATAMODULE_NAMES, create_datamodule
 from lsa_train.data.torchvision_data import DATASETS, TorchvisionDataModule
@@ -10,6 +11,7 @@ __all__ = [
     "DATAMODULE_NAMES",
     "DATASETS",
     "DigitsDataModule",
+    "ImageFolderDataModule",
     "LSADataModule",
     "MoonsDataModule",
     "TorchvisionDataModule",
