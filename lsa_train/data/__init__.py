@@ -5,6 +5,7 @@ from lsa_train.data.digits import DigitsDataModule
 from lsa_train.data.imagefolder import ImageFolderDataModule
 from lsa_train.data.moons import MoonsDataModule
 from lsa_train.data.registry import DATAMODULE_NAMES, create_datamodule
+from lsa_train.data.tensors import TensorDataModule
 from lsa_train.data.torchvision_data import DATASETS, TorchvisionDataModule
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ImageFolderDataModule",
     "LSADataModule",
     "MoonsDataModule",
+    "TensorDataModule",
     "TorchvisionDataModule",
     "create_datamodule",
 ]

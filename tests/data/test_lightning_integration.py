@@ -15,6 +15,7 @@ from lsa_train.data import (
     ImageFolderDataModule,
     LSADataModule,
     MoonsDataModule,
+    TensorDataModule,
 )
 from lsa_train.models import create_model
 
@@ -98,3 +99,14 @@ def test_fit_and_test_on_a_user_image_folder(tmp_path: Path) -> None:
     trainer.test(module, datamodule=dm, verbose=False)
     assert module.seen == {"train": 4, "val": 4, "test": 4}
 
+
+def test_fit_on_a_user_tensor_file(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.rand(40, 6, generator=g), "y": torch.arange(40) % 2}, tmp_path / "vectors.pt")
+
+    dm = TensorDataModule(tmp_path / "vectors.pt", batch_size=8)
+    module = _Classifier(dm, "mlp_a")
+    trainer = _fast_dev_run(tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert module.seen == {"train": 8, "val": 4, "test": 8}
