@@ -107,7 +107,7 @@ class ImageFolderDataModule(LSADataModule):
 
     Raises:
         FileNotFoundError: ``root`` or ``root/train`` is not a directory.
-        ValueError: A bad argument, no class folders, a class folder without images, a class
+        ValueError: A bad argument, fewer than 2 class folders, a class folder without images, a class
             folder in ``val/``/``test/`` that ``train/`` lacks, an unreadable image, images of
             different sizes without ``input_size``, or an impossible stratified split.
     """
@@ -169,6 +169,8 @@ class ImageFolderDataModule(LSADataModule):
         classes = sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
         if not classes:
             raise ValueError(f"'{train}' has no class folders (expected {train}{os.sep}<class>{os.sep}<image>)")
+        if len(classes) < 2:
+            raise ValueError(f"'{train}' has one class folder ({classes[0]!r}); a classifier needs at least 2")
         return classes
 
     def _scan_folders(self) -> dict[str, ClassImageFolder]:

@@ -209,6 +209,9 @@ def test_no_class_folders(tmp_path: Path) -> None:
     Image.new("L", (4, 4)).save(tmp_path / "train" / "loose.png")  # an image, but not in a class folder
     message = _one_line_error(ValueError, tmp_path)
     assert str(tmp_path / "train") in message and "no class folders" in message
+    write_images(tmp_path / "train", classes=("solo",))
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(tmp_path / "train") in message and "one class folder ('solo')" in message
 
 
 def test_class_folder_without_images(tmp_path: Path) -> None:
