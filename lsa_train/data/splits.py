@@ -58,3 +58,50 @@ class TransformSubset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         x, y = self.dataset[self.indices[index]]
         return (self.transform(x) if self.transform is not None else x), y
+
+
+def train_val_test_indices(
+    labels: np.ndarray,
+    *,
+    val_fraction: float | None,
+    test_fraction: float | None,
+    seed: int,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded, class-stratified split of one labelled pool into train/validation/test positions.
+
+    The test part is split off first (``test_fraction`` of the pool), then ``val_fraction`` of
+    the rest, as for the digits. A fraction of ``None`` means that split comes from elsewhere
+    (its own folder or array): its index array is then empty.
+
+    Args:
+        labels: Class ids ``(n,)`` of the pool.
+        val_fraction: Validation fraction of the non-test samples, or ``None``.
+        test_fraction: Test fraction of the pool, or ``None``.
+        seed: Seed of both splits.
+        source: Where the pool comes from (a path), named in errors.
+
+    Returns:
+        ``(train, val, test)``: sorted int64 positions in the pool.
+
+    Raises:
+        ValueError: A stratified split is impossible (a class with a single sample, or fewer
+            held-out samples than classes), in one line naming ``source``.
+    """
+    labels = np.asarray(labels)
+    pool = np.arange(len(labels))
+    parts: dict[str, np.ndarray] = {"val": pool[:0], "test": pool[:0]}
+    for key, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if fraction is None:
+            continue
+        try:
+            kept, held = split_indices(len(pool), fraction, seed, labels=labels[pool])
+        except ValueError as err:
+            raise ValueError(
+                f"{source}: cannot split off {key}_fraction={fraction} stratified by class from "
+                f"{len(pool)} samples ({err}); add more samples per class, change {key}_fraction "
+                f"or give a separate {key} split"
+            ) from err
+        parts[key] = pool[held]
+        pool = pool[kept]
+    return pool, parts["val"], parts["test"]

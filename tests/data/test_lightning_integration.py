@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from lsa_train.data import DigitsDataModule, LSADataModule, MoonsDataModule
+from lsa_train.data import (
+    DigitsDataModule,
+    ImageFolderDataModule,
+    LSADataModule,
+    MoonsDataModule,
+    TensorDataModule,
+)
 from lsa_train.models import create_model
 
 
@@ -66,3 +74,39 @@ def test_fit_on_digits_with_normalization_inside_the_model(tmp_path: Path) -> No
     assert type(module.net).__name__ == "NormalizedModel"
     _trainer(tmp_path).fit(module, datamodule=dm)
     assert module.seen["train"] == 192 and module.seen["val"] == 360
+
+
+def _fast_dev_run(tmp_path: Path) -> L.Trainer:
+    return L.Trainer(
+        fast_dev_run=True, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )
+
+
+def test_fit_and_test_on_a_user_image_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        folder = tmp_path / "img" / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(6):  # RGB images of two sizes: resized and center-cropped to 16x16
+            size = (12, 12, 3) if i % 2 else (20, 14, 3)
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8), "RGB").save(folder / f"{i}.png")
+    dm = ImageFolderDataModule(tmp_path / "img", input_size=16, val_fraction=0.25, test_fraction=0.2, batch_size=4)
+    module = _Classifier(dm, "cnn_b")
+    assert type(module.net).__name__ == "NormalizedModel" and dm.input_shape == (3, 16, 16)
+    trainer = _fast_dev_run(tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert module.seen == {"train": 4, "val": 4, "test": 4}
+
+
+def test_fit_on_a_user_tensor_file(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.rand(40, 6, generator=g), "y": torch.arange(40) % 2}, tmp_path / "vectors.pt")
+
+    dm = TensorDataModule(tmp_path / "vectors.pt", batch_size=8)
+    module = _Classifier(dm, "mlp_a")
+    trainer = _fast_dev_run(tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert module.seen == {"train": 8, "val": 4, "test": 8}

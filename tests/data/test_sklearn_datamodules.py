@@ -192,7 +192,9 @@ def test_digits_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_create_datamodule() -> None:
-    assert set(DATAMODULE_NAMES) == {"moons", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"}
+    assert set(DATAMODULE_NAMES) == {
+        "moons", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder", "tensors"
+    }
     assert isinstance(create_datamodule("moons", n_samples=100), MoonsDataModule)
     assert isinstance(create_datamodule("digits", batch_size=8), DigitsDataModule)
     dm = create_datamodule("cifar100", data_dir="/nonexistent")

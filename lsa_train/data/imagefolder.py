@@ -1,0 +1,301 @@
+"""The user's own images in torchvision's ``ImageFolder`` layout: ``<root>/train/<class>/<image>``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from lsa_train.data.base import LSADataModule
+from lsa_train.data.splits import TransformSubset, train_val_test_indices
+from lsa_train.data.statistics import Moments, given_statistics
+
+#: Split folders under ``root``; ``train`` is required, the others are optional.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: PIL modes read as one grey channel; every other mode is converted to RGB.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+
+#: What PIL raises for a file it cannot identify or decode.
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def is_image_file(path: str) -> bool:
+    """An image extension (any case) and not a hidden file (e.g. macOS ``._name.png`` resource forks)."""
+    return not os.path.basename(path).startswith(".") and path.lower().endswith(IMG_EXTENSIONS)
+
+
+def _is_grey(mode: str) -> bool:
+    return mode in _GREY_MODES or mode.startswith("I;")
+
+
+class ImageLoader:
+    """Opens an image file as a PIL image in ``mode`` (``"L"`` or ``"RGB"``); picklable for workers.
+
+    Raises:
+        ValueError: The file is not a readable image (one line naming the path).
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with Image.open(path) as image:
+                return image.convert(self.mode)
+        except _IMAGE_ERRORS as err:
+            raise ValueError(f"unreadable image '{path}': {err}") from err
+
+
+class ClassImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` with a given class list, so that ``val/`` and ``test/`` share ``train/``'s labels.
+
+    Class folders missing from ``root`` are allowed (they give no samples).
+    """
+
+    def __init__(self, root: Path, classes: Sequence[str], loader: ImageLoader) -> None:
+        self._classes = list(classes)
+        super().__init__(str(root), loader=loader, is_valid_file=is_image_file, allow_empty=True)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        return self._classes, {name: index for index, name in enumerate(self._classes)}
+
+
+class ImageFolderDataModule(LSADataModule):
+    """Images from ``<root>/train/<class>/*``, optional ``val/`` and ``test/`` folders of the same classes.
+
+    Classes are the sub-folders of ``train/`` in sorted order (hidden ones skipped), labels
+    ``0..K-1``; files with torchvision's image extensions count (``.jpg .jpeg .png .ppm .bmp .pgm
+    .tif .tiff .webp``, any case; hidden files skipped). ``val/`` and ``test/`` may lack classes but
+    not add any. A missing ``val/`` is split off ``train/`` (``val_fraction``), a missing ``test/``
+    too (``test_fraction``, split first), seeded and stratified by class.
+
+    Inputs are float32 ``(C, S, S)`` in ``[0, 1]`` (``ToTensor``). ``C`` comes from the images: 1 when
+    every image is grey (PIL modes ``1``, ``L``, ``I``, ``F``), else 3 (all converted to RGB);
+    ``channels`` overrides it. With ``input_size`` each image is resized (shorter side to ``S``,
+    antialiased) and center-cropped to ``S x S``; without it all images must share one size
+    ``(H, W)``. ``mean``/``std`` (per channel, over all pixels of the training split after resizing,
+    no augmentation) are computed in ``__init__`` unless given; a constant channel gets std 1.
+
+    Everything the app needs before training is read in ``__init__``: the folder layout, the class
+    list, every image's header (mode and size) and, unless ``mean``/``std`` are given, every
+    training image. Bad data raises there, in one line naming the path.
+
+    Args:
+        root: Folder holding ``train/`` (and optionally ``val/``, ``test/``); relative to the working directory.
+        input_size: Square side ``S`` in pixels, or ``None`` to keep the (common) image size.
+        channels: ``1`` or ``3`` to force grey or RGB, ``None`` to decide from the images.
+        augment: Training augmentation: random crop of the ``crop_padding``-padded image plus
+            horizontal flip (as for CIFAR).
+        crop_padding: Zero padding of the random crop in pixels (0: flips only).
+        val_fraction: Validation fraction of the non-test training images (when there is no ``val/``).
+        test_fraction: Test fraction of the training images (when there is no ``test/``).
+        mean: Per-channel mean in ``[0, 1]`` units (give with ``std``); skips the statistics pass.
+        std: Per-channel standard deviation, all ``> 0``.
+        **kwargs: Common arguments of :class:`~lsa_train.data.base.LSADataModule`.
+
+    Attributes:
+        classes: Class folder names; ``classes[k]`` has label ``k``.
+        split_sources: For each split, ``"folder"`` or ``"train"`` (split off ``train/``).
+
+    Raises:
+        FileNotFoundError: ``root`` or ``root/train`` is not a directory.
+        ValueError: A bad argument, fewer than 2 class folders, a class folder without images, a class
+            folder in ``val/``/``test/`` that ``train/`` lacks, an unreadable image, images of
+            different sizes without ``input_size``, or an impossible stratified split.
+    """
+
+    name = "imagefolder"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        input_size: int | None = None,
+        channels: int | None = None,
+        augment: bool = True,
+        crop_padding: int = 4,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(val_fraction=val_fraction, **kwargs)
+        if input_size is not None and (isinstance(input_size, bool) or int(input_size) != input_size or input_size < 1):
+            raise ValueError(f"input_size must be a positive integer or None, got {input_size!r}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1, 3 or None (from the images), got {channels!r}")
+        if isinstance(crop_padding, bool) or int(crop_padding) != crop_padding or crop_padding < 0:
+            raise ValueError(f"crop_padding must be an integer >= 0, got {crop_padding!r}")
+        if not 0.0 < float(test_fraction) < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        self.root = Path(root).expanduser().absolute()
+        self.input_size = None if input_size is None else int(input_size)
+        self.augment = bool(augment)
+        self.crop_padding = int(crop_padding)
+        self.test_fraction = float(test_fraction)
+
+        self.classes = self._find_classes()
+        self.num_classes = len(self.classes)
+        folders = self._scan_folders()
+        modes, sizes = self._read_headers(folders)
+        auto_channels = 1 if all(_is_grey(mode) for mode in modes) else 3
+        num_channels = auto_channels if channels is None else int(channels)
+        self._image_loader = ImageLoader("L" if num_channels == 1 else "RGB")
+        for folder in folders.values():
+            folder.loader = self._image_loader
+        self.input_shape = (num_channels, *self._image_size(sizes))
+        self._folders = folders
+        self._indices = self._split(folders)
+        self.split_sources = {split: "folder" if split in folders else "train" for split in SPLITS}
+        self.mean, self.std = self._statistics(mean, std)
+
+    # -- layout -----------------------------------------------------------------------------
+    def _find_classes(self) -> list[str]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder '{self.root}' does not exist or is not a directory")
+        train = self.root / "train"
+        if not train.is_dir():
+            raise FileNotFoundError(
+                f"image folder '{self.root}' has no 'train' directory (expected {train}{os.sep}<class>{os.sep}<image>)"
+            )
+        classes = sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise ValueError(f"'{train}' has no class folders (expected {train}{os.sep}<class>{os.sep}<image>)")
+        if len(classes) < 2:
+            raise ValueError(f"'{train}' has one class folder ({classes[0]!r}); a classifier needs at least 2")
+        return classes
+
+    def _scan_folders(self) -> dict[str, ClassImageFolder]:
+        """The present split folders as ``ImageFolder`` datasets (PIL images, no transform yet)."""
+        folders: dict[str, ClassImageFolder] = {}
+        for split in SPLITS:
+            path = self.root / split
+            if split != "train" and not path.is_dir():
+                continue
+            present = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+            extra = sorted(set(present) - set(self.classes))
+            if extra:
+                raise ValueError(
+                    f"'{path}' has class folders that '{self.root / 'train'}' lacks: {extra[:5]} "
+                    f"(train classes: {self.classes[:10]}{' ...' if len(self.classes) > 10 else ''})"
+                )
+            folder = ClassImageFolder(path, self.classes, ImageLoader("RGB"))
+            counts = np.bincount(np.asarray(folder.targets, dtype=np.int64), minlength=self.num_classes)
+            empty = [name for name, count in zip(self.classes, counts, strict=True) if count == 0 and name in present]
+            if empty:
+                raise ValueError(
+                    f"class folder '{path / empty[0]}' has no images (extensions: {' '.join(IMG_EXTENSIONS)})"
+                )
+            if not folder.samples:
+                raise ValueError(f"'{path}' has no images in its class folders")
+            folders[split] = folder
+        return folders
+
+    @staticmethod
+    def _read_headers(folders: dict[str, ClassImageFolder]) -> tuple[set[str], dict[tuple[int, int], str]]:
+        """Every image's PIL mode and size from its header; one example path per ``(H, W)``."""
+        modes: set[str] = set()
+        sizes: dict[tuple[int, int], str] = {}
+        for folder in folders.values():
+            for path, _ in folder.samples:
+                try:
+                    with Image.open(path) as image:
+                        modes.add(image.mode)
+                        sizes.setdefault((image.height, image.width), path)
+                except _IMAGE_ERRORS as err:
+                    raise ValueError(f"unreadable image '{path}': {err}") from err
+        return modes, sizes
+
+    def _image_size(self, sizes: dict[tuple[int, int], str]) -> tuple[int, int]:
+        if self.input_size is not None:
+            return self.input_size, self.input_size
+        if len(sizes) > 1:
+            (a, path_a), (b, path_b) = list(sizes.items())[:2]
+            raise ValueError(
+                f"images in '{self.root}' differ in size ({a[0]}x{a[1]} '{path_a}', {b[0]}x{b[1]} '{path_b}'); "
+                "set input_size to resize and center-crop them to a square side"
+            )
+        return next(iter(sizes))
+
+    def _split(self, folders: dict[str, ClassImageFolder]) -> dict[str, tuple[str, np.ndarray]]:
+        """For each split, the folder it reads and its positions in that folder."""
+        train = folders["train"]
+        labels = np.asarray(train.targets, dtype=np.int64)
+        train_pos, val_pos, test_pos = train_val_test_indices(
+            labels,
+            val_fraction=None if "val" in folders else self.val_fraction,
+            test_fraction=None if "test" in folders else self.test_fraction,
+            seed=self.seed,
+            source=f"'{self.root / 'train'}'",
+        )
+        indices = {"train": ("train", train_pos), "val": ("train", val_pos), "test": ("train", test_pos)}
+        for split in ("val", "test"):
+            if split in folders:
+                indices[split] = (split, np.arange(len(folders[split])))
+        return indices
+
+    # -- statistics ---------------------------------------------------------------------------
+    def _statistics(
+        self, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        given = given_statistics(mean, std, self.input_shape[0], "channel")
+        if given is not None:
+            return given
+        moments = Moments(self.input_shape[0])
+        train = self._dataset("train", self.eval_transform())
+        for index in range(len(train)):  # type: ignore[arg-type]
+            moments.add(train[index][0], channel_dim=0)
+        return moments.result()
+
+    # -- transforms and datasets --------------------------------------------------------------
+    def _resize_steps(self) -> list[Any]:
+        if self.input_size is None:
+            return []
+        return [transforms.Resize(self.input_size, antialias=True), transforms.CenterCrop(self.input_size)]
+
+    def eval_transform(self) -> transforms.Compose:
+        """Resize and center-crop (if ``input_size``), then ``ToTensor``: float32 ``(C, S, S)`` in ``[0, 1]``."""
+        return transforms.Compose([*self._resize_steps(), transforms.ToTensor()])
+
+    def train_transform(self) -> transforms.Compose:
+        """As :meth:`eval_transform`, with the random crop and flip before ``ToTensor`` when ``augment``."""
+        steps = self._resize_steps()
+        if self.augment:
+            if self.crop_padding:
+                steps.append(transforms.RandomCrop(self.input_shape[1:], padding=self.crop_padding))
+            steps.append(transforms.RandomHorizontalFlip())
+        return transforms.Compose([*steps, transforms.ToTensor()])
+
+    def _dataset(self, split: str, transform: transforms.Compose) -> Dataset:
+        folder, positions = self._indices[split]
+        return TransformSubset(self._folders[folder], positions, transform)
+
+    def _build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        return (
+            self._dataset("train", self.train_transform()),
+            self._dataset("val", self.eval_transform()),
+            self._dataset("test", self.eval_transform()),
+        )
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of images in each split (known before :meth:`setup`)."""
+        return {split: len(positions) for split, (_, positions) in self._indices.items()}
+
+    def check_available(self) -> None:
+        """Re-checks, cheaply, that every listed image file still exists.
+
+        Raises:
+            FileNotFoundError: One line naming the first missing file.
+        """
+        for folder in self._folders.values():
+            for path, _ in folder.samples:
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"image '{path}' of '{self.root}' no longer exists")

@@ -1,0 +1,262 @@
+"""``ImageFolderDataModule``: tiny image folders written with PIL; layout, channels, sizes, splits, bad data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf.errors import MissingMandatoryValue
+from PIL import Image
+
+from lsa_train.data import ImageFolderDataModule, create_datamodule
+
+CLASSES = ("cat", "dog", "eel")
+
+
+def write_images(
+    folder: Path, classes: tuple[str, ...] = CLASSES, n: int = 6, size: tuple[int, int] = (12, 12), mode: str = "L",
+    seed: int = 0,
+) -> list[Path]:
+    """``n`` random images of ``size`` (H, W) per class under ``folder/<class>/``; returns their paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = size if mode == "L" else (*size, 3)
+            path = folder / name / f"{i}.png"
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+            paths.append(path)
+    return paths
+
+
+def pixels(path: Path, mode: str) -> torch.Tensor:
+    """The image as ``ToTensor`` gives it: float ``(C, H, W)`` in ``[0, 1]``."""
+    array = np.asarray(Image.open(path).convert(mode), dtype=np.float32) / 255.0
+    return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+
+
+def small(root: Path, **kwargs: object) -> ImageFolderDataModule:
+    """18-image folders need larger held-out fractions than the defaults for a stratified split."""
+    kwargs = {"val_fraction": 0.25, "test_fraction": 0.2, "batch_size": 4, **kwargs}
+    return ImageFolderDataModule(root, **kwargs)  # type: ignore[arg-type]
+
+
+# -- facts and contents ---------------------------------------------------------------------------
+def test_grey_folder_facts_splits_and_statistics(tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "train")
+    dm = small(tmp_path)
+    assert dm.classes == list(CLASSES) and dm.num_classes == 3 and dm.input_shape == (1, 12, 12)
+    assert dm.split_sizes() == {"train": 10, "val": 4, "test": 4}
+    assert dm.split_sources == {"train": "folder", "val": "train", "test": "train"}
+    # mean/std over the training split's pixels, known before setup (the app builds the model first)
+    train_pos = dm._indices["train"][1]
+    train_pixels = torch.stack([pixels(paths[i], "L") for i in train_pos]).double()
+    assert dm.mean == pytest.approx((float(train_pixels.mean()),), abs=1e-9)
+    assert dm.std == pytest.approx((float(train_pixels.std(unbiased=False)),), abs=1e-9)
+    kwargs = dm.model_kwargs()
+    assert kwargs["in_channels"] == 1 and kwargs["input_size"] == (12, 12) and kwargs["num_classes"] == 3
+    dm.setup()
+    seen = Counter()
+    for split in (dm.train_set, dm.val_set, dm.test_set):
+        for index in range(len(split)):
+            x, y = split[index]
+            seen[y] += 1
+            assert x.dtype == torch.float32 and x.shape == (1, 12, 12)
+    assert seen == {0: 6, 1: 6, 2: 6}
+    # validation items are the files' pixels (no augmentation) with their class folder's label
+    val_pos = dm._indices["val"][1]
+    for index, position in enumerate(val_pos):
+        x, y = dm.val_set[index]
+        assert torch.equal(x, pixels(paths[position], "L")) and y == position // 6
+
+
+def test_split_is_seeded_and_stratified(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", n=10)
+    first, again = small(tmp_path, seed=1), small(tmp_path, seed=1)
+    other = small(tmp_path, seed=2)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(first._indices[split][1], again._indices[split][1])
+    assert not np.array_equal(first._indices["val"][1], other._indices["val"][1])
+    targets = np.asarray(first._folders["train"].targets)
+    for split in ("val", "test"):  # ceil(0.2 * 30) = 6 test, ceil(0.25 * 24) = 6 val: 2 per class
+        assert Counter(targets[first._indices[split][1]].tolist()) == {0: 2, 1: 2, 2: 2}
+    used = np.concatenate([first._indices[s][1] for s in ("train", "val", "test")])
+    assert sorted(used.tolist()) == list(range(30))
+
+
+def test_rgb_and_mixed_folders(tmp_path: Path) -> None:
+    write_images(tmp_path / "rgb" / "train", mode="RGB")
+    dm = small(tmp_path / "rgb")
+    assert dm.input_shape == (3, 12, 12) and len(dm.mean) == 3 and len(dm.std) == 3
+    mixed = tmp_path / "mixed" / "train"
+    write_images(mixed, mode="RGB")
+    grey = write_images(mixed, classes=("cat",), n=1, mode="L", seed=5)[0].rename(mixed / "cat" / "grey.png")
+    dm = small(tmp_path / "mixed")
+    assert dm.input_shape == (3, 12, 12)
+    dm.setup()
+    position = [p for p, _ in dm._folders["train"].samples].index(str(grey))
+    x, _ = dm._folders["train"][position]
+    x = dm.eval_transform()(x)
+    assert x.shape == (3, 12, 12) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    forced = small(tmp_path / "rgb", channels=1)
+    forced.setup()
+    assert forced.input_shape == (1, 12, 12) and forced.train_set[0][0].shape == (1, 12, 12)
+
+
+def test_input_size_resizes_and_center_crops(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", classes=("a", "b"), n=5, size=(12, 16))
+    write_images(tmp_path / "train", classes=("a", "b"), n=1, size=(10, 10), seed=3)  # overwrites 0.png
+    with pytest.raises(ValueError, match="differ in size") as info:
+        small(tmp_path)
+    assert "input_size" in str(info.value) and "\n" not in str(info.value)
+    dm = small(tmp_path, input_size=8, augment=False)
+    assert dm.input_shape == (1, 8, 8)
+    dm.setup()
+    assert all(dm.train_set[i][0].shape == (1, 8, 8) for i in range(len(dm.train_set)))
+    # a 16x12 (W x H) image: shorter side 12 -> 8 (long side int(8 * 16 / 12) = 10), then the centre 8 columns
+    path = tmp_path / "train" / "a" / "1.png"
+    x = dm.eval_transform()(dm._folders["train"].loader(str(path)))
+    resized = np.asarray(Image.open(path).resize((10, 8), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert torch.allclose(x, torch.from_numpy(resized[None, :, 1:9] / 255.0), atol=1e-6)
+
+
+def test_val_and_test_folders_share_the_train_classes(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", n=4)
+    write_images(tmp_path / "val", classes=("eel",), n=2, seed=1)  # a class subset: labels from train/
+    write_images(tmp_path / "test", classes=("dog", "eel"), n=3, seed=2)
+    dm = ImageFolderDataModule(tmp_path, batch_size=4)
+    assert dm.split_sources == {"train": "folder", "val": "folder", "test": "folder"}
+    assert dm.split_sizes() == {"train": 12, "val": 2, "test": 6}
+    dm.setup()
+    assert [dm.val_set[i][1] for i in range(2)] == [2, 2]
+    assert sorted(dm.test_set[i][1] for i in range(6)) == [1, 1, 1, 2, 2, 2]
+
+
+def test_only_test_folder_splits_val_off_train(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", n=8)
+    write_images(tmp_path / "test", n=1, seed=2)
+    dm = ImageFolderDataModule(tmp_path, val_fraction=0.25, batch_size=4)
+    assert dm.split_sources["val"] == "train" and dm.split_sizes() == {"train": 18, "val": 6, "test": 3}
+
+
+def test_augmentation_switch(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    plain = small(tmp_path, augment=False)
+    plain.setup()
+    x_eval = plain.eval_transform()(plain._folders["train"][0][0])
+    assert all(torch.equal(plain.train_transform()(plain._folders["train"][0][0]), x_eval) for _ in range(3))
+    augmented = small(tmp_path, augment=True, crop_padding=4)
+    names = [type(t).__name__ for t in augmented.train_transform().transforms]
+    assert names == ["RandomCrop", "RandomHorizontalFlip", "ToTensor"]
+    torch.manual_seed(0)
+    draws = [augmented.train_transform()(augmented._folders["train"][0][0]) for _ in range(5)]
+    assert all(d.shape == (1, 12, 12) for d in draws) and any(not torch.equal(d, x_eval) for d in draws)
+
+
+def test_given_statistics_are_used_and_checked(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", mode="RGB")
+    dm = small(tmp_path, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2])
+    assert dm.mean == (0.5, 0.4, 0.3) and dm.std == (0.2, 0.2, 0.2)
+    with pytest.raises(ValueError, match="3 entries"):
+        small(tmp_path, mean=[0.5], std=[0.2])
+    with pytest.raises(ValueError, match="both mean and std"):
+        small(tmp_path, mean=[0.5, 0.4, 0.3])
+
+
+def test_registry_name(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    dm = create_datamodule("imagefolder", root=tmp_path, val_fraction=0.25, test_fraction=0.2)
+    assert isinstance(dm, ImageFolderDataModule) and dm.name == "imagefolder"
+
+
+def test_config_composes_and_requires_root(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    with initialize_config_module("lsa_train.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data=imagefolder", f"data.root={tmp_path}", "data.val_fraction=0.25",
+                                          "data.test_fraction=0.2", "data.num_workers=0"])
+        missing = compose("train", overrides=["data=imagefolder"])
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, ImageFolderDataModule) and dm.input_shape == (1, 12, 12) and dm.augment
+    with pytest.raises(MissingMandatoryValue):
+        _ = missing.data.root
+
+
+# -- bad data: one line naming the path -----------------------------------------------------------
+def _one_line_error(exc: type[Exception], root: Path, **kwargs: object) -> str:
+    with pytest.raises(exc) as info:
+        small(root, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_root_and_missing_train(tmp_path: Path) -> None:
+    message = _one_line_error(FileNotFoundError, tmp_path / "nope")
+    assert str(tmp_path / "nope") in message and "does not exist" in message
+    write_images(tmp_path / "val")
+    message = _one_line_error(FileNotFoundError, tmp_path)
+    assert str(tmp_path) in message and "no 'train' directory" in message
+
+
+def test_no_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "train" / "loose.png")  # an image, but not in a class folder
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(tmp_path / "train") in message and "no class folders" in message
+    write_images(tmp_path / "train", classes=("solo",))
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(tmp_path / "train") in message and "one class folder ('solo')" in message
+
+
+def test_class_folder_without_images(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    (tmp_path / "train" / "fox").mkdir()
+    (tmp_path / "train" / "fox" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "fox" / "._0.png").write_bytes(b"macOS metadata")  # hidden: skipped, not unreadable
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(tmp_path / "train" / "fox") in message and "no images" in message and ".png" in message
+
+
+def test_unreadable_image(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    bad = tmp_path / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"these bytes are not a PNG")
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(bad) in message and "unreadable image" in message
+
+
+def test_val_folder_with_an_unknown_class(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    write_images(tmp_path / "val", classes=("cat", "yak"), n=1)
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(tmp_path / "val") in message and "'yak'" in message
+
+
+def test_too_few_images_for_a_stratified_split(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", n=1)
+    message = _one_line_error(ValueError, tmp_path)
+    assert str(tmp_path / "train") in message and "test_fraction" in message
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    for kwargs, match in (({"input_size": 0}, "input_size"), ({"channels": 2}, "channels"),
+                          ({"crop_padding": -1}, "crop_padding"), ({"test_fraction": 1.0}, "test_fraction")):
+        with pytest.raises(ValueError, match=match):
+            small(tmp_path, **kwargs)
+
+
+def test_check_available_notices_a_removed_file(tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "train")
+    dm = small(tmp_path)
+    dm.check_available()
+    paths[3].unlink()
+    with pytest.raises(FileNotFoundError, match="no longer exists") as info:
+        dm.check_available()
+    assert str(paths[3]) in str(info.value)
