@@ -227,6 +227,14 @@ class MVLRefreshCallback(Callback):
         self._wait_for_plots()
         return {**self.__dict__, "_plotter": None, "_plot_job": None}
 
+    def history_files(self, trainer: L.Trainer) -> dict[str, Path]:
+        """The MVL-over-the-run files written so far: ``{"figure": mvl_history.png, "csv": mvl_history.csv}``
+        (only those that exist)."""
+        self._wait_for_plots()
+        out = self._dirpath(trainer)
+        files = {"figure": out / HISTORY_PNG, "csv": out / HISTORY_CSV}
+        return {key: path for key, path in files.items() if path.is_file()}
+
     def _dirpath(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:
             return self.dirpath
