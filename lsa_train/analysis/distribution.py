@@ -55,7 +55,7 @@ def cm_distribution_figure(result: LSAResult, *, title: str | None = None, log_s
     source = result.perturbation or "perturbed"
     axes.set_title(title or f"CM distribution per probe ({source}, {result.num_samples} samples)")
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize=8, loc="upper left")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a box
     return figure
 
 
