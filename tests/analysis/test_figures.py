@@ -177,3 +177,19 @@ def test_feature_maps_reject_bad_counts(tmp_path, mlp, kwargs, message):
     x = torch.rand(3, 2)
     with pytest.raises(ValueError, match=message):
         plot_feature_maps(mlp, x, x, tmp_path, probes="activations", **kwargs)
+
+
+def test_readme_library_figure_lines(tmp_path, monkeypatch, cnn, images):
+    from lsa_train.perturbations import perturb
+
+    monkeypatch.chdir(tmp_path)
+    model, x = cnn, images
+    x_noisy = perturb("gaussian", x, 0.1, generator=torch.Generator().manual_seed(0))
+    result = analyze(model, x, x_noisy, eta=1.0)
+    # the README's lines
+    plot_cm_distribution(result, "cm_boxes.png")
+    plot_feature_maps(model, x[:4], x_noisy[:4], "maps/", probes=result)
+    assert png_pixels(tmp_path / "cm_boxes.png").shape[:2] == (500, 600)
+    maps = sorted((tmp_path / "maps").glob("*.png"))
+    shown = result.mvl_names or [result.probe_names[int(result.probe_means.argmax())]]
+    assert [p.name for p in maps] == [f"{i:02d}_{name.replace(':', '_')}.png" for i, name in enumerate(shown)]

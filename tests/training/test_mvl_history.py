@@ -13,7 +13,7 @@ import torch
 from matplotlib import image
 from torch import nn
 
-from lsa_train.analysis import MVLHistoryTable
+from lsa_train.analysis import MVLHistoryTable, list_probes, plot_mvl_history
 from lsa_train.analysis.figures import read_rgb
 from lsa_train.analysis.history import mvl_history_figure, mvl_history_size
 from lsa_train.attacks import PGD
@@ -44,7 +44,8 @@ def logged_cm(metrics_csv: Path, names: list[str]) -> np.ndarray:
     return np.array([[float(r[f"lsa/cm/{n}"]) for n in names] for r in rows]).T
 
 
-def test_heatmap_data_equals_the_logged_cm(tmp_path, loaders, monkeypatch):
+def test_heatmap_data_equals_the_logged_cm(tmp_path, loaders, moons, monkeypatch):
+    x, _ = moons
     drawn: list[np.ndarray] = []
     real = callbacks_module.plot_mvl_history
 
@@ -67,6 +68,9 @@ def test_heatmap_data_equals_the_logged_cm(tmp_path, loaders, monkeypatch):
     assert [[names[i] for i in np.nonzero(table.mvl[:, r])[0]] for r in range(3)] == [
         h["mvl"] for h in callback.history
     ]
+    # the README's line: the same heatmap from the callback's history, in a notebook
+    path = plot_mvl_history(callback.history, tmp_path / "mvl.png", probe_names=list_probes(module.model, x[:1]))
+    assert image.imread(path).shape == image.imread(out / "mvl_history.png").shape
     pixels = image.imread(out / "mvl_history.png")
     width, height = mvl_history_size(2, 3)
     assert pixels.shape[:2] == (round(height * 100), round(width * 100))
