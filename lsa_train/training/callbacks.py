@@ -178,7 +178,7 @@ class MVLRefreshCallback(Callback):
             return
         tag = f"{len(self.history):03d}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}"
         result.to_csv(out / f"lsa_{tag}.csv")
-        table = MVLHistoryTable.from_history(self.history, result.probe_names)  # a snapshot of the run so far
+        table = self._history_table(result.probe_names)  # a snapshot of the run so far
         if not self.plot:
             table.to_csv(out / HISTORY_CSV)
             return
@@ -189,6 +189,18 @@ class MVLRefreshCallback(Callback):
         self._plot_job = self._plotter.submit(
             self._draw, result, table, out, tag, _image_writers(trainer), trainer.global_step
         )
+
+    def _history_table(self, probe_names: list[str]) -> MVLHistoryTable:
+        """The history's heatmap data, from the last refreshes that used these probes (a run resumed with
+        another probe set starts a new heatmap instead of failing)."""
+        known = set(probe_names)
+        start = len(self.history)
+        while start > 0:
+            entry = self.history[start - 1]
+            if len(entry["probe_means"]) != len(probe_names) or not set(entry["mvl"]) <= known:
+                break
+            start -= 1
+        return MVLHistoryTable.from_history(self.history[start:], probe_names)
 
     def _draw(
         self, result: LSAResult, table: MVLHistoryTable, out: Path, tag: str, writers: list[Any], step: int

@@ -94,3 +94,15 @@ def test_tensorboard_gets_the_same_images(tmp_path, loaders):
     png = tmp_path / "last_tb_image.png"
     png.write_bytes(heatmaps[-1].encoded_image_string)
     np.testing.assert_array_equal(read_rgb(png), written)  # pixel for pixel the file of the last refresh
+
+
+def test_heatmap_starts_anew_after_a_probe_change(tmp_path):
+    _, callback = module_and_callback(plot=False)
+    callback.history = [
+        {"epoch": 0, "step": 0, "mvl": ["old"], "probe_means": [0.1, 0.2, 0.3]},  # restored, other probes
+        {"epoch": 1, "step": 5, "mvl": ["3"], "probe_means": [0.2, 0.4]},
+        {"epoch": 2, "step": 9, "mvl": ["1"], "probe_means": [0.5, 0.1]},
+    ]
+    table = callback._history_table(["1", "3"])
+    assert table.epochs == [1, 2] and table.means.tolist() == [[0.2, 0.5], [0.4, 0.1]]
+    assert table.mvl.tolist() == [[False, True], [True, False]]
