@@ -5,6 +5,9 @@ Plain PyTorch: usable in a notebook without Lightning or Hydra.
 
 from lsa_train.analysis.analyze import analyze, compute_cm, compute_cms
 from lsa_train.analysis.capture import ProbeCapture
+from lsa_train.analysis.distribution import plot_cm_distribution
+from lsa_train.analysis.feature_maps import plot_feature_maps
+from lsa_train.analysis.history import MVLHistoryTable, plot_mvl_history
 from lsa_train.analysis.measures import (
     MEASURES,
     cosine_distance,
@@ -23,6 +26,7 @@ __all__ = [
     "MEASURES",
     "PAPER_PERTURBATIONS",
     "LSAResult",
+    "MVLHistoryTable",
     "Probe",
     "ProbeCapture",
     "ProbeSelectionError",
@@ -35,7 +39,10 @@ __all__ = [
     "list_measures",
     "list_probes",
     "mse",
+    "plot_cm_distribution",
+    "plot_feature_maps",
     "plot_layer_curves",
+    "plot_mvl_history",
     "relative_error",
     "select_mvl",
     "select_probes",

@@ -11,13 +11,17 @@ budget ``eps``, on ``num_samples`` test samples. Writes into ``<train run>/analy
 * ``lsa_layers.csv``: the same rows for all perturbations (column ``perturbation``);
 * ``lsa_results.json``: every :class:`~lsa_train.analysis.LSAResult` (CM matrices included);
 * ``lsa_layers.png``: the paper-style figure (mean CM per probe, one line per perturbation, MVL ringed);
-* ``analysis.md``: the MVL per perturbation and one table per perturbation.
+* ``lsa_cm_distribution.png``: the per-sample CM of every probe (box plot) for the adversarial perturbation;
+* ``feature_maps/<NN>_<probe>.png`` (``feature_maps=true``): clean, perturbed and |difference| feature maps
+  of the MVL probes (or ``feature_map_probes``) for the first ``feature_map_samples`` samples;
+* ``analysis.md``: the MVL per perturbation, one table per perturbation and the figures.
 
 Examples:
     python -m lsa_train.app.analyze ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     lsa-analyze ckpt_path=<ckpt> eps=0.2 num_samples=1000 probes=learnable top_k=2
     lsa-analyze model=tv model.name=tv:resnet18 model.weights=DEFAULT data=imagefolder data.root=<dir> eps=0.03
     lsa-analyze ckpt_path=<ckpt> list_probes=true     # print the probes one can pick, then stop
+    lsa-analyze ckpt_path=<ckpt> feature_map_samples=8 'feature_map_probes=[net.features.relu2]'
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lsa_train.app import analysis_figures
 from lsa_train.app.checkpoint_loading import register_resolvers
 from lsa_train.app.cli import mark_task_started, run_cli
 from lsa_train.app.errors import ConfigError, one_line
@@ -47,6 +52,7 @@ ANALYSIS_FILES: dict[str, str] = {
     "csv": "lsa_layers.csv",
     "json": "lsa_results.json",
     "plot": "lsa_layers.png",
+    "distribution": analysis_figures.DISTRIBUTION_FILE,
     "markdown": "analysis.md",
 }
 #: Ratio of the largest to the smallest curve maximum above which ``log_scale=auto`` uses a log axis.
@@ -77,6 +83,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"eta={cfg.eta} must be a number >= 0")
     if str(cfg.log_scale).lower() not in ("true", "false", "auto"):
         raise ConfigError(f"log_scale={cfg.log_scale} is invalid; choose true, false or auto")
+    analysis_figures.check_feature_map_config(cfg)
 
 
 def analysis_settings(cfg: DictConfig, run_cfg: DictConfig | None) -> dict[str, Any]:
@@ -131,6 +138,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
             log.info("the %s split has %d samples (< num_samples=%d): using all", cfg.split, x.shape[0],
                      cfg.num_samples)
         model = run.model.to(device)
+        map_probes = analysis_figures.named_feature_map_probes(cfg, model, x[:1].to(device))
         log.info("analysing %s (%s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.ckpt_path,
                  x.shape[0], cfg.split, eps, settings["probes"])
         try:
@@ -141,9 +149,11 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         except (ValueError, KeyError) as err:  # unknown perturbation, probe pattern or measure
             raise ConfigError(f"analysis settings {settings} / perturbations={list(cfg.perturbations)}: "
                               f"{one_line(err)}") from err
+        feature_maps = (analysis_figures.write_feature_maps(cfg, model, x.to(device), y.to(device), results,
+                                                            map_probes, out_dir) if cfg.feature_maps else [])
     facts = {**run_facts(run), "eps": eps, "num_samples": int(x.shape[0]), "split": str(cfg.split),
              "device": str(device), **settings}
-    files = write_outputs(results, out_dir, facts, _log_scale(cfg.log_scale, results))
+    files = write_outputs(results, out_dir, facts, _log_scale(cfg.log_scale, results), feature_maps)
     facts["wall_time_s"] = round(time.perf_counter() - started, 2)
     print_mvl(results, out_dir)
     log.info("analysis written to %s (%.1f s)", out_dir, facts["wall_time_s"])
@@ -195,26 +205,36 @@ def combined_csv(results: Mapping[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def analysis_markdown(results: Mapping[str, Any], facts: Mapping[str, Any], figure: str) -> str:
-    """``analysis.md``: the setting, the MVL per perturbation, one table per perturbation."""
+def analysis_markdown(
+    results: Mapping[str, Any], facts: Mapping[str, Any], figure: str, extra: Sequence[str] = ()
+) -> str:
+    """``analysis.md``: the setting, the MVL per perturbation, the figure, ``extra`` lines, one table per
+    perturbation."""
     lines = ["# Layer sustainability analysis", ""]
     lines += [", ".join(f"**{k}**: `{v}`" for k, v in facts.items()), ""]
     lines += ["## MVL per perturbation", "", "| perturbation | eps | MVL | mu | sigma |", "|---|---:|---|---:|---:|"]
     for name, result in results.items():
         mvl = ", ".join(f"`{n}`" for n in result.mvl_names) or "(none)"
         lines.append(f"| {name} | {result.metadata.get('eps', '')} | {mvl} | {result.mu:.4g} | {result.sigma:.4g} |")
-    lines += ["", f"![LSA curves]({figure})", ""]
+    lines += ["", f"![LSA curves]({figure})", "", *extra]
     for name, result in results.items():
         lines += [f"## {name}", "", result.to_markdown(), ""]
     return "\n".join(lines)
 
 
-def write_outputs(results: Mapping[str, Any], out_dir: Path, facts: Mapping[str, Any], log_scale: bool) -> dict:
-    """Writes the per-perturbation CSVs, the combined CSV, JSON, figure and Markdown; returns the paths."""
+def write_outputs(
+    results: Mapping[str, Any],
+    out_dir: Path,
+    facts: Mapping[str, Any],
+    log_scale: bool,
+    feature_maps: Sequence[Path] = (),
+) -> dict:
+    """Writes the per-perturbation CSVs, the combined CSV, JSON, figures and Markdown (which links the
+    ``feature_maps`` already written); returns the paths."""
     from lsa_train.analysis import plot_layer_curves
     from lsa_train.utils.io import atomic_write_text
 
-    files: dict[str, Path] = {}
+    files: dict[str, Any] = {}
     for name, result in results.items():
         files[f"csv_{name}"] = out_dir / f"lsa_{name}.csv"
         result.to_csv(files[f"csv_{name}"])
@@ -224,8 +244,11 @@ def write_outputs(results: Mapping[str, Any], out_dir: Path, facts: Mapping[str,
     title = f"LSA of {facts.get('model')} (eps={facts.get('eps')}, {facts.get('num_samples')} samples)"
     files["plot"] = plot_layer_curves(dict(results), out_dir / ANALYSIS_FILES["plot"], title=title,
                                       log_scale=log_scale)
+    files["distribution"] = analysis_figures.write_distribution(results, out_dir, log_scale=False)
+    files["feature_maps"] = list(feature_maps)
+    extra = analysis_figures.figures_markdown(out_dir, files["distribution"], files["feature_maps"])
     files["markdown"] = atomic_write_text(out_dir / ANALYSIS_FILES["markdown"],
-                                          analysis_markdown(results, facts, ANALYSIS_FILES["plot"]) + "\n")
+                                          analysis_markdown(results, facts, ANALYSIS_FILES["plot"], extra) + "\n")
     return files
 
 

@@ -101,6 +101,9 @@ def _fit_test_report(
         "test_pgd_steps": getattr(module.test_attack, "steps", None),
         "mvl": final_mvl,
         "mvl_history": list(mvl_callback.history) if mvl_callback is not None else [],
+        "mvl_history_files": (
+            {k: str(v) for k, v in mvl_callback.history_files(trainer).items()} if mvl_callback is not None else {}
+        ),
         "best_checkpoint": best,
         "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
         "tested_checkpoint": best,

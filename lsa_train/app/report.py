@@ -109,9 +109,28 @@ def write_report_md(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
         lines += ["", "## MVL refreshes", "", "| epoch | step | MVL |", "|---:|---:|---|"]
         lines += [f"| {h.get('epoch')} | {h.get('step')} | {', '.join(h.get('mvl') or []) or '(none)'} |"
                   for h in history]
+    lines += _history_figure_lines(run_dir, summary.get("mvl_history_files") or {})
     lines += ["", "Accuracies are on the test split; the R&G score sums the FGSM accuracies over the grid",
               "(Khalooei et al.). FGSM alone can overstate robustness: compare with the PGD row.", ""]
     return atomic_write_text(Path(run_dir) / REPORT_FILE, "\n".join(lines))
+
+
+def _history_figure_lines(run_dir: str | Path, files: Mapping[str, str]) -> list[str]:
+    """The MVL-over-the-run heatmap and its CSV as Markdown links relative to ``run_dir``."""
+    if not files.get("figure"):
+        return []
+
+    def link(path: str) -> str:
+        try:
+            return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+        except ValueError:  # written outside the run dir
+            return Path(path).as_posix()
+
+    lines = ["", "Mean CM of every probe at every refresh (red: the MVL regularized until the next refresh):", "",
+             f"![MVL over the run]({link(files['figure'])})"]
+    if files.get("csv"):
+        lines += ["", f"Data: [{Path(files['csv']).name}]({link(files['csv'])})"]
+    return lines
 
 
 def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:

@@ -13,12 +13,18 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lsa_train.analysis.analyze import compute_cm
+from lsa_train.analysis.figures import read_rgb
+from lsa_train.analysis.history import MVLHistoryTable, plot_mvl_history
 from lsa_train.analysis.measures import canonical_measure_name
 from lsa_train.analysis.mvl import check_mvl_rule, select_mvl
 from lsa_train.analysis.plots import plot_layer_curves
 from lsa_train.analysis.results import LSAResult
 from lsa_train.attacks import create_attack
 from lsa_train.training.module import LSARegularizedModule
+
+#: The MVL-over-the-run heatmap and its data, rewritten at every refresh in ``dirpath``.
+HISTORY_PNG = "mvl_history.png"
+HISTORY_CSV = "mvl_history.csv"
 
 
 class MVLRefreshCallback(Callback):
@@ -40,8 +46,11 @@ class MVLRefreshCallback(Callback):
         top_k: Keep the ``k`` most vulnerable probes.
         fixed: A fixed MVL (indices or names); the analysis still runs and is logged.
         measure: Comparison measure for the analysis.
-        plot: Write the per-layer figure of every refresh into ``dirpath``.
-        dirpath: Where figures and CSVs go; default ``<trainer.log_dir or default_root_dir>/lsa``.
+        plot: Write the per-layer figure of every refresh (``lsa_<tag>.png``) and the MVL-over-the-run
+            heatmap (``mvl_history.png``, rewritten at each refresh) into ``dirpath``, on a worker
+            thread; a TensorBoard logger also receives both images (``lsa/layers``, ``lsa/mvl_history``).
+        dirpath: Where figures and CSVs go (``mvl_history.csv`` holds the heatmap's data and is
+            written even without ``plot``); default ``<trainer.log_dir or default_root_dir>/lsa``.
         attack_kwargs: Extra arguments for the perturbation attack, on top of ``{"steps": 5}``
             for PGD (the analysis needs a representative perturbation, not the strongest one:
             64 samples with PGD-5 picked the same MVL as all 360 validation samples with PGD-20 on
@@ -169,16 +178,48 @@ class MVLRefreshCallback(Callback):
             return
         tag = f"{len(self.history):03d}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}"
         result.to_csv(out / f"lsa_{tag}.csv")
-        if self.plot:  # drawn on a worker thread, so the PNG never holds up training
-            self._wait_for_plots()
-            if self._plotter is None:
-                self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsa-plot")
-            self._plot_job = self._plotter.submit(
-                plot_layer_curves,
-                {self.perturbation: result},
-                out / f"lsa_{tag}.png",
-                title=f"LSA before epoch {trainer.current_epoch} (eps={result.metadata['eps']:g})",
-            )
+        table = self._history_table(result.probe_names)  # a snapshot of the run so far
+        if not self.plot:
+            table.to_csv(out / HISTORY_CSV)
+            return
+        # drawn on a worker thread, so the PNGs never hold up training
+        self._wait_for_plots()
+        if self._plotter is None:
+            self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsa-plot")
+        self._plot_job = self._plotter.submit(
+            self._draw, result, table, out, tag, _image_writers(trainer), trainer.global_step
+        )
+
+    def _history_table(self, probe_names: list[str]) -> MVLHistoryTable:
+        """The history's heatmap data, from the last refreshes that used these probes (a run resumed with
+        another probe set starts a new heatmap instead of failing)."""
+        known = set(probe_names)
+        start = len(self.history)
+        while start > 0:
+            entry = self.history[start - 1]
+            if len(entry["probe_means"]) != len(probe_names) or not set(entry["mvl"]) <= known:
+                break
+            start -= 1
+        return MVLHistoryTable.from_history(self.history[start:], probe_names)
+
+    def _draw(
+        self, result: LSAResult, table: MVLHistoryTable, out: Path, tag: str, writers: list[Any], step: int
+    ) -> None:
+        """Worker thread: the refresh's curve, the run's heatmap (+ CSV), and both to TensorBoard."""
+        epoch = result.metadata["epoch"]
+        curves = plot_layer_curves(
+            {self.perturbation: result},
+            out / f"lsa_{tag}.png",
+            title=f"LSA before epoch {epoch} (eps={result.metadata['eps']:g})",
+        )
+        heatmap = plot_mvl_history(
+            table, out / HISTORY_PNG, csv_path=out / HISTORY_CSV, measure=self.measure,
+            title=f"Mean CM per probe at each MVL refresh (up to epoch {epoch}; {self.perturbation})",
+        )
+        for writer in writers:
+            writer.add_image("lsa/layers", read_rgb(curves), global_step=step, dataformats="HWC")
+            writer.add_image("lsa/mvl_history", read_rgb(heatmap), global_step=step, dataformats="HWC")
+            writer.flush()
 
     def _wait_for_plots(self) -> None:
         """Blocks until the last figure is written; re-raises a plotting error here."""
@@ -197,6 +238,14 @@ class MVLRefreshCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         self._wait_for_plots()
         return {**self.__dict__, "_plotter": None, "_plot_job": None}
+
+    def history_files(self, trainer: L.Trainer) -> dict[str, Path]:
+        """The MVL-over-the-run files written so far: ``{"figure": mvl_history.png, "csv": mvl_history.csv}``
+        (only those that exist)."""
+        self._wait_for_plots()
+        out = self._dirpath(trainer)
+        files = {"figure": out / HISTORY_PNG, "csv": out / HISTORY_CSV}
+        return {key: path for key, path in files.items() if path.is_file()}
 
     def _dirpath(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:
@@ -221,6 +270,14 @@ class MVLRefreshCallback(Callback):
         if not isinstance(pl_module, LSARegularizedModule):
             raise TypeError(f"MVLRefreshCallback needs an LSARegularizedModule, got {type(pl_module).__name__}")
         return pl_module
+
+
+def _image_writers(trainer: L.Trainer) -> list[Any]:
+    """The ``SummaryWriter`` of every TensorBoard logger, fetched on the training thread (Lightning
+    creates it lazily on first access)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def _first_samples(trainer: L.Trainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,19 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| PGD-20 accuracy at eps=0.1 (%) | 50.00 |" in report and "| R&G score" in report and "relu1" in report
 
 
+def test_report_links_the_mvl_history(tmp_path: Path) -> None:
+    (tmp_path / "lsa").mkdir()
+    files = {"figure": str(tmp_path / "lsa" / "mvl_history.png"), "csv": str(tmp_path / "lsa" / "mvl_history.csv")}
+    summary = build_summary(metrics={}, eps_grid=[], run_dir=tmp_path,
+                            info={"mvl_history": [{"epoch": 0, "step": 0, "mvl": ["relu1"]}],
+                                  "mvl_history_files": files})
+    report = write_report_md(tmp_path, summary).read_text()
+    assert "![MVL over the run](lsa/mvl_history.png)" in report
+    assert "[mvl_history.csv](lsa/mvl_history.csv)" in report
+    summary["mvl_history_files"] = {}
+    assert "mvl_history" not in write_report_md(tmp_path, summary).read_text()
+
+
 def _fake_job(sweep: Path, num: int, overrides: list[str], summary: dict | None) -> None:
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)

@@ -30,6 +30,9 @@ def test_default_fast_dev_run(make_cfg, tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["setting"]["model"] == "cnn_b"
     assert (tmp_path / "run" / "report.md").is_file()
     assert list((tmp_path / "run" / "lsa").glob("*.png")), "the MVL refresh writes its figure into the run dir"
+    assert (tmp_path / "run" / "lsa" / "mvl_history.png").is_file()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "](lsa/mvl_history.png)" in report and "](lsa/mvl_history.csv)" in report
     assert torch.get_num_threads() >= 1  # restored after the run
 
 

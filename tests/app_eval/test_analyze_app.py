@@ -1,15 +1,20 @@
-"""``lsa-analyze``: six per-layer curves, their files, and a one-line error for a bad checkpoint."""
+"""``lsa-analyze``: six per-layer curves, the CM distribution and feature maps, their files, and one-line errors."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
+import pytest
 from evaltest_utils import compose_app, last_line, run_module
+from matplotlib import image
 
 from lsa_train.analysis import PAPER_PERTURBATIONS
+from lsa_train.analysis.distribution import cm_distribution_size
 from lsa_train.app.analyze import ANALYSIS_FILES, analyze_run
+from lsa_train.app.errors import ConfigError
 
 
 def test_analyze_writes_six_curves(train_run: Path, tmp_path: Path) -> None:
@@ -37,3 +42,65 @@ def test_analyze_cli_missing_ckpt(tmp_path: Path) -> None:
     assert proc.returncode == 2
     line = last_line(proc.stderr)
     assert line.startswith("lsa-analyze: error:") and str(ckpt) in line and "does not exist" in line, line
+
+
+def test_analyze_draws_feature_maps_and_the_cm_distribution(train_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "analysis"
+    cfg = compose_app("analyze", [f"ckpt_path={train_run / 'checkpoints' / 'last.ckpt'}", "num_samples=32",
+                                  "perturbations=[gaussian,pgd]", "torch_threads=1"], out)
+    assert cfg.feature_maps is True and cfg.feature_map_samples == 4  # on by default, for a few samples
+    outcome = analyze_run(cfg)
+    pgd = outcome["results"]["pgd"]
+    shown = pgd.mvl_names or [pgd.probe_names[int(pgd.probe_means.argmax())]]
+    maps = outcome["files"]["feature_maps"]
+    assert [p.name for p in maps] == [f"{i:02d}_{name}.png" for i, name in enumerate(shown)]
+    for path in maps:
+        pixels = image.imread(path)
+        assert pixels.shape[:2] in {(820, 1660), (900, 1000)}  # 4 samples x 4 channels (maps) or 16 bars
+        assert pixels[..., :3].std() > 0.05
+    distribution = image.imread(out / ANALYSIS_FILES["distribution"])
+    width, height = cm_distribution_size(len(pgd.probe_names))
+    assert distribution.shape[:2] == (round(height * 100), round(width * 100))
+    assert distribution[..., :3].std() > 0.05
+    text = (out / "analysis.md").read_text()
+    assert "](lsa_cm_distribution.png)" in text and all(f"](feature_maps/{p.name})" in text for p in maps)
+
+
+def test_analyze_feature_maps_of_named_probes_or_none(train_run: Path, tmp_path: Path) -> None:
+    ckpt = train_run / "checkpoints" / "last.ckpt"
+    fast = [f"ckpt_path={ckpt}", "num_samples=16", "perturbations=[fgsm]", "torch_threads=1"]
+    named = compose_app("analyze", [*fast, "feature_map_samples=2", "feature_map_probes=[net.features.relu1]"],
+                        tmp_path / "named")
+    (path,) = analyze_run(named)["files"]["feature_maps"]
+    assert path == tmp_path / "named" / "feature_maps" / "00_net.features.relu1.png"
+    assert image.imread(path).shape[:2] == (460, 1660)  # 2 samples x 4 channels
+    off = analyze_run(compose_app("analyze", [*fast, "feature_maps=false"], tmp_path / "off"))
+    assert off["files"]["feature_maps"] == [] and not (tmp_path / "off" / "feature_maps").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("feature_map_samples=0", "feature_map_samples=0 must be an integer >= 1"),
+        ("feature_maps=maybe", "feature_maps=maybe is invalid; choose true or false"),
+        ("feature_map_probes=relu", "feature_map_probes=relu is invalid; give a list of probe names"),
+        ("feature_map_probes=[nope]", "feature_map_probes=['nope']: probe pattern 'nope' matches no module"),
+    ],
+)
+def test_analyze_rejects_bad_feature_map_settings(train_run: Path, tmp_path: Path, override: str,
+                                                   message: str) -> None:
+    cfg = compose_app("analyze", [f"ckpt_path={train_run / 'checkpoints' / 'last.ckpt'}", override], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        analyze_run(cfg)
+    assert not list(tmp_path.glob("*.png"))  # stopped before any analysis output
+
+
+def test_readme_feature_maps_command(train_run: Path, tmp_path: Path) -> None:
+    # README: python -m lsa_train.analyze ckpt_path=<run>/checkpoints/last.ckpt feature_maps=true feature_map_samples=8
+    out = tmp_path / "out"
+    proc = run_module("lsa_train.analyze", [f"ckpt_path={train_run / 'checkpoints' / 'last.ckpt'}",
+                                            "feature_maps=true", "feature_map_samples=8", "num_samples=16",
+                                            "perturbations=[pgd]", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    maps = sorted((out / "feature_maps").glob("*.png"))
+    assert maps and all(image.imread(p).shape[0] in (1540, 1600) for p in maps)  # 8 rows: maps or bars

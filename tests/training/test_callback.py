@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from lsa_train.analysis import MVLHistoryTable
 from lsa_train.attacks import PGD
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
 
@@ -39,7 +40,9 @@ def test_refresh_follows_the_cm(tmp_path, loaders):
     assert callback.refresh(trainer, module).mvl_names == ["1"]
     assert module.mvl == ["1"]
     assert [entry["mvl"] for entry in callback.history[-2:]] == [["3"], ["1"]]
-    assert len(list((tmp_path / "lsa").glob("*.csv"))) == len(callback.history)
+    assert len(list((tmp_path / "lsa").glob("lsa_*.csv"))) == len(callback.history)
+    table = MVLHistoryTable.read_csv(tmp_path / "lsa" / "mvl_history.csv")  # written even with plot=False
+    assert table.mvl.sum(axis=0).tolist() == [1] * len(callback.history)
 
 
 def test_callback_writes_figures_and_logs(tmp_path, loaders):
@@ -50,7 +53,7 @@ def test_callback_writes_figures_and_logs(tmp_path, loaders):
         logger=L.pytorch.loggers.CSVLogger(tmp_path), callbacks=[callback], enable_checkpointing=False,
     )
     trainer.fit(module, *loaders)
-    figures = sorted(Path(trainer.log_dir, "lsa").glob("*.png"))
+    figures = sorted(Path(trainer.log_dir, "lsa").glob("lsa_*.png"))
     assert len(figures) == 2  # fit start + the start of the second epoch
     metrics = Path(trainer.log_dir, "metrics.csv").read_text()
     assert "lsa/cm/1" in metrics and "lsa/mvl_size" in metrics
@@ -131,4 +134,5 @@ def test_figures_are_written_off_the_training_thread(tmp_path, loaders, monkeypa
     callback = MVLRefreshCallback(num_samples=16, top_k=1, dirpath=tmp_path / "lsa")
     trainer_for(tmp_path, [callback], max_epochs=2, enable_checkpointing=False).fit(module, *loaders)
     assert len(threads) == 2 and all(name.startswith("lsa-plot") for name in threads)
-    assert len(list((tmp_path / "lsa").glob("*.png"))) == 2  # all written by the time fit returns
+    assert len(list((tmp_path / "lsa").glob("lsa_*.png"))) == 2  # all written by the time fit returns
+    assert (tmp_path / "lsa" / "mvl_history.png").is_file()
