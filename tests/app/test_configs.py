@@ -24,8 +24,13 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_its_options() -> None:
-    assert options("data") == ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "moons", "svhn"]
-    assert options("model") == ["cnn_b", "mlp_a", "preact_resnet18", "resnet18", "tv", "vgg19", "wrn28_10", "wrn34_10"]
+    assert options("data") == [
+        "cifar10", "cifar100", "custom", "digits", "fashion_mnist", "imagefolder", "mnist", "moons", "svhn", "tensors",
+    ]
+    assert options("model") == [
+        "cnn_b", "custom", "mlp_a", "preact_resnet18", "resnet18", "robustbench", "timm", "tv", "vgg19", "wrn28_10",
+        "wrn34_10",
+    ]
     assert options("attack") == ["apgd", "fgsm", "fgsm_rs", "none", "pgd", "pgd_l2", "trades"]
     assert options("regularizer") == ["lsa", "none"]
     assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "debug"}
@@ -54,6 +59,10 @@ def test_default_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", options("data"))
 def test_data_configs_instantiate(tmp_path: Path, name: str) -> None:
     cfg = compose_train([f"data={name}"], tmp_path)
+    user_key = {"custom": "_target_", "imagefolder": "root", "tensors": "path"}.get(name)
+    if user_key is not None:  # built in tests/data and tests/app/test_own_model_and_data.py
+        assert OmegaConf.is_missing(cfg.data, user_key)
+        return
     dm = builders.build_datamodule(cfg)
     assert dm.num_classes >= 2 and len(dm.input_shape) in (1, 3)
     if name in ("moons", "digits"):  # offline: load and read a batch
@@ -70,6 +79,10 @@ def test_data_configs_instantiate(tmp_path: Path, name: str) -> None:
 def test_model_configs_instantiate(tmp_path: Path, name: str) -> None:
     """Small models on the digits, the big ones (CIFAR-10 shapes, no data needed) just built and run once."""
     big = name in ("vgg19", "wrn28_10", "wrn34_10", "preact_resnet18")
+    if name in ("custom", "timm", "robustbench"):  # need a user value: tests/app/test_own_model_and_data.py
+        cfg = compose_train([f"model={name}"], tmp_path)
+        assert OmegaConf.is_missing(cfg.model, "_target_" if name == "custom" else "name")
+        return
     cfg = compose_train([f"model={name}", f"data={'cifar10' if big else 'digits'}"], tmp_path)
     dm = builders.build_datamodule(cfg)
     model, kwargs = builders.build_model(cfg, dm)
