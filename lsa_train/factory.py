@@ -197,7 +197,7 @@ def build_model(
         vector = facts.get("input_size", ()) is None
         net = NormalizedModel(Normalize(extras["mean"], extras["std"], vector=vector), net)
     shown = {k: v for k, v in arguments.items() if k != "_target_"}
-    shown.update({k: v for k, v in extras.items() if v is not None})
+    shown.update({k: v for k, v in extras.items() if v is not None and (k != "strict" or checkpoint)})
     return net, shown
 
 

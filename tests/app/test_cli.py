@@ -9,9 +9,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import own_data
 import pytest
 import torch
-from apptest_utils import CliResult, run_app
+from apptest_utils import CliResult, Hostile, run_app
 
 #: Keeps subprocess runs short: a few batches per epoch, small analysis subset, one test batch.
 QUICK = [
@@ -89,6 +90,19 @@ def test_multirun_with_a_failing_job_still_summarizes(tmp_path: Path) -> None:
 # -- bad inputs: exit code 2, one line naming the value, nothing written but Hydra's .hydra/ ------------
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "a_file").write_text("not a folder")
+    marker = tmp / "pwned"
+    torch.save({"state_dict": {}, "payload": Hostile(marker)}, tmp / "hostile.ckpt")
+    images = own_data.write_image_folder(tmp / "images")
+    (tmp / "no_classes" / "train").mkdir(parents=True)
+    empty_class = own_data.write_image_folder(tmp / "empty_class")
+    for image in (empty_class / "train" / "c1").iterdir():
+        image.unlink()
+    broken = own_data.write_image_folder(tmp / "broken_image")
+    next((broken / "train" / "c0").iterdir()).write_bytes(b"not an image")
+    own_data.write_tensor_file(tmp / "bad_labels.npz", labels_offset=5)
+    own_data.write_tensor_file(tmp / "bad_range.npz", scale=2.0)
+    own_data.write_tensor_file(tmp / "bad_length.npz", drop_label=True)
+    folder = ["data=imagefolder", "model.padding=2"]
     (tmp / "corrupt.ckpt").write_bytes(b"this is not a checkpoint")
     torch.save({"weights": torch.zeros(1)}, tmp / "not_lightning.ckpt")
     cases = {
@@ -108,6 +122,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "corrupt_ckpt_path": ([f"ckpt_path={tmp / 'corrupt.ckpt'}"], "corrupt.ckpt"),
         "not_a_lightning_ckpt": ([f"ckpt_path={tmp / 'not_lightning.ckpt'}"], "not_lightning.ckpt"),
         "gpu_without_gpu": (["trainer=gpu"], "trainer=gpu"),
+        "seed_not_a_number": (["seed=abc"], "seed=abc"),
+        "hostile_ckpt_path": ([f"ckpt_path={tmp / 'hostile.ckpt'}"], "trust_checkpoint=true"),
+        "missing_image_folder": ([*folder, f"data.root={tmp / 'nope'}"], str(tmp / "nope")),
+        "no_class_folders": ([*folder, f"data.root={tmp / 'no_classes'}"], str(tmp / "no_classes")),
+        "class_without_images": ([*folder, f"data.root={empty_class}"], "c1"),
+        "unreadable_image": ([*folder, f"data.root={broken}"], str(broken / "train" / "c0")),
+        "labels_out_of_range": (["data=tensors", f"data.path={tmp / 'bad_labels.npz'}", "model=mlp_a"], "bad_labels"),
+        "inputs_out_of_range": (["data=tensors", f"data.path={tmp / 'bad_range.npz'}", "model=mlp_a"], "[0, 1]"),
+        "mismatched_lengths": (["data=tensors", f"data.path={tmp / 'bad_length.npz'}", "model=mlp_a"], "bad_length"),
+        "custom_model_not_importable": (
+            ["model=custom", "model._target_=no_such_package.Net", f"data.root={images}", "data=imagefolder"],
+            "no_such_package.Net",
+        ),
     }
     if hasattr(os, "geteuid") and os.geteuid() != 0:  # root writes through permission bits
         locked = tmp / "locked"
@@ -136,7 +163,9 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[CliRes
 BAD_INPUTS = [
     "unknown_model_option", "unknown_model_name", "typo_key", "negative_eps", "lambda_wrong_length",
     "incompatible_input_size", "missing_dataset", "unwritable_output_dir", "unwritable_run_dir",
-    "missing_ckpt_path", "corrupt_ckpt_path", "not_a_lightning_ckpt", "gpu_without_gpu",
+    "missing_ckpt_path", "corrupt_ckpt_path", "not_a_lightning_ckpt", "gpu_without_gpu", "seed_not_a_number",
+    "hostile_ckpt_path", "missing_image_folder", "no_class_folders", "class_without_images", "unreadable_image",
+    "labels_out_of_range", "inputs_out_of_range", "mismatched_lengths", "custom_model_not_importable",
 ]
 
 
@@ -153,6 +182,7 @@ def test_bad_input_fails_fast_with_one_line(bad_runs, case: str) -> None:
     assert not (run_dir / "checkpoints").exists()
     for name in ("metrics.json", "report.md", "csv", "lsa"):
         assert not (run_dir / name).exists(), name
+    assert not (run_dir.parent.parent / "pwned").exists()  # the hostile checkpoint ran nothing
 
 
 def test_read_only_output_dir_when_not_root(bad_runs) -> None:

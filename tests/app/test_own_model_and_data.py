@@ -1,0 +1,115 @@
+"""The README's "Your own model and data": a user's CNN class from their own module, trained on their own
+image folder; lsa-analyze on pretrained torchvision weights from torchvision's cache and on a state dict of
+the user's CNN; lsa-evaluate on the same; a timm model through the same path. Subprocesses, as a user runs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import own_data
+import pytest
+import torch
+import torchvision
+from apptest_utils import app_env
+
+#: Keeps each command to seconds: one epoch of a few batches, small evaluation and analysis budgets.
+FAST_TRAIN = ["trainer.max_epochs=1", "regularizer.mvl.num_samples=8", "attack.steps=2", "module.val_attack.steps=2",
+              "module.test_attack.steps=2", "data.batch_size=8", "data.num_workers=0", "data.augment=false"]
+FAST_EVAL = ["pgd.steps=3", "autoattack.enabled=false", "masking.enabled=false"]
+FAST_ANALYZE = ["num_samples=6", "perturbations=[gaussian,pgd]", "feature_map_samples=2"]
+
+
+def run(command: list[str], workspace: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(app_env(), PYTHONPATH=str(workspace / "code"), TORCH_HOME=str(workspace / "torch_home"))
+    return subprocess.run([sys.executable, "-m", *command], cwd=workspace, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's folder: code/user_nets.py, images/train/<class>/*.png, a state dict of their CNN, and
+    torchvision's cache holding resnet18's ImageNet weights file (random values: nothing is downloaded)."""
+    root = tmp_path_factory.mktemp("own")
+    own_data.write_user_module(root / "code")
+    own_data.write_image_folder(root / "images", per_class=10)
+    sys.path.insert(0, str(root / "code"))
+    try:
+        import user_nets
+
+        torch.manual_seed(0)
+        torch.save(user_nets.SmallCNN(in_channels=1, num_classes=3).state_dict(), root / "cnn.pt")
+    finally:
+        sys.path.remove(str(root / "code"))
+        sys.modules.pop("user_nets", None)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cache = root / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), cache / os.path.basename(weights.url))
+    return root
+
+
+def test_train_a_user_cnn_on_a_user_image_folder(workspace: Path) -> None:
+    run_dir = workspace / "run"
+    result = run(["lsa_train", "model=custom", "model._target_=user_nets.SmallCNN", "+model.width=8",
+                  "data=imagefolder", "data.root=images", *FAST_TRAIN, f"hydra.run.dir={run_dir}"], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["setting"]["model"] == "SmallCNN"
+    assert summary["model_kwargs"] == {"in_channels": 1, "num_classes": 3, "width": 8}
+    assert all(name in ("conv1", "conv2", "head") for name in summary["mvl"])  # functional ReLUs: conv/linear probes
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_analyze_pretrained_torchvision_weights_from_the_cache(workspace: Path) -> None:
+    out = workspace / "tv_analysis"
+    result = run(["lsa_train.app.analyze", "model=tv", "model.name=tv:resnet18", "model.weights=DEFAULT",
+                  "data=imagefolder", "data.root=images", "data.input_size=32", "eps=0.03", *FAST_ANALYZE,
+                  f"hydra.run.dir={out}"], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    settings = json.loads((out / "lsa_results.json").read_text())["settings"]
+    assert settings["model"] == "tv:resnet18" and settings["eps"] == 0.03
+    assert "new layers: fc, conv1 (built from the RGB kernel)" in (out / "analyze.log").read_text()
+    assert (out / "lsa_layers.png").is_file()
+
+
+def test_analyze_and_evaluate_a_state_dict_of_the_user_cnn(workspace: Path) -> None:
+    model = ["model=custom", "model._target_=user_nets.SmallCNN", "model.checkpoint=cnn.pt", "data=imagefolder",
+             "data.root=images"]
+    analysis = workspace / "cnn_analysis"
+    result = run(["lsa_train.app.analyze", *model, "eps=0.1", *FAST_ANALYZE, f"hydra.run.dir={analysis}"], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads((analysis / "lsa_results.json").read_text())
+    assert list(payload["results"]["pgd"]["probe_names"]) == ["conv1", "conv2", "head"]
+    evaluation = workspace / "cnn_eval"
+    result = run(["lsa_train.app.evaluate", *model, "pgd.eps=0.1", *FAST_EVAL, f"hydra.run.dir={evaluation}"],
+                 workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["pgd_accuracy"] <= metrics["clean_accuracy"]
+    assert metrics["metadata"]["model"] == "SmallCNN"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_analyze_a_timm_model_from_a_local_weights_file(workspace: Path) -> None:
+    import timm
+
+    torch.save(timm.create_model("resnet18").state_dict(), workspace / "timm_resnet18.pth")
+    out = workspace / "timm_analysis"
+    result = run(["lsa_train.app.analyze", "model=timm", "model.name=resnet18", "model.weights_file=timm_resnet18.pth",
+                  "data=imagefolder", "data.root=images", "data.input_size=32", "eps=0.03", "probes=learnable",
+                  *FAST_ANALYZE, f"hydra.run.dir={out}"], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "lsa_results.json").read_text())["settings"]["model"] == "resnet18"
+
+
+def test_evaluate_without_a_run_needs_model_and_data(workspace: Path) -> None:
+    result = run(["lsa_train.app.evaluate", "model=custom", "model._target_=user_nets.SmallCNN"], workspace)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lsa-evaluate: error:") and "no ckpt_path and no data=" in last
