@@ -128,7 +128,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "no_class_folders": ([*folder, f"data.root={tmp / 'no_classes'}"], str(tmp / "no_classes")),
         "class_without_images": ([*folder, f"data.root={empty_class}"], "c1"),
         "unreadable_image": ([*folder, f"data.root={broken}"], str(broken / "train" / "c0")),
-        "labels_out_of_range": (["data=tensors", f"data.path={tmp / 'bad_labels.npz'}", "model=mlp_a"], "bad_labels"),
+        "labels_out_of_range": (
+            ["data=tensors", f"data.path={tmp / 'bad_labels.npz'}", "data.num_classes=2", "model=mlp_a"], "bad_labels"
+        ),
         "inputs_out_of_range": (["data=tensors", f"data.path={tmp / 'bad_range.npz'}", "model=mlp_a"], "[0, 1]"),
         "mismatched_lengths": (["data=tensors", f"data.path={tmp / 'bad_length.npz'}", "model=mlp_a"], "bad_length"),
         "custom_model_not_importable": (
