@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -32,7 +34,8 @@ class LSADataModule(L.LightningDataModule):
             the split is seeded by ``seed`` (validation size ``ceil(val_fraction * pool)``).
         seed: Seed of the splits, of the training shuffle order and of :meth:`analysis_subset`.
         eval_batch_size: Batch size of the validation/test loaders (default: ``batch_size``).
-        drop_last: Drop the last incomplete training batch.
+        drop_last: Drop the last incomplete training batch. Without it, a last batch of exactly
+            one sample (per process) is still dropped, since BatchNorm cannot train on one sample.
 
     Raises:
         ValueError: A bad argument (one line, naming the value).
@@ -106,17 +109,36 @@ class LSADataModule(L.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
-        assert dataset is not None
+        if dataset is None:
+            raise ValueError(f"{type(self).__name__}: the splits are not built; call setup() first")
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=self.drop_last if train else False,
+            drop_last=(self.drop_last or self._last_batch_is_single(dataset)) if train else False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             generator=self._train_generator if train else None,
         )
+
+    def _last_batch_is_single(self, dataset: Dataset) -> bool:
+        """Whether the last training batch of each process would hold one sample.
+
+        BatchNorm in train mode cannot normalize one sample (PyTorch raises for 1x1 feature maps,
+        e.g. ResNet-18 on 8x8 digits), so that batch is dropped: one sample per epoch goes unseen,
+        a different one each epoch since the order is shuffled. Under DDP each process gets
+        ``ceil(len / world_size)`` samples (Lightning's ``DistributedSampler`` pads).
+        """
+        world_size = int(self.trainer.world_size) if self.trainer is not None else 1
+        per_process = math.ceil(len(dataset) / world_size)  # type: ignore[arg-type]
+        single = per_process > 1 and per_process % self.batch_size == 1
+        if single:
+            rank_zero_info(
+                f"{type(self).__name__}: dropping the last training batch of 1 sample "
+                f"({per_process} % batch_size {self.batch_size} == 1): BatchNorm cannot train on one sample"
+            )
+        return single
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches ``(x, y)``; the order is seeded by ``seed``."""
