@@ -79,6 +79,7 @@ class LSADataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self._train_generator: torch.Generator | None = None
+        self._pending_generator_state: torch.Tensor | None = None
 
     # -- splits ---------------------------------------------------------------------------
     def _build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -102,6 +103,30 @@ class LSADataModule(L.LightningDataModule):
             )
         self.train_set, self.val_set, self.test_set = train, val, test
         self._train_generator = torch.Generator().manual_seed(self.seed)
+        if self._pending_generator_state is not None:
+            self._train_generator.set_state(self._pending_generator_state)
+            self._pending_generator_state = None
+
+    # -- checkpoint state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training shuffle generator's state (saved in Lightning checkpoints).
+
+        Each epoch's shuffle order and loader seed are drawn from this generator, so a resumed run
+        must continue from its state at the checkpoint, not from a freshly seeded one.
+        """
+        if self._train_generator is None:
+            return {}
+        return {"train_generator": self._train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` (kept until :meth:`setup` if the splits are not built yet)."""
+        state = state_dict.get("train_generator")
+        if state is None:
+            return
+        if self._train_generator is None:
+            self._pending_generator_state = state
+        else:
+            self._train_generator.set_state(state)
 
     def _require_setup(self) -> None:
         if self.train_set is None:

@@ -371,6 +371,19 @@ class LSARegularizedModule(L.LightningModule):
             metric.reset()
 
     # -- optimization and checkpoints ----------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The callbacks the module needs, unless the Trainer already has one of the same type.
+
+        :class:`~lsa_train.training.reproducibility.RNGStateCallback` (exact resumption). Lightning
+        lets callbacks returned here replace the Trainer's of the same type, so only missing ones
+        are returned and a user's own (configured) callback is kept.
+        """
+        from lsa_train.training.reproducibility import RNGStateCallback
+
+        present = list(self._trainer.callbacks) if self._trainer is not None else []
+        wanted: list[L.Callback] = [RNGStateCallback()]
+        return [cb for cb in wanted if not any(isinstance(have, type(cb)) for have in present)]
+
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or functools.partial(torch.optim.Adam, lr=1e-3)
         optimizer = factory(self.model.parameters())

@@ -132,3 +132,33 @@ def test_figures_are_written_off_the_training_thread(tmp_path, loaders, monkeypa
     trainer_for(tmp_path, [callback], max_epochs=2, enable_checkpointing=False).fit(module, *loaders)
     assert len(threads) == 2 and all(name.startswith("lsa-plot") for name in threads)
     assert len(list((tmp_path / "lsa").glob("*.png"))) == 2  # all written by the time fit returns
+
+
+def test_module_brings_an_rng_state_callback_unless_the_trainer_has_one(tmp_path, loaders):
+    from lsa_train.training import RNGStateCallback
+
+    def rng_callbacks(callbacks):
+        module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=1), regularizer=None)
+        trainer = trainer_for(tmp_path, callbacks, fast_dev_run=True)
+        trainer.fit(module, *loaders)
+        return [cb for cb in trainer.callbacks if isinstance(cb, RNGStateCallback)]
+
+    assert len(rng_callbacks([])) == 1
+    mine = RNGStateCallback()
+    assert rng_callbacks([mine]) == [mine]  # the user's own instance is kept, not replaced
+
+
+def test_datamodule_shuffle_generator_state_travels_in_the_checkpoint():
+    from lsa_train.data import DigitsDataModule
+
+    def order(dm):
+        return next(iter(dm.train_dataloader()))[1]
+
+    uninterrupted = DigitsDataModule(batch_size=64)
+    order(uninterrupted)  # epoch 0
+    state = uninterrupted.state_dict()
+    resumed = DigitsDataModule(batch_size=64)
+    resumed.load_state_dict(state)  # before setup(), as Lightning does on resume
+    epoch_1 = order(resumed)
+    assert torch.equal(epoch_1, order(uninterrupted))
+    assert not torch.equal(epoch_1, order(DigitsDataModule(batch_size=64)))  # not a freshly seeded order
