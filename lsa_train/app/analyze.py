@@ -116,7 +116,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     with torch_runtime(int(cfg.seed), cfg.torch_threads):
         run = load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(cfg.get("data")))
         settings = analysis_settings(cfg, run.run_cfg)
-        eps = float(cfg.eps) if cfg.eps is not None else float(run.run_cfg.attack.eps)
+        eps = float(cfg.eps) if cfg.eps is not None else linf_training_eps(run.run_cfg)
         datamodule = run.datamodule
         datamodule.setup("test" if cfg.split == "test" else "validate")
         loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
@@ -142,6 +142,19 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     print_mvl(results, out_dir)
     log.info("analysis written to %s (%.1f s)", out_dir, facts["wall_time_s"])
     return {"results": results, "eps": eps, "settings": facts, "files": files}
+
+
+def linf_training_eps(run_cfg: DictConfig) -> float:
+    """The default budget: the run's ``attack.eps``. The fgsm and pgd perturbations are Linf, so a run
+    trained in another norm (``attack=pgd_l2``) is analysed at its Linf ``attack.eval_eps`` instead."""
+    attack = run_cfg.attack
+    norm = str(attack.get("norm") or "linf")
+    if norm == "linf":
+        return float(attack.eps)
+    eps = float(attack.eval_eps)
+    log.warning("the run trained with an %s budget (attack.eps=%g); the fgsm/pgd perturbations are Linf, so the "
+                "analysis uses the run's Linf budget attack.eval_eps=%g (set eps= to choose)", norm, attack.eps, eps)
+    return eps
 
 
 def _log_scale(option: Any, results: Mapping[str, Any]) -> bool:

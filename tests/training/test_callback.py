@@ -162,3 +162,24 @@ def test_datamodule_shuffle_generator_state_travels_in_the_checkpoint():
     epoch_1 = order(resumed)
     assert torch.equal(epoch_1, order(uninterrupted))
     assert not torch.equal(epoch_1, order(DigitsDataModule(batch_size=64)))  # not a freshly seeded order
+
+
+def test_refresh_perturbs_in_the_training_attack_norm(tmp_path, loaders):
+    from lsa_train.analysis.analyze import compute_cm
+    from lsa_train.attacks import PGDL2, create_attack
+
+    model = relu_mlp()
+    module = LSARegularizedModule(model, attack=PGDL2(eps=0.5, steps=2), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=32, top_k=1, plot=False)
+    trainer = trainer_for(tmp_path, [callback], max_epochs=1, limit_train_batches=1, enable_checkpointing=False)
+    trainer.fit(module, *loaders)
+    x, y = callback._subset
+    result = callback.refresh(trainer, module)
+    assert result.metadata["norm"] == "l2" and result.metadata["eps"] == 0.5
+    # the analysis perturbation is L2 PGD-5 at 0.5 with the refresh's seed, not Linf PGD at 0.5
+    l2 = create_attack("pgd", eps=0.5, steps=5, norm="l2", seed=callback.seed + 1)(model, x, y)
+    torch.testing.assert_close(result.cm, compute_cm(model, module.probes, x, l2, measure="relative_error"))
+    given = MVLRefreshCallback(num_samples=32, top_k=1, plot=False, eps=0.1)  # an explicit budget keeps pgd's Linf
+    assert given.refresh(trainer, module).metadata["norm"] == "linf"
+    with pytest.raises(ValueError, match="perturbation='fgsm' is a linf attack, but eps comes from the training"):
+        MVLRefreshCallback(num_samples=32, perturbation="fgsm", plot=False).refresh(trainer, module)
