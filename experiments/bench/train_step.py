@@ -39,9 +39,9 @@ EPS = 0.1
 
 CONFIGS = {
     "normal": lambda: {"attack": None, "base_loss": "normal"},
-    "fgsm_rs_at": lambda: {"attack": FGSMRS(eps=EPS)},
-    "pgd10_at": lambda: {"attack": PGD(eps=EPS, alpha=EPS / 4, steps=10)},
-    "trades": lambda: {"attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades"},
+    "fgsm_rs_at": lambda: {"attack": FGSMRS(eps=EPS), "regularizer": None},
+    "pgd10_at": lambda: {"attack": PGD(eps=EPS, alpha=EPS / 4, steps=10), "regularizer": None},
+    "trades": lambda: {"attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades", "regularizer": None},
     "pgd10_at_lr": lambda: {
         "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
         "regularizer": LayerwiseRegularizer(gamma=0.1),

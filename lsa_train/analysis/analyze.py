@@ -13,6 +13,7 @@ from lsa_train.analysis.measures import Measure, canonical_measure_name, get_mea
 from lsa_train.analysis.mvl import check_mvl_rule, select_mvl
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
 from lsa_train.analysis.results import LSAResult
+from lsa_train.utils.modes import eval_mode
 
 
 def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -98,7 +99,6 @@ def compute_cms(
     step = default_chunk_size(device) if batch_size is None else int(batch_size)
     if step < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = [m.training for m in model.modules()]
     columns: list[list[torch.Tensor]] = [[] for _ in perturbed]
     reference: dict[str, torch.Tensor] = {}
 
@@ -106,8 +106,7 @@ def compute_cms(
         # runs inside the hook: the perturbed feature map is compared and dropped, never copied
         return measure_fn(reference[name], output)
 
-    model.eval()
-    try:
+    with eval_mode(model):
         layout = choose_channels_last(model, clean[:2].to(device), channels_last)
         with ProbeCapture(model, probes, detach=True) as capture:
             if len(perturbed) == 1:
@@ -130,9 +129,6 @@ def compute_cms(
                         values = capture.forward_until_captured(chunk)
                         columns[k].append(torch.stack(list(values.values()), dim=1).float().cpu())
                     reference = {}
-    finally:
-        for module, mode in zip(model.modules(), was_training):
-            module.training = mode
     return [torch.cat(chunks) for chunks in columns]
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lsa_train.utils.modes import eval_mode
+
 #: Module classes probed by default: the activation functions.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -93,14 +95,11 @@ def _forward_calls(model: nn.Module, example_input: torch.Tensor) -> list[tuple[
         calls.append((name, counts[name]))
 
     handle = nn.modules.module.register_module_forward_hook(record)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example_input)
     finally:
         handle.remove()
-        model.train(was_training)
     return calls
 
 

@@ -132,7 +132,10 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
         if cfg.get("list_probes"):
             return {"probes": print_probes(run.model, collect_samples(loader, 1)[0], settings["probes"])}
-        eps = float(cfg.eps) if cfg.eps is not None else run.training_eps(keys=("eps",), setting="eps")
+        if cfg.eps is not None:
+            eps = float(cfg.eps)
+        else:
+            eps = linf_training_eps(run.run_cfg) if run.run_cfg is not None else run.training_eps(setting="eps")
         x, y = collect_samples(loader, int(cfg.num_samples))
         if x.shape[0] < int(cfg.num_samples):
             log.info("the %s split has %d samples (< num_samples=%d): using all", cfg.split, x.shape[0],
@@ -182,6 +185,19 @@ def print_probes(model: Any, example: Any, probes: Any) -> list[str]:
         table.add_row(str(probe.index), probe.name, str(tuple(features[probe.name].shape[1:])))
     Console().print(table)
     return [probe.name for probe in found]
+
+
+def linf_training_eps(run_cfg: DictConfig) -> float:
+    """The default budget: the run's ``attack.eps``. The fgsm and pgd perturbations are Linf, so a run
+    trained in another norm (``attack=pgd_l2``) is analysed at its Linf ``attack.eval_eps`` instead."""
+    attack = run_cfg.attack
+    norm = str(attack.get("norm") or "linf")
+    if norm == "linf":
+        return float(attack.eps)
+    eps = float(attack.eval_eps)
+    log.warning("the run trained with an %s budget (attack.eps=%g); the fgsm/pgd perturbations are Linf, so the "
+                "analysis uses the run's Linf budget attack.eval_eps=%g (set eps= to choose)", norm, attack.eps, eps)
+    return eps
 
 
 def _log_scale(option: Any, results: Mapping[str, Any]) -> bool:

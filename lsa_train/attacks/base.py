@@ -23,6 +23,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from lsa_train.attacks.losses import cross_entropy_per_sample
 from lsa_train.attacks.utils import per_sample, project
 from lsa_train.attacks.validation import check_choice, check_clip_range, check_eps
+from lsa_train.utils.modes import restored_modes
 
 #: Model modes an attack can craft in (see :func:`preserved_model_state`).
 CRAFT_MODES: tuple[str, ...] = ("eval", "train", "keep")
@@ -108,19 +109,16 @@ def preserved_model_state(model: nn.Module, craft_mode: str = "eval") -> Iterato
         ``model``.
     """
     mode = check_choice("craft_mode", craft_mode, CRAFT_MODES)
-    modules = list(model.modules())
-    flags = [module.training for module in modules]
     snapshot = buffers_snapshot(model, batchnorm_only=mode == "eval")
-    try:
-        if mode == "eval":
-            model.eval()
-        elif mode == "train":
-            model.train()
-        yield model
-    finally:
-        restore_buffers(snapshot)
-        for module, flag in zip(modules, flags):
-            module.training = flag
+    with restored_modes(model):
+        try:
+            if mode == "eval":
+                model.eval()
+            elif mode == "train":
+                model.train()
+            yield model
+        finally:
+            restore_buffers(snapshot)
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -32,7 +34,8 @@ class LSADataModule(L.LightningDataModule):
             the split is seeded by ``seed`` (validation size ``ceil(val_fraction * pool)``).
         seed: Seed of the splits, of the training shuffle order and of :meth:`analysis_subset`.
         eval_batch_size: Batch size of the validation/test loaders (default: ``batch_size``).
-        drop_last: Drop the last incomplete training batch.
+        drop_last: Drop the last incomplete training batch. Without it, a last batch of exactly
+            one sample (per process) is still dropped, since BatchNorm cannot train on one sample.
 
     Raises:
         ValueError: A bad argument (one line, naming the value).
@@ -76,6 +79,7 @@ class LSADataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self._train_generator: torch.Generator | None = None
+        self._pending_generator_state: torch.Tensor | None = None
 
     # -- splits ---------------------------------------------------------------------------
     def _build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -99,6 +103,30 @@ class LSADataModule(L.LightningDataModule):
             )
         self.train_set, self.val_set, self.test_set = train, val, test
         self._train_generator = torch.Generator().manual_seed(self.seed)
+        if self._pending_generator_state is not None:
+            self._train_generator.set_state(self._pending_generator_state)
+            self._pending_generator_state = None
+
+    # -- checkpoint state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training shuffle generator's state (saved in Lightning checkpoints).
+
+        Each epoch's shuffle order and loader seed are drawn from this generator, so a resumed run
+        must continue from its state at the checkpoint, not from a freshly seeded one.
+        """
+        if self._train_generator is None:
+            return {}
+        return {"train_generator": self._train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` (kept until :meth:`setup` if the splits are not built yet)."""
+        state = state_dict.get("train_generator")
+        if state is None:
+            return
+        if self._train_generator is None:
+            self._pending_generator_state = state
+        else:
+            self._train_generator.set_state(state)
 
     def _require_setup(self) -> None:
         if self.train_set is None:
@@ -106,17 +134,36 @@ class LSADataModule(L.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
-        assert dataset is not None
+        if dataset is None:
+            raise ValueError(f"{type(self).__name__}: the splits are not built; call setup() first")
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=self.drop_last if train else False,
+            drop_last=(self.drop_last or self._last_batch_is_single(dataset)) if train else False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             generator=self._train_generator if train else None,
         )
+
+    def _last_batch_is_single(self, dataset: Dataset) -> bool:
+        """Whether the last training batch of each process would hold one sample.
+
+        BatchNorm in train mode cannot normalize one sample (PyTorch raises for 1x1 feature maps,
+        e.g. ResNet-18 on 8x8 digits), so that batch is dropped: one sample per epoch goes unseen,
+        a different one each epoch since the order is shuffled. Under DDP each process gets
+        ``ceil(len / world_size)`` samples (Lightning's ``DistributedSampler`` pads).
+        """
+        world_size = int(self.trainer.world_size) if self.trainer is not None else 1
+        per_process = math.ceil(len(dataset) / world_size)  # type: ignore[arg-type]
+        single = per_process > 1 and per_process % self.batch_size == 1
+        if single:
+            rank_zero_info(
+                f"{type(self).__name__}: dropping the last training batch of 1 sample "
+                f"({per_process} % batch_size {self.batch_size} == 1): BatchNorm cannot train on one sample"
+            )
+        return single
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches ``(x, y)``; the order is seeded by ``seed``."""

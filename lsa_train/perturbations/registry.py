@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lsa_train.utils.modes import eval_mode
+
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -60,11 +62,8 @@ def _adversarial(name: str) -> Callable[..., torch.Tensor]:
         from lsa_train.attacks import create_attack  # attacks pull in more; only load when used
 
         if labels is None:
-            with torch.no_grad():
-                was_training = model.training
-                model.eval()
+            with torch.no_grad(), eval_mode(model):
                 labels = model(x).argmax(dim=1)
-                model.train(was_training)
         attack = create_attack(name, eps=eps, clip_min=clip[0], clip_max=clip[1], **attack_kwargs)
         return attack(model, x, labels)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ from lsa_train.analysis.measures import canonical_measure_name
 from lsa_train.analysis.mvl import check_mvl_rule, select_mvl
 from lsa_train.analysis.plots import plot_layer_curves
 from lsa_train.analysis.results import LSAResult
-from lsa_train.attacks import create_attack
+from lsa_train.attacks import ATTACKS, create_attack
 from lsa_train.training.module import LSARegularizedModule
 
 #: The MVL-over-the-run heatmap and its data, rewritten at every refresh in ``dirpath``.
@@ -31,7 +32,7 @@ class MVLRefreshCallback(Callback):
     """Re-picks the Most Vulnerable Layers every ``every_n_epochs`` epochs.
 
     On a fixed held-out subset it perturbs the inputs (PGD by default, at the training
-    attack's eps), computes the CM matrix over the module's candidate probes, picks the MVL
+    attack's eps and in its norm), computes the CM matrix over the module's candidate probes, picks the MVL
     by ``eta`` (Algorithm 1), ``top_k`` or a ``fixed`` list, and hands it to the module.
     It runs once at the start of fitting (when the module has no MVL yet) and at the start
     of every ``every_n_epochs``-th training epoch, on the weights the previous epoch left.
@@ -41,7 +42,10 @@ class MVLRefreshCallback(Callback):
         every_n_epochs: Refresh period in epochs (>= 1).
         num_samples: Size of the held-out analysis subset.
         perturbation: Attack name from :mod:`lsa_train.attacks` used to perturb.
-        eps: Perturbation budget; default: the module's training attack eps.
+        eps: Perturbation budget; default: the module's training attack eps, and then the
+            perturbation runs in the training attack's norm too (``pgd`` and ``apgd`` take it;
+            Linf-only attacks such as ``fgsm`` are refused for an L2 training attack). Given, the
+            perturbation keeps its own norm (``pgd``: Linf, ``pgd_l2``: L2). The norm is logged.
         eta: Algorithm 1 cut-off (ignored if ``top_k`` or ``fixed`` is given).
         top_k: Keep the ``k`` most vulnerable probes.
         fixed: A fixed MVL (indices or names); the analysis still runs and is logged.
@@ -130,9 +134,10 @@ class MVLRefreshCallback(Callback):
         """Runs the analysis now, sets the module's MVL and logs it; returns the result."""
         x, y = self._analysis_subset(trainer, module)
         probes = module.ensure_probes(x)
-        eps = self.eps if self.eps is not None else module.attack.eps
+        eps, kwargs = self._budget(module)
         seed = self.seed + len(self.history)
-        attack = create_attack(self.perturbation, eps=eps, seed=seed, **self.attack_kwargs)
+        attack = create_attack(self.perturbation, eps=eps, seed=seed, **kwargs)
+        norm = attack.norm or "linf"
         with torch.enable_grad():
             x_adv = attack(module.model, x, y)
         cm = compute_cm(module.model, probes, x, x_adv, measure=self.measure)
@@ -151,7 +156,7 @@ class MVLRefreshCallback(Callback):
             perturbation=self.perturbation,
             eta=self.eta if self.top_k is None else None,
             top_k=self.top_k,
-            metadata={"epoch": trainer.current_epoch, "eps": eps},
+            metadata={"epoch": trainer.current_epoch, "eps": eps, "norm": norm},
         )
         module.set_mvl(result.mvl_names)
         self.current_mvl = module.mvl
@@ -172,7 +177,8 @@ class MVLRefreshCallback(Callback):
         if trainer.loggers:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
-        rank_zero_info(f"[LSA] epoch {trainer.current_epoch}: MVL = {result.mvl_names}")
+        budget = f"{self.perturbation} {result.metadata['norm']} eps={result.metadata['eps']:g}"
+        rank_zero_info(f"[LSA] epoch {trainer.current_epoch}: MVL = {result.mvl_names} ({budget})")
         out = self._dirpath(trainer)  # every rank: trainer.log_dir is a collective call under DDP
         if not trainer.is_global_zero:
             return
@@ -210,7 +216,8 @@ class MVLRefreshCallback(Callback):
         curves = plot_layer_curves(
             {self.perturbation: result},
             out / f"lsa_{tag}.png",
-            title=f"LSA before epoch {epoch} (eps={result.metadata['eps']:g})",
+            title=f"LSA before epoch {epoch} ({self.perturbation} {result.metadata['norm']} "
+            f"eps={result.metadata['eps']:g})",
         )
         heatmap = plot_mvl_history(
             table, out / HISTORY_PNG, csv_path=out / HISTORY_CSV, measure=self.measure,
@@ -220,6 +227,35 @@ class MVLRefreshCallback(Callback):
             writer.add_image("lsa/layers", read_rgb(curves), global_step=step, dataformats="HWC")
             writer.add_image("lsa/mvl_history", read_rgb(heatmap), global_step=step, dataformats="HWC")
             writer.flush()
+
+    def _budget(self, module: LSARegularizedModule) -> tuple[float, dict[str, Any]]:
+        """The analysis budget and attack arguments: ``eps`` as given, else the training attack's
+        eps in the training attack's norm.
+
+        Raises:
+            ValueError: The training budget is in a norm the perturbation cannot use.
+        """
+        if self.eps is not None:
+            return float(self.eps), dict(self.attack_kwargs)
+        training = module.attack
+        norm = training.norm or "linf"
+        takes_norm = "norm" in inspect.signature(ATTACKS[self.perturbation.lower()].__init__).parameters
+        if takes_norm:
+            given = self.attack_kwargs.get("norm")
+            if given is not None and given != norm:
+                raise ValueError(
+                    f"MVLRefreshCallback: attack_kwargs norm={given!r} but eps comes from the training attack "
+                    f"{training!r}, a {norm} budget; set eps= for a {given} budget, or drop norm"
+                )
+            return float(training.eps), {**self.attack_kwargs, "norm": norm}
+        own = create_attack(self.perturbation, eps=0.0, **self.attack_kwargs).norm or "linf"
+        if own != norm:
+            raise ValueError(
+                f"MVLRefreshCallback: perturbation={self.perturbation!r} is a {own} attack, but eps comes from the "
+                f"training attack {training!r}, a {norm} budget; set eps= to a {own} budget or choose "
+                "perturbation='pgd' (it runs in the training norm)"
+            )
+        return float(training.eps), dict(self.attack_kwargs)
 
     def _wait_for_plots(self) -> None:
         """Blocks until the last figure is written; re-raises a plotting error here."""

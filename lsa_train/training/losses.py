@@ -30,12 +30,21 @@ def base_loss(
     logits_clean: torch.Tensor | None = None,
     trades_beta: float = 6.0,
 ) -> torch.Tensor:
-    """The base loss ``J`` of the outer minimization; logits ``(N, K)``, labels ``(N,)``."""
+    """The base loss ``J`` of the outer minimization; logits ``(N, K)``, labels ``(N,)``.
+
+    Raises:
+        ValueError: An unknown ``name``, or logits that ``name`` needs are missing (``normal``:
+            clean; ``ce``: adversarial; ``trades``: both).
+    """
+    check_base_loss(name)
+    needed = {"normal": ("clean",), "ce": ("adversarial",), "trades": ("clean", "adversarial")}[name]
+    given = {"clean": logits_clean, "adversarial": logits_adv}
+    missing = [kind for kind in needed if given[kind] is None]
+    if missing:
+        raise ValueError(f"base loss {name!r} needs {' and '.join(missing)} logits, got None")
     if name == "normal":
-        assert logits_clean is not None
-        return F.cross_entropy(logits_clean.float(), labels)
-    assert logits_adv is not None
+        return F.cross_entropy(logits_clean.float(), labels)  # type: ignore[union-attr]
     if name == "ce":
-        return F.cross_entropy(logits_adv.float(), labels)
-    assert logits_clean is not None
+        return F.cross_entropy(logits_adv.float(), labels)  # type: ignore[union-attr]
+    assert logits_clean is not None and logits_adv is not None  # checked above; narrows the types
     return F.cross_entropy(logits_clean.float(), labels) + trades_beta * trades_kl(logits_clean, logits_adv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,22 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 #: The paper's FGSM grid for the R&G score (MNIST/moons tables).
 PAPER_EPS_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
+#: The default training attack's budget and step (Linf, inputs in [0, 1]): PGD-AT of Madry et al.
+DEFAULT_EPS = 8 / 255
+DEFAULT_ALPHA = 2 / 255
+#: The default weight of the LSA term (the app's ``regularizer.lambda``).
+DEFAULT_GAMMA = 0.1
+
+
+class _Default(enum.Enum):
+    """Marks an argument that was left out, where an explicit ``None`` means something else."""
+
+    TOKEN = "default"
+
+
+#: Default of ``attack`` and ``regularizer``: PGD-AT with the LSA term (see the class docstring).
+DEFAULT = _Default.TOKEN
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or inf; names the step."""
@@ -39,6 +56,13 @@ def _attack_with_grad(attack: Attack, model: nn.Module, x: torch.Tensor, y: torc
         return attack(model, x.clone(), y.clone())
 
 
+def pgd_like(attack: Attack, steps: int) -> PGD | None:
+    """PGD-``steps`` at ``attack``'s budget and in its norm (Linf or L2); ``None`` for a zero budget."""
+    if attack.eps <= 0:
+        return None
+    return PGD(eps=attack.eps, steps=steps, norm=attack.norm or "linf")
+
+
 class LSARegularizedModule(L.LightningModule):
     """Wraps any classifier for (adversarial) training with the LSA layer-wise term.
 
@@ -47,27 +71,42 @@ class LSARegularizedModule(L.LightningModule):
     ``base_loss + sum_{l in MVL} gamma_l * CM(phi_l(x), phi_l(x_adv))``. Only the MVL probes
     are hooked, and only around the two forwards of the outer step.
 
+    ``LSARegularizedModule(model)`` alone is PGD-AT (Linf PGD-10, eps 8/255, step 2/255, inputs in
+    [0, 1]) plus the LSA term (gamma 0.1) on an MVL that an
+    :class:`~lsa_train.training.callbacks.MVLRefreshCallback` picks at fit start and every epoch:
+    when the term is on and no ``mvl`` is given, the module brings that callback (and always an
+    :class:`~lsa_train.training.reproducibility.RNGStateCallback`) through ``configure_callbacks``,
+    unless the Trainer already has one of the type.
+
     Args:
         model: Any ``nn.Module`` mapping inputs in [0, 1] to logits ``(N, K)``.
-        attack: Inner maximization (:mod:`lsa_train.attacks`); ``None`` trains normally.
+        attack: Inner maximization (:mod:`lsa_train.attacks`). Left out: PGD-10 at eps 8/255 (none
+            for ``base_loss="normal"``). ``None``: no adversarial examples, only valid with
+            ``base_loss="normal"``.
         base_loss: ``"ce"`` (Madry: CE on ``x_adv``), ``"trades"`` (clean CE + beta * KL),
             or ``"normal"`` (clean CE, no attack).
-        regularizer: The LR term; ``None`` (or all gammas 0) is plain adversarial training.
+        regularizer: The LR term. Left out: ``LayerwiseRegularizer(gamma=0.1)`` when the attack
+            crafts adversarial examples, else none. ``None`` (or all gammas 0) is plain
+            adversarial training.
         optimizer: ``optimizer(params) -> Optimizer`` (a ``functools.partial`` or Hydra
             ``_partial_``); default Adam with lr 1e-3.
         scheduler: ``scheduler(optimizer) -> LRScheduler``, stepped each epoch; optional.
         probes: Candidate probes the MVL is chosen from (see
             :func:`~lsa_train.analysis.probes.select_probes`), found on the first batch.
         mvl: Initial MVL: probe indices (``[2]`` is the paper's ``LR-L2``) or names. The
-            :class:`~lsa_train.training.callbacks.MVLRefreshCallback` replaces it when used.
+            :class:`~lsa_train.training.callbacks.MVLRefreshCallback` replaces it when used;
+            given, the module adds no refresh callback of its own (a fixed MVL).
         trades_beta: Weight of the KL term for ``base_loss="trades"``.
         concat_clean_adv: Run clean and adversarial samples in one forward. Only allowed for
             models without BatchNorm, whose batch statistics it would mix. Otherwise the clean
             forward runs separately in train mode, so BatchNorm layers up to the deepest MVL probe
             also update their running statistics with the clean batch (as in TRADES).
-        val_attack: Attack for validation robust accuracy; default PGD-10 at the training eps.
-        test_eps_grid: FGSM budgets of the test sweep (include 0 for the R&G score).
-        test_attack: Attack for test robust accuracy; default PGD-20 at the training eps.
+        val_attack: Attack for validation robust accuracy; default PGD-10 at the training eps,
+            in the training attack's norm (Linf or L2).
+        test_eps_grid: Linf budgets of the FGSM test sweep (``test/acc_fgsm_<eps>``; FGSM is an
+            Linf attack whatever the training norm). Include 0 for the R&G score.
+        test_attack: Attack for test robust accuracy; default PGD-20 at the training eps, in the
+            training attack's norm.
         num_classes: If given, the model's output width is checked against it.
         strict_mvl: Raise instead of warning when the regularizer is on and the MVL is empty.
         check_finite: Stop with :class:`NonFiniteLossError` on a NaN/inf loss (one host sync
@@ -79,7 +118,12 @@ class LSARegularizedModule(L.LightningModule):
             ``True`` or a dict of ``torch.compile`` arguments. The forwards that record MVL
             probes stay eager, since hooks added per step would force recompilation.
 
+    Raises:
+        ValueError: Any argument combination that cannot train (e.g. ``base_loss="ce"`` without an
+            attack, the LSA term without adversarial examples), at construction.
+
     Example:
+        >>> module = LSARegularizedModule(model)  # PGD-10 AT at 8/255 + LSA term, MVL refreshed each epoch
         >>> module = LSARegularizedModule(
         ...     model, attack=PGD(eps=0.1, steps=10), regularizer=LayerwiseRegularizer(gamma=0.1), mvl=[2]
         ... )
@@ -89,9 +133,9 @@ class LSARegularizedModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        attack: Attack | None = None,
+        attack: Attack | _Default | None = DEFAULT,
         base_loss: str = "ce",
-        regularizer: LayerwiseRegularizer | None = None,
+        regularizer: LayerwiseRegularizer | _Default | None = DEFAULT,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         *,
@@ -119,14 +163,38 @@ class LSARegularizedModule(L.LightningModule):
             dict(compile_model) if isinstance(compile_model, Mapping) else ({} if compile_model else None)
         )
         self.base_loss_name = check_base_loss(base_loss)
+        if attack is DEFAULT:
+            attack = None if base_loss == "normal" else PGD(eps=DEFAULT_EPS, alpha=DEFAULT_ALPHA, steps=10)
         if attack is not None and not isinstance(attack, Attack):
             raise ValueError(f"attack must be an lsa_train.attacks.Attack or None, got {type(attack).__name__}")
         self.attack = attack if attack is not None else NoAttack(eps=0.0)
-        if base_loss == "trades" and isinstance(self.attack, NoAttack):
-            raise ValueError("base_loss='trades' needs an attack (e.g. attack=trades); got none")
+        crafts = base_loss != "normal" and not isinstance(self.attack, NoAttack)
+        if not crafts and base_loss != "normal":
+            raise ValueError(
+                f"base_loss={base_loss!r} needs an attack (adversarial examples), got attack={attack!r}; pass an "
+                "Attack (leave attack out for PGD-10 at eps 8/255), or set base_loss='normal' for clean training"
+            )
+        if regularizer is DEFAULT:
+            regularizer = LayerwiseRegularizer(gamma=DEFAULT_GAMMA) if crafts else None
+        if regularizer is not None and not isinstance(regularizer, LayerwiseRegularizer):
+            raise ValueError(f"regularizer must be a LayerwiseRegularizer or None, got {type(regularizer).__name__}")
         self.regularizer = regularizer if regularizer is not None and not regularizer.is_zero else None
-        if self.regularizer is not None and (base_loss == "normal" or isinstance(self.attack, NoAttack)):
-            raise ValueError("the LSA regularizer compares clean and adversarial representations and needs an attack")
+        if self.regularizer is not None and not crafts:
+            raise ValueError(
+                "the LSA regularizer compares clean and adversarial representations and needs an attack; "
+                f"got base_loss={base_loss!r} with {self.attack!r} (pass regularizer=None for clean training)"
+            )
+        if self.regularizer is not None and self.regularizer.checkpoint_clean:
+            if concat_clean_adv:
+                raise ValueError(
+                    "checkpoint_clean=True recomputes a separate clean forward, but concat_clean_adv=True runs "
+                    "clean and adversarial samples in one forward; set one of them"
+                )
+            if self.regularizer.stop_clean_grad and base_loss == "ce":
+                raise ValueError(
+                    "checkpoint_clean=True has nothing to recompute with stop_clean_grad=True and base_loss='ce': "
+                    "the clean branch then keeps no graph; set one of them"
+                )
         if not math.isfinite(trades_beta) or trades_beta < 0:
             raise ValueError(f"trades_beta must be a finite number >= 0, got {trades_beta}")
         if any(not math.isfinite(e) or e < 0 for e in test_eps_grid):
@@ -146,12 +214,12 @@ class LSARegularizedModule(L.LightningModule):
         self.num_classes = num_classes
         self.strict_mvl = strict_mvl
         self.check_finite = check_finite
-        eps = self.attack.eps
-        self.val_attack = val_attack if val_attack is not None else (PGD(eps=eps, steps=10) if eps > 0 else None)
-        self.test_attack = test_attack if test_attack is not None else (PGD(eps=eps, steps=20) if eps > 0 else None)
+        self.val_attack = val_attack if val_attack is not None else pgd_like(self.attack, steps=10)
+        self.test_attack = test_attack if test_attack is not None else pgd_like(self.attack, steps=20)
         self.test_eps_grid = tuple(float(e) for e in test_eps_grid)
         self.probes: list[Probe] | None = None
         self._mvl_spec: list[int | str] | None = list(mvl) if mvl is not None else None
+        self.auto_refresh_mvl = self.regularizer is not None and mvl is None
         self._mvl: list[Probe] = []
         self._warned_empty_mvl = False
         self._checked_first_batch = False
@@ -299,24 +367,38 @@ class LSARegularizedModule(L.LightningModule):
         return loss
 
     def _clean_branch(self, x: torch.Tensor, mvl: list[Probe]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Clean logits (only when the base loss needs them) and clean MVL representations."""
-        assert self.regularizer is not None
-        with_grad = not self.regularizer.stop_clean_grad
-        if self.base_loss_name != "ce":  # TRADES needs the clean logits: a full forward
-            with torch.set_grad_enabled(with_grad), ProbeCapture(self.model, mvl, detach=False) as capture:
-                logits = self.model(x)
-                return logits, capture.pop()
+        """Clean logits (only when the base loss needs them) and clean MVL representations.
+
+        ``stop_clean_grad`` only cuts the LSA term's clean branch: the regularizer detaches the
+        representations, while TRADES' clean CE and KL keep their gradients. ``checkpoint_clean``
+        recomputes the clean forward in the backward (up to the deepest MVL probe for ``ce``, the
+        whole forward for TRADES, whose clean logits are part of the loss).
+        """
+        if self.regularizer is None:
+            raise RuntimeError("_clean_branch is only called with the LSA term on")
         names = [p.name for p in mvl]
+        needs_logits = self.base_loss_name != "ce"  # TRADES needs the clean logits: a full forward
+        function = self._logits_and_representations if needs_logits else self._representations
+        with_grad = needs_logits or not self.regularizer.stop_clean_grad
         if with_grad and self.regularizer.checkpoint_clean:
             outputs = checkpoint(
-                self._representations, x, mvl, use_reentrant=False,
+                function, x, mvl, use_reentrant=False,
                 # the recomputation in the backward must not update buffers (BatchNorm statistics) again
                 context_fn=lambda: (contextlib.nullcontext(), preserved_model_state(self.model, craft_mode="keep")),
             )
         else:
             with torch.set_grad_enabled(with_grad):
-                outputs = self._representations(x, mvl)
+                outputs = function(x, mvl)
+        if needs_logits:
+            return outputs[0], dict(zip(names, outputs[1:]))
         return None, dict(zip(names, outputs))
+
+    def _logits_and_representations(self, x: torch.Tensor, mvl: list[Probe]) -> tuple[torch.Tensor, ...]:
+        # logits (N, K), then the MVL representations in ``mvl`` order
+        with ProbeCapture(self.model, mvl, detach=False) as capture:
+            logits = self.model(x)
+            features = capture.pop()
+        return (logits, *(features[p.name] for p in mvl))
 
     def _representations(self, x: torch.Tensor, mvl: list[Probe]) -> tuple[torch.Tensor, ...]:
         # only the representations are needed: the forward stops after the deepest MVL probe
@@ -371,6 +453,23 @@ class LSARegularizedModule(L.LightningModule):
             metric.reset()
 
     # -- optimization and checkpoints ----------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The callbacks the module needs, unless the Trainer already has one of the same type.
+
+        :class:`~lsa_train.training.reproducibility.RNGStateCallback` (exact resumption), and an
+        :class:`~lsa_train.training.callbacks.MVLRefreshCallback` with its defaults when the LSA term
+        is on and no ``mvl`` was given. Lightning lets callbacks returned here replace the Trainer's
+        of the same type, so only missing ones are returned and a user's own callback is kept.
+        """
+        from lsa_train.training.callbacks import MVLRefreshCallback
+        from lsa_train.training.reproducibility import RNGStateCallback
+
+        present = list(self._trainer.callbacks) if self._trainer is not None else []
+        wanted: list[L.Callback] = [RNGStateCallback()]
+        if self.auto_refresh_mvl:
+            wanted.append(MVLRefreshCallback())
+        return [cb for cb in wanted if not any(isinstance(have, type(cb)) for have in present)]
+
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or functools.partial(torch.optim.Adam, lr=1e-3)
         optimizer = factory(self.model.parameters())

@@ -20,7 +20,10 @@ class RNGStateCallback(Callback):
     a run killed mid-epoch resumes from the last epoch end and replays that epoch identically
     (exact on CPU with deterministic settings). Code that runs between an epoch end and the next
     epoch's first batch must not draw from the global generators; the MVL refresh uses its own
-    seeded generator for this reason.
+    seeded generator for this reason. Generators owned by other objects travel in those objects'
+    state: the data modules' shuffle generator in :meth:`lsa_train.data.LSADataModule.state_dict`.
+    :class:`~lsa_train.training.LSARegularizedModule` adds this callback itself when the Trainer
+    has none, and the app's ``callbacks=default`` config lists it.
     """
 
     def state_dict(self) -> dict[str, Any]:

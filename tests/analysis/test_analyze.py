@@ -140,3 +140,22 @@ def test_plot_rejects_mismatched_probes(tmp_path, cnn, images):
     b = analyze(cnn, images, images)
     with pytest.raises(ValueError, match="different probes"):
         plot_layer_curves({"a": a, "b": b}, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_adversarial_perturbation_restores_each_module_own_mode(cnn, images, name):
+    cnn.train()
+    cnn.bn1.eval()  # a frozen BatchNorm inside a model in train mode
+    perturb(name, images, 0.1, model=cnn)  # labels from the model's own predictions
+    assert cnn.training and not cnn.bn1.training
+
+
+def test_eval_mode_helper_restores_mixed_modes(cnn):
+    from lsa_train.utils.modes import eval_mode
+
+    cnn.train()
+    cnn.bn1.eval()
+    with eval_mode(cnn):
+        assert not any(m.training for m in cnn.modules())
+    assert cnn.training and not cnn.bn1.training
+    assert all(m.training for m in cnn.modules() if m is not cnn.bn1)

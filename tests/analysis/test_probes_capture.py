@@ -68,6 +68,13 @@ def test_selection_restores_training_mode(cnn, images):
     assert hook_count(cnn) == 0
 
 
+def test_selection_restores_each_module_own_mode(cnn, images):
+    cnn.train()
+    cnn.bn1.eval()  # a frozen BatchNorm inside a model in train mode
+    select_probes(cnn, images[:1])
+    assert cnn.training and not cnn.bn1.training
+
+
 def test_capture_records_and_removes_hooks(cnn, images):
     probes = select_probes(cnn, images[:1])
     with ProbeCapture(cnn, probes) as capture:

@@ -209,7 +209,7 @@ def test_callbacks_and_csv_logger_instantiate(tmp_path: Path) -> None:
     callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
     assert [type(lg).__name__ for lg in loggers] == ["CSVLogger"]
     assert {type(cb).__name__ for cb in callbacks} == {
-        "ModelCheckpoint", "RichProgressBar", "RichModelSummary", "LearningRateMonitor",
+        "ModelCheckpoint", "RNGStateCallback", "RichProgressBar", "RichModelSummary", "LearningRateMonitor",
     }
     assert not builders.build_loggers(compose_train(["logger=none"], tmp_path))
     assert not builders.build_callbacks(compose_train(["callbacks=none"], tmp_path), has_logger=True)

@@ -104,3 +104,14 @@ def test_readme_feature_maps_command(train_run: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     maps = sorted((out / "feature_maps").glob("*.png"))
     assert maps and all(image.imread(p).shape[0] in (1540, 1600) for p in maps)  # 8 rows: maps or bars
+
+
+def test_default_analysis_budget_of_an_l2_run_is_its_linf_eval_eps() -> None:
+    from omegaconf import OmegaConf
+
+    from lsa_train.app.analyze import linf_training_eps
+
+    l2_run = OmegaConf.create({"attack": {"eps": 0.5, "norm": "l2", "eval_eps": 0.1}})
+    assert linf_training_eps(l2_run) == 0.1  # fgsm/pgd perturbations are Linf: not at the L2 radius 0.5
+    linf_run = OmegaConf.create({"attack": {"eps": 0.2, "norm": "linf", "eval_eps": 0.3}})
+    assert linf_training_eps(linf_run) == 0.2

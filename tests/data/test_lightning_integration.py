@@ -110,3 +110,18 @@ def test_fit_on_a_user_tensor_file(tmp_path: Path) -> None:
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm, verbose=False)
     assert module.seen == {"train": 8, "val": 4, "test": 8}
+
+
+def test_batchnorm_model_trains_through_a_remainder_of_one_sample(tmp_path: Path) -> None:
+    # 1077 training digits with batch_size 4 leave one sample; resnet18 ends in 1x1 feature maps
+    # at 8x8 inputs, where BatchNorm in train mode raises on a batch of one
+    dm = DigitsDataModule(batch_size=4, eval_batch_size=360)
+    module = _Classifier(dm, "resnet18")
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1.0, limit_val_batches=0, accelerator="cpu", devices=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    dm.setup()
+    dm.train_set = torch.utils.data.Subset(dm.train_set, range(9))  # same remainder, 3 steps
+    trainer.fit(module, datamodule=dm)
+    assert module.seen["train"] == 8

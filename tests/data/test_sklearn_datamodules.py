@@ -67,6 +67,15 @@ def test_train_order_is_seeded() -> None:
     torch.testing.assert_close(first[0], first[1])
 
 
+@pytest.mark.parametrize(("batch_size", "expected_last"), [(4, 4), (5, 2), (1076, 1076)])
+def test_a_last_training_batch_of_one_sample_is_dropped(batch_size: int, expected_last: int) -> None:
+    dm = DigitsDataModule(batch_size=batch_size, eval_batch_size=180)  # 1077 training samples
+    sizes = [len(y) for _, y in dm.train_dataloader()]
+    assert min(sizes) >= 2 and sizes[-1] == expected_last
+    assert sum(sizes) == (1076 if 1077 % batch_size == 1 else 1077)
+    assert all(len(y) == 180 for _, y in dm.val_dataloader())  # evaluation keeps every sample
+
+
 def test_analysis_subset_is_fixed_and_nested() -> None:
     dm = MoonsDataModule(n_samples=400, n_test=100, seed=2)
     x1, y1 = dm.analysis_subset(30)  # sets itself up

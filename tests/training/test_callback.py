@@ -136,3 +136,54 @@ def test_figures_are_written_off_the_training_thread(tmp_path, loaders, monkeypa
     assert len(threads) == 2 and all(name.startswith("lsa-plot") for name in threads)
     assert len(list((tmp_path / "lsa").glob("lsa_*.png"))) == 2  # all written by the time fit returns
     assert (tmp_path / "lsa" / "mvl_history.png").is_file()
+
+
+def test_module_brings_an_rng_state_callback_unless_the_trainer_has_one(tmp_path, loaders):
+    from lsa_train.training import RNGStateCallback
+
+    def rng_callbacks(callbacks):
+        module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=1), regularizer=None)
+        trainer = trainer_for(tmp_path, callbacks, fast_dev_run=True)
+        trainer.fit(module, *loaders)
+        return [cb for cb in trainer.callbacks if isinstance(cb, RNGStateCallback)]
+
+    assert len(rng_callbacks([])) == 1
+    mine = RNGStateCallback()
+    assert rng_callbacks([mine]) == [mine]  # the user's own instance is kept, not replaced
+
+
+def test_datamodule_shuffle_generator_state_travels_in_the_checkpoint():
+    from lsa_train.data import DigitsDataModule
+
+    def order(dm):
+        return next(iter(dm.train_dataloader()))[1]
+
+    uninterrupted = DigitsDataModule(batch_size=64)
+    order(uninterrupted)  # epoch 0
+    state = uninterrupted.state_dict()
+    resumed = DigitsDataModule(batch_size=64)
+    resumed.load_state_dict(state)  # before setup(), as Lightning does on resume
+    epoch_1 = order(resumed)
+    assert torch.equal(epoch_1, order(uninterrupted))
+    assert not torch.equal(epoch_1, order(DigitsDataModule(batch_size=64)))  # not a freshly seeded order
+
+
+def test_refresh_perturbs_in_the_training_attack_norm(tmp_path, loaders):
+    from lsa_train.analysis.analyze import compute_cm
+    from lsa_train.attacks import PGDL2, create_attack
+
+    model = relu_mlp()
+    module = LSARegularizedModule(model, attack=PGDL2(eps=0.5, steps=2), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=32, top_k=1, plot=False)
+    trainer = trainer_for(tmp_path, [callback], max_epochs=1, limit_train_batches=1, enable_checkpointing=False)
+    trainer.fit(module, *loaders)
+    x, y = callback._subset
+    result = callback.refresh(trainer, module)
+    assert result.metadata["norm"] == "l2" and result.metadata["eps"] == 0.5
+    # the analysis perturbation is L2 PGD-5 at 0.5 with the refresh's seed, not Linf PGD at 0.5
+    l2 = create_attack("pgd", eps=0.5, steps=5, norm="l2", seed=callback.seed + 1)(model, x, y)
+    torch.testing.assert_close(result.cm, compute_cm(model, module.probes, x, l2, measure="relative_error"))
+    given = MVLRefreshCallback(num_samples=32, top_k=1, plot=False, eps=0.1)  # an explicit budget keeps pgd's Linf
+    assert given.refresh(trainer, module).metadata["norm"] == "linf"
+    with pytest.raises(ValueError, match="perturbation='fgsm' is a linf attack, but eps comes from the training"):
+        MVLRefreshCallback(num_samples=32, perturbation="fgsm", plot=False).refresh(trainer, module)

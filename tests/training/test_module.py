@@ -195,7 +195,7 @@ def test_fast_dev_run_with_each_attack_and_loss(tmp_path, mlp_a, loaders, loss, 
 
 
 def test_validation_reports_clean_and_pgd_accuracy(tmp_path, mlp_a, loaders):
-    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=2))
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=2), regularizer=None)
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, *loaders)
     metrics = trainer.callback_metrics
@@ -208,8 +208,19 @@ def test_validation_reports_clean_and_pgd_accuracy(tmp_path, mlp_a, loaders):
     [
         ({"base_loss": "hinge"}, "unknown base loss 'hinge'; choose one of \\['ce', 'trades', 'normal'\\]"),
         ({"attack": "pgd"}, "attack must be an lsa_train.attacks.Attack"),
-        ({"base_loss": "trades"}, "base_loss='trades' needs an attack"),
-        ({"regularizer": LayerwiseRegularizer(1.0)}, "needs an attack"),
+        ({"base_loss": "trades", "attack": None}, "base_loss='trades' needs an attack"),
+        ({"attack": None}, "base_loss='ce' needs an attack .*got attack=None"),
+        ({"attack": NoAttack(eps=0.0)}, "base_loss='ce' needs an attack .*got attack=NoAttack"),
+        ({"regularizer": LayerwiseRegularizer(1.0), "base_loss": "normal"}, "needs an attack"),
+        ({"regularizer": "lsa"}, "regularizer must be a LayerwiseRegularizer or None, got str"),
+        (
+            {"regularizer": LayerwiseRegularizer(1.0, checkpoint_clean=True), "concat_clean_adv": True},
+            "checkpoint_clean=True recomputes a separate clean forward",
+        ),
+        (
+            {"regularizer": LayerwiseRegularizer(1.0, checkpoint_clean=True, stop_clean_grad=True)},
+            "checkpoint_clean=True has nothing to recompute with stop_clean_grad=True",
+        ),
         ({"trades_beta": -1.0}, "trades_beta must be a finite number >= 0"),
         ({"test_eps_grid": [0, -0.1]}, "test_eps_grid values must be finite and >= 0"),
     ],
@@ -262,10 +273,10 @@ def test_empty_mvl_warns_or_fails_when_strict(mlp_a, moons):
 
 def test_first_batch_checks(mlp_a, moons):
     x, y = moons[0][:8], moons[1][:8]
-    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), num_classes=3)
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=None, num_classes=3)
     with pytest.raises(ValueError, match="model outputs 2 logits but the data has num_classes=3"):
         module.training_step((x, y), 0)
-    module = LSARegularizedModule(mlp_a, attack=NoAttack(eps=0.0))
+    module = LSARegularizedModule(mlp_a, attack=NoAttack(eps=0.0), base_loss="normal")
     with pytest.raises(ValueError, match="labels must lie in \\[0, 1\\]"):
         module.training_step((x, y + 5), 0)
 
@@ -297,3 +308,109 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path, l
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+# -- defaults: LSARegularizedModule(model) alone ---------------------------------------------------
+def test_module_alone_is_pgd10_at_8_255_with_the_lsa_term():
+    module = LSARegularizedModule(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)))
+    attack = module.attack
+    assert isinstance(attack, PGD) and attack.norm == "linf" and attack.steps == 10
+    assert attack.eps == pytest.approx(8 / 255) and attack.alpha == pytest.approx(2 / 255)
+    assert module.regularizer is not None and module.regularizer.gamma == 0.1
+    assert module.auto_refresh_mvl
+    normal = LSARegularizedModule(nn.Linear(2, 2), base_loss="normal")  # no attack, hence no LSA term
+    assert isinstance(normal.attack, NoAttack) and normal.regularizer is None and not normal.auto_refresh_mvl
+
+
+@pytest.mark.parametrize("case", ["alone", "own_callback", "fixed_mvl", "no_regularizer"])
+def test_module_brings_an_mvl_refresh_only_when_needed(tmp_path, mlp_a, loaders, case):
+    from lsa_train.training import MVLRefreshCallback
+
+    kwargs = {"fixed_mvl": {"mvl": [2]}, "no_regularizer": {"regularizer": None}}.get(case, {})
+    module = LSARegularizedModule(mlp_a, **kwargs)
+    mine = [MVLRefreshCallback(num_samples=16, top_k=1, plot=False)] if case == "own_callback" else []
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=mine)
+    trainer.fit(module, *loaders)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    refresh = [cb for cb in trainer.callbacks if isinstance(cb, MVLRefreshCallback)]
+    if case in ("fixed_mvl", "no_regularizer"):
+        assert refresh == []
+        assert module.mvl == (["5"] if case == "fixed_mvl" else [])
+        return
+    assert refresh == mine if mine else len(refresh) == 1
+    assert [entry["epoch"] for entry in refresh[0].history] == [0, 1]  # at fit start and each epoch
+    assert module.mvl == refresh[0].current_mvl
+
+
+def test_base_loss_function_raises_value_errors():
+    from lsa_train.training import base_loss
+
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="base loss 'ce' needs adversarial logits, got None"):
+        base_loss("ce", y, None, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="base loss 'trades' needs clean logits"):
+        base_loss("trades", y, torch.zeros(2, 2), None)
+    with pytest.raises(ValueError, match="unknown base loss 'mart'"):
+        base_loss("mart", y, torch.zeros(2, 2))
+
+
+# -- derived attacks keep the training norm -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "attack", [PGD(eps=0.5, steps=2, norm="l2"), create_attack("pgd_l2", eps=0.5), APGD(eps=0.5, norm="l2", steps=2)]
+)
+def test_default_evaluation_attacks_keep_an_l2_training_norm(mlp_a, attack):
+    module = LSARegularizedModule(mlp_a, attack=attack, regularizer=None)
+    for derived, steps in ((module.val_attack, 10), (module.test_attack, 20)):
+        assert isinstance(derived, PGD) and derived.norm == "l2" and derived.eps == 0.5 and derived.steps == steps
+    linf = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=2), regularizer=None)
+    assert linf.val_attack.norm == "linf" and linf.test_attack.norm == "linf"
+
+
+# -- TRADES with the clean-branch switches ----------------------------------------------------------
+def trades_module(mlp_a, **regularizer_kwargs) -> LSARegularizedModule:
+    return LSARegularizedModule(
+        mlp_a, attack=TRADESAttack(eps=0.1, steps=2), base_loss="trades", mvl=[1],
+        regularizer=LayerwiseRegularizer(0.5, **regularizer_kwargs),
+    )
+
+
+def test_trades_stop_clean_grad_only_cuts_the_lsa_clean_branch(mlp_a, moons):
+    from lsa_train.training import trades_kl
+
+    x, y = moons[0][:32], moons[1][:32]
+    module = trades_module(mlp_a, stop_clean_grad=True)
+    loss, grads = step_loss_and_grads(module, x, y)
+    torch.manual_seed(7)
+    x_adv = module.attack(mlp_a, x, y)
+    probe = select_probes(mlp_a, x[:1])[1]
+    mlp_a.zero_grad(set_to_none=True)
+    with ProbeCapture(mlp_a, [probe], detach=False) as capture:
+        logits_clean = mlp_a(x)
+        clean = capture.pop()[probe.name]
+        logits_adv = mlp_a(x_adv)
+        adv = capture.pop()[probe.name]
+    expected = (
+        F.cross_entropy(logits_clean, y) + 6.0 * trades_kl(logits_clean, logits_adv)
+        + 0.5 * relative_error(clean.detach(), adv).mean()  # only the LSA term's clean side is constant
+    )
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for got, want in zip(grads, (p.grad for p in mlp_a.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stop_clean_grad", [False, True])
+def test_trades_checkpoint_clean_recomputes_and_keeps_the_gradients(mlp_a, moons, stop_clean_grad):
+    x, y = moons[0][:32], moons[1][:32]
+    forwards: list[int] = []
+    mlp_a[0].register_forward_hook(lambda *_: forwards.append(1))
+    _, plain = step_loss_and_grads(trades_module(mlp_a, stop_clean_grad=stop_clean_grad), x, y)
+    module = trades_module(mlp_a, stop_clean_grad=stop_clean_grad, checkpoint_clean=True)
+    torch.manual_seed(7)
+    mlp_a.zero_grad(set_to_none=True)
+    loss = module.training_step((x, y), 0)
+    forwards.clear()
+    loss.backward()
+    assert len(forwards) == 1  # the clean forward ran again in the backward
+    for got, want in zip((p.grad for p in mlp_a.parameters()), plain):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

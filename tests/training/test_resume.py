@@ -1,3 +1,5 @@
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,3 +32,41 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert got["history"] == expected["history"]  # every refresh saw the same weights and samples
     for name, tensor in expected["state_dict"].items():
         assert torch.equal(got["state_dict"][name], tensor), name
+
+
+# -- through the app: python -m lsa_train, SIGKILLed, resumed from last.ckpt -------------------------
+APP_QUICK = [
+    "++trainer.limit_train_batches=4", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1",
+    "regularizer.mvl.num_samples=32", "regularizer.mvl.plot=false", "logger=none", "trainer.max_epochs=3",
+    "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+]
+
+
+def run_app(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(SCRIPT.parent), *sys.path]))
+    cmd = [sys.executable, "-m", "lsa_train", *APP_QUICK, f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_app_run_sigkilled_after_its_first_checkpoint_resumes_bit_identically(tmp_path):
+    full = run_app(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    # kill_switch.KillAt SIGKILLs the process in the middle of epoch 1, after epoch 0's checkpoint
+    killed = run_app(tmp_path / "killed", "+callbacks.kill._target_=kill_switch.KillAt", "+callbacks.kill.epoch=1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    resumed = run_app(tmp_path / "killed", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    got = torch.load(last, weights_only=True)
+    assert got["epoch"] == expected["epoch"] == 2
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+    refresh = "MVLRefreshCallback"
+    history = [v["history"] for k, v in expected["callbacks"].items() if refresh in k]
+    assert history and history == [v["history"] for k, v in got["callbacks"].items() if refresh in k]
+    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    resumed_metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert resumed_metrics["acc_pgd"] == full_metrics["acc_pgd"]
