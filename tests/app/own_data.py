@@ -32,10 +32,10 @@ USER_MODULE = textwrap.dedent(
 )
 
 
-def write_user_module(folder: Path) -> Path:
-    """``<folder>/user_nets.py`` with :data:`USER_MODULE`; returns the folder (for PYTHONPATH)."""
+def write_user_module(folder: Path, name: str = "user_nets") -> Path:
+    """``<folder>/<name>.py`` with :data:`USER_MODULE`; returns the folder (for PYTHONPATH)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "user_nets.py").write_text(USER_MODULE)
+    (folder / f"{name}.py").write_text(USER_MODULE)
     return folder
 
 
