@@ -21,7 +21,8 @@ prepare)
     du -sh .devsite
     ;;
 run)
-    export PYTHONPATH="$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+    # the repo root too: the app runs start in their run dirs, and the fallback below installs nothing
+    export PYTHONPATH="$PWD:$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
     python3 -c 'import hydra, omegaconf' || { echo "Hydra/OmegaConf missing: run 'prepare' here and carry .devsite"; exit 2; }
     if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
         echo "pip could not install lsa_train: falling back to a link lsa_train/conf -> conf"
