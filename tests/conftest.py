@@ -44,3 +44,13 @@ def cnn() -> nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need a CUDA device: without one they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu; experiments/bench/gpu_check.py runs them)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

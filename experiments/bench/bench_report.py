@@ -14,13 +14,13 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 RESULTS = Path(__file__).with_name("RESULTS.md")
 _TITLE = "# Benchmarks\n\nRatios are measured in one run on one machine; every section names its command.\n"
 
 
 def machine() -> str:
+    import torch  # here, not at the top: gpu_check.py's step processes that only run commands skip it
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -46,16 +46,16 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
 
 
-def write_section(name: str, body: str) -> None:
-    """Replaces (or appends) the section ``name`` of RESULTS.md with ``body`` plus provenance."""
+def write_section(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replaces (or appends) the section ``name`` of ``path`` (RESULTS.md) with ``body`` plus provenance."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     block = (
         f"<!-- bench:{name} -->\n{body.strip()}\n\n"
         f"_Command: `{command_line()}`; machine: {machine()}; date: {stamp}._\n<!-- /bench:{name} -->"
     )
-    text = RESULTS.read_text() if RESULTS.exists() else _TITLE
+    text = path.read_text() if path.exists() else _TITLE
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
-    tmp.replace(RESULTS)
+    tmp.replace(path)

@@ -25,18 +25,30 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return flat if flat.dtype == torch.float64 else flat.float()  # half/bf16 features are compared in float32
 
 
-class _RelativeError(torch.autograd.Function):
-    """``||a - b|| / max(||a||, eps)`` per row of ``(N, D)`` inputs.
+def _compute(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype the measures compute in: float32 for half/bf16 (and float32), float64 kept."""
+    return x if x.dtype == torch.float64 else x.float()
 
-    Autograd would save ``a - b`` (one more feature map per probe) for the norm's backward;
-    this saves only ``a`` and ``b``, which the network keeps alive anyway, and recomputes
-    the difference in the backward.
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
+
+
+class _RelativeError(torch.autograd.Function):
+    """``||a - b|| / max(||a||, eps)`` per sample of ``(N, ...)`` inputs, reduced over all dims but the first.
+
+    Autograd would save ``a - b`` (one more feature map per probe) for the norm's backward, and a
+    flattening ``reshape`` of a channels_last map or a float32 cast of a bf16 one would save a copy;
+    this saves only ``a`` and ``b`` as given (the network keeps them alive anyway) and recomputes the
+    float32 difference in the backward.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
-        diff_norm = torch.linalg.vector_norm(a - b, dim=1)
-        clean_norm = torch.linalg.vector_norm(a, dim=1)
+        dims = tuple(range(1, a.ndim))
+        a_c = _compute(a)
+        diff_norm = torch.linalg.vector_norm(a_c - _compute(b), dim=dims)
+        clean_norm = torch.linalg.vector_norm(a_c, dim=dims)
         ctx.save_for_backward(a, b, diff_norm, clean_norm)
         ctx.eps = eps
         return diff_norm / clean_norm.clamp_min(eps)
@@ -44,22 +56,26 @@ class _RelativeError(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
         a, b, diff_norm, clean_norm = ctx.saved_tensors
+        a_c = _compute(a)
         denominator = clean_norm.clamp_min(ctx.eps)
         # d||d||/dd = d / ||d|| (0 where d = 0, as torch's norm); the clamp passes no gradient below eps
-        unit_diff = (a - b) * (grad / (denominator * diff_norm.masked_fill(diff_norm == 0, 1.0)))[:, None]
+        coefficient = grad / (denominator * diff_norm.masked_fill(diff_norm == 0, 1.0))
+        unit_diff = (a_c - _compute(b)) * _per_sample(coefficient, a)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            active = (clean_norm > ctx.eps).to(a.dtype)
+            active = (clean_norm > ctx.eps).to(clean_norm.dtype)
             scale = grad * diff_norm * active / (denominator.square() * clean_norm.masked_fill(clean_norm == 0, 1.0))
-            grad_a = unit_diff - a * scale[:, None]
+            grad_a = (unit_diff - a_c * _per_sample(scale, a)).to(a.dtype)
         if ctx.needs_input_grad[1]:
-            grad_b = -unit_diff
+            grad_b = (-unit_diff).to(b.dtype)
         return grad_a, grad_b, None
 
 
 def relative_error(clean: torch.Tensor, perturbed: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """``||a - b||_F / ||a||_F`` per sample, the paper's CM. Shape ``(N,)``."""
-    return _RelativeError.apply(_flat(clean), _flat(perturbed), eps)
+    """``||a - b||_F / ||a||_F`` per sample, the paper's CM. Shape ``(N,)``, any memory layout, no copies kept."""
+    if clean.ndim == 1 or clean.shape != perturbed.shape:  # compared as flat rows, as before
+        clean, perturbed = clean.reshape(clean.shape[0], -1), perturbed.reshape(perturbed.shape[0], -1)
+    return _RelativeError.apply(clean, perturbed, eps)
 
 
 def mse(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,7 @@ def test_plot_helper_saves_png(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_works_on_cuda_tensors():
     model, clean, perturbed = build("mlp_elu")
