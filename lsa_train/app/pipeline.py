@@ -85,6 +85,9 @@ def _fit_test_report(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trusted)
     metrics = _floats(trainer.callback_metrics)
     final_mvl = list(module.mvl)
+    mvl_callback = objects["mvl_callback"]
+    # trainer.test(ckpt_path=best) restores the callbacks' state of the best epoch: keep the whole run's
+    history = list(mvl_callback.history) if mvl_callback is not None else []
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None
     best_score = getattr(checkpoint, "best_model_score", None)
@@ -94,13 +97,12 @@ def _fit_test_report(
     trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     metrics.update(_floats(trainer.callback_metrics))
 
-    mvl_callback = objects["mvl_callback"]
     info = {
         "setting": _setting(cfg, module.base_loss_name),
         "eval_eps": float(cfg.attack.eval_eps),
         "test_pgd_steps": getattr(module.test_attack, "steps", None),
         "mvl": final_mvl,
-        "mvl_history": list(mvl_callback.history) if mvl_callback is not None else [],
+        "mvl_history": history,
         "mvl_history_files": (
             {k: str(v) for k, v in mvl_callback.history_files(trainer).items()} if mvl_callback is not None else {}
         ),
