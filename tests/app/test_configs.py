@@ -289,3 +289,32 @@ def test_schema_types_and_interpolated_eval_eps(tmp_path: Path) -> None:
     assert cfg.attack.eval_eps == 0.2  # follows eps unless set
     assert OmegaConf.get_type(cfg.attack).__name__ == "PGDConf"
     assert OmegaConf.get_type(cfg.regularizer.mvl).__name__ == "MVLConf"
+
+
+@pytest.fixture()
+def torch_flags():
+    """Restores the process-wide determinism flags that Lightning's Trainer sets."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark = saved[2]
+
+
+@pytest.mark.parametrize(("deterministic", "autotune"), [(True, False), (False, True)])
+def test_the_composed_trainer_gets_lightnings_determinism(tmp_path: Path, torch_flags, deterministic: bool,
+                                                         autotune: bool) -> None:
+    # trainer=gpu_bf16 asks for cuDNN autotuning; the default deterministic=true must win over it
+    cfg = compose_train(["trainer=gpu_bf16", "trainer.accelerator=cpu", f"deterministic={deterministic}"], tmp_path)
+    trainer = builders.build_trainer(cfg, [], [])
+    assert trainer.precision == "bf16-mixed"
+    assert torch.backends.cudnn.benchmark is autotune
+    assert torch.are_deterministic_algorithms_enabled() is deterministic
+    if deterministic:
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "ddp", "debug", "gpu"])
+def test_every_trainer_takes_a_precision(tmp_path: Path, trainer: str) -> None:
+    cfg = compose_train([f"trainer={trainer}", "trainer.precision=bf16-mixed"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed"
