@@ -54,7 +54,7 @@ def check_config(cfg: DictConfig) -> None:
         if int(cfg.pgd[key]) < 1:
             raise ConfigError(f"pgd.{key}={cfg.pgd[key]} must be an integer >= 1")
     if cfg.pgd.alpha is not None and float(cfg.pgd.alpha) <= 0:
-        raise ConfigError(f"pgd.alpha={cfg.pgd.alpha} must be > 0 (or null for eps / 4)")
+        raise ConfigError(f"pgd.alpha={cfg.pgd.alpha} must be > 0 (or null for max(eps / 4, 2.5 * eps / steps))")
     if cfg.max_samples is not None and int(cfg.max_samples) < 1:
         raise ConfigError(f"max_samples={cfg.max_samples} must be an integer >= 1 (or null for all)")
     aa = cfg.autoattack

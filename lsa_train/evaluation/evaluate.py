@@ -45,7 +45,7 @@ def evaluate_robustness(
         eps: Linf radius of PGD, AutoAttack and the masking checks (input units).
         eps_grid: FGSM grid; include ``0`` for the R&G score. Default: the paper's grid.
         pgd_steps: PGD steps. Default: ``20``.
-        pgd_alpha: PGD step size; ``None`` means ``eps / 4``.
+        pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
         autoattack_version: ``None`` skips AutoAttack; else ``"standard"``, ``"plus"``, ``"rand"``
             or ``"custom"`` (with ``autoattack_attacks``).

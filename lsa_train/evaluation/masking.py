@@ -263,7 +263,7 @@ def square_vs_pgd(
         p_init: Initial fraction of pixels changed per query. Default: ``0.8``.
         restarts: Square Attack restarts. Default: ``1``.
         pgd_steps: PGD steps. Default: ``20``.
-        pgd_alpha: PGD step size; ``None`` means ``eps / 4``.
+        pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
         seed: Seed of both attacks. Default: ``0``.
         backend: ``"auto"`` (torchattacks if installed, else pyautoattack), ``"torchattacks"`` or
@@ -359,7 +359,8 @@ def run_masking_checks(
         pgd_acc: A precomputed PGD accuracy at ``eps`` on the same samples; computed if ``None``.
         tol: Tolerance of checks (a)-(c), a fraction. Default: ``0.02`` (2 points).
         pgd_steps: PGD steps for everything computed here. Default: ``20``.
-        pgd_alpha: PGD step size at ``eps``; ``None`` means ``eps / 4`` (and ``large_eps / 4`` for (d)).
+        pgd_alpha: PGD step size at ``eps``; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``
+            (the same rule at ``large_eps`` for (d)).
         pgd_restarts: PGD restarts. Default: ``1``.
         square_queries: Square Attack query budget for check (c); ``None`` skips (c).
             Default: ``1000``.

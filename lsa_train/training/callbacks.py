@@ -43,7 +43,8 @@ class MVLRefreshCallback(Callback):
         plot: Write the per-layer figure of every refresh into ``dirpath``.
         dirpath: Where figures and CSVs go; default ``<trainer.log_dir or default_root_dir>/lsa``.
         attack_kwargs: Extra arguments for the perturbation attack, on top of ``{"steps": 5}``
-            for PGD (the analysis needs a representative perturbation, not the strongest one:
+            for PGD, APGD and TRADES and ``alpha=eps / 4`` for PGD and TRADES (the analysis needs
+            a representative perturbation, not the strongest one:
             64 samples with PGD-5 picked the same MVL as all 360 validation samples with PGD-20 on
             every model B and ResNet-18 of ``experiments/bench/refresh_fidelity.py``, at a quarter of
             the old 256-sample cost; PGD-3 did not, its steps of eps/4 stop short of the budget).
@@ -123,7 +124,10 @@ class MVLRefreshCallback(Callback):
         probes = module.ensure_probes(x)
         eps = self.eps if self.eps is not None else module.attack.eps
         seed = self.seed + len(self.history)
-        attack = create_attack(self.perturbation, eps=eps, seed=seed, **self.attack_kwargs)
+        kwargs = dict(self.attack_kwargs)
+        if self.perturbation in ("pgd", "pgd_l2", "trades") and eps > 0:
+            kwargs.setdefault("alpha", eps / 4)  # the step the refresh benchmark chose PGD-5 with
+        attack = create_attack(self.perturbation, eps=eps, seed=seed, **kwargs)
         with torch.enable_grad():
             x_adv = attack(module.model, x, y)
         cm = compute_cm(module.model, probes, x, x_adv, measure=self.measure)
