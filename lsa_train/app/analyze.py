@@ -117,6 +117,9 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         run = load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(cfg.get("data")))
         settings = analysis_settings(cfg, run.run_cfg)
         eps = float(cfg.eps) if cfg.eps is not None else float(run.run_cfg.attack.eps)
+        if eps == 0 and cfg.eps is None:  # a normal run: analysing at eps 0 finds no MVL at all
+            raise ConfigError(f"the run was trained without an attack (attack.eps=0), so there is no training eps to "
+                              f"analyse at; set eps=<budget>, e.g. eps={run.run_cfg.attack.get('eval_eps') or 0.1}")
         datamodule = run.datamodule
         datamodule.setup("test" if cfg.split == "test" else "validate")
         loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lsa_train.analysis.analyze import compute_cm
 from lsa_train.analysis.measures import canonical_measure_name
@@ -231,9 +233,15 @@ def _first_samples(trainer: L.Trainer, n: int) -> tuple[torch.Tensor, torch.Tens
     """The first ``n`` samples of the validation set (else the training set), read straight from the
     dataset: the same samples on every call, rank and resume, and no sampler draws random numbers."""
     if trainer.val_dataloaders is None:
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        with contextlib.suppress(MisconfigurationException):  # no val_dataloaders given, none defined
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
     loaders = trainer.val_dataloaders
     if not loaders:
+        rank_zero_warn(
+            f"MVLRefreshCallback: there is no validation data, so the MVL is chosen on the first {n} training "
+            "samples; pass val_dataloaders to trainer.fit (or a datamodule with a validation split) to analyse "
+            "held-out data"
+        )
         if trainer.train_dataloader is None:
             trainer.fit_loop.setup_data()
         loaders = trainer.train_dataloader

@@ -6,10 +6,13 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from evaltest_utils import compose_app, last_line, run_module
+from omegaconf import OmegaConf
 
 from lsa_train.analysis import PAPER_PERTURBATIONS
 from lsa_train.app.analyze import ANALYSIS_FILES, analyze_run
+from lsa_train.app.errors import ConfigError
 
 
 def test_analyze_writes_six_curves(train_run: Path, tmp_path: Path) -> None:
@@ -37,3 +40,17 @@ def test_analyze_cli_missing_ckpt(tmp_path: Path) -> None:
     assert proc.returncode == 2
     line = last_line(proc.stderr)
     assert line.startswith("lsa-analyze: error:") and str(ckpt) in line and "does not exist" in line, line
+
+
+def test_analyze_of_a_normal_run_asks_for_eps(train_run: Path, tmp_path: Path) -> None:
+    # a run trained with attack=none has eps 0: analysing at it gave an empty MVL without a word
+    run_cfg = OmegaConf.load(train_run / ".hydra" / "config.yaml")
+    run_cfg.attack.eps = 0.0
+    config_path = tmp_path / "normal_run.yaml"
+    OmegaConf.save(run_cfg, config_path)
+    ckpt = train_run / "checkpoints" / "last.ckpt"
+    args = [f"ckpt_path={ckpt}", f"run_config={config_path}", "num_samples=8", "torch_threads=1"]
+    with pytest.raises(ConfigError, match=r"attack\.eps=0.*set eps=<budget>, e\.g\. eps=0\.1"):
+        analyze_run(compose_app("analyze", args, tmp_path / "refused"))
+    outcome = analyze_run(compose_app("analyze", [*args, "eps=0.1", "perturbations=[pgd]"], tmp_path / "ok"))
+    assert outcome["eps"] == 0.1 and float(outcome["results"]["pgd"].probe_means.max()) > 0

@@ -132,3 +132,14 @@ def test_figures_are_written_off_the_training_thread(tmp_path, loaders, monkeypa
     trainer_for(tmp_path, [callback], max_epochs=2, enable_checkpointing=False).fit(module, *loaders)
     assert len(threads) == 2 and all(name.startswith("lsa-plot") for name in threads)
     assert len(list((tmp_path / "lsa").glob("*.png"))) == 2  # all written by the time fit returns
+
+
+def test_refresh_without_validation_data_warns_once(tmp_path, loaders):
+    module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=16, top_k=1, plot=False)
+    trainer = trainer_for(tmp_path, [callback], max_epochs=2, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="no validation data") as record:
+        trainer.fit(module, loaders[0])
+    assert len(callback.history) == 2
+    messages = [str(w.message) for w in record if "MVLRefreshCallback" in str(w.message)]
+    assert len(messages) == 1 and "first 16 training samples" in messages[0] and "val_dataloaders" in messages[0]
