@@ -108,6 +108,9 @@ def test_ddp_two_cpu_processes_agree_on_mvl_and_weights(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert [r["local_rank_env"] for r in ranks] == [0, 1]
+    # each rank analyses its own held-out samples: only the broadcast can make the analyses agree
+    assert ranks[0]["analysis_subset"] != ranks[1]["analysis_subset"]
     assert ranks[0]["mvl"] == ranks[1]["mvl"] and ranks[0]["mvl"]
     assert ranks[0]["history"] == ranks[1]["history"]  # same analysis numbers, not only the same choice
     assert ranks[0]["weights"] == ranks[1]["weights"]
