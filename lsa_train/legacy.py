@@ -2,9 +2,14 @@
 
 Same constructor, attributes and numbers as the authors' package on its first call,
 with its leaks fixed: hooks are removed after every call (the original adds hooks on
-each call and never removes them, so calls slow down and memory grows), nothing goes
-through numpy, and CUDA tensors stay on their device. It is also faster: no autograd
-graph, forwards in cache-sized chunks, ``channels_last`` images on CPU.
+each call and never removes them, so from the second call on it returns every probe
+more than once, slows down and grows), nothing goes through numpy, and CUDA tensors stay
+on their device. As in the original, ``representation_tensors`` returns tensors with
+gradient, the model runs in whatever mode it is in (the constructor puts it in eval mode),
+and ``representation_comparisons`` always returns the relative error, whatever ``measure``
+says, except for the two extensions ``"mse"`` and ``"cosine"`` (warned about once).
+Comparisons of a model in eval mode are faster: no autograd graph, clean and perturbed
+samples in one forward per cache-sized chunk, ``channels_last`` images on CPU.
 
 Example:
     >>> from lsa_train.legacy import LayerSustainabilityAnalysis
@@ -14,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +28,7 @@ import torch
 from torch import nn
 
 from lsa_train.analysis.layout import choose_channels_last, default_chunk_size, to_layout
-from lsa_train.analysis.measures import DEFAULT_EPS, canonical_measure_name
+from lsa_train.analysis.measures import DEFAULT_EPS
 
 # Per probe the chunks contribute sums, in float64: ||c - p||^2, ||c||^2, ||p||^2, <c, p> and the
 # element count; each whole-batch measure is a function of them and computes only those it needs.
@@ -66,6 +72,24 @@ _WHOLE_BATCH_MEASURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "cosine": _cosine,
 }
 
+#: ``measure`` names that select a measure 1.0.4 does not have (1.0.4 returns the relative error for them).
+EXTENSION_MEASURES: dict[str, str] = {"mse": "mse", "cosine": "cosine", "cosine_distance": "cosine"}
+#: Names for the relative error that users of 1.0.4 pass (it ignores ``measure``; ``"MSE"`` is its default).
+ORIGINAL_MEASURE_NAMES: frozenset[str] = frozenset(
+    {"MSE", "L2", "l2", "relative-error", "relative_error", "re", "RE", "relative error"}
+)
+
+
+def legacy_measure(measure: str) -> str:
+    """The measure :meth:`LayerSustainabilityAnalysis.representation_comparisons` computes for ``measure``.
+
+    ``"mse"``, ``"cosine"`` (and ``"cosine_distance"``) select those extensions; every other string,
+    including 1.0.4's default ``"MSE"`` and ``"L2"``, gives the relative error, as 1.0.4 does.
+    """
+    if not isinstance(measure, str):
+        raise ValueError(f"measure must be a string such as 'relative-error', 'MSE' or 'L2', got {measure!r}")
+    return EXTENSION_MEASURES.get(measure, "relative_error")
+
 
 def legacy_probe_modules(model: nn.Module, class_names: Sequence[str]) -> list[nn.Module]:
     """The modules the original package hooks, in its registration order (repeats included).
@@ -108,15 +132,21 @@ class LayerSustainabilityAnalysis:
         self.pretrained_model = pretrained_model
         self.chunk_size = chunk_size
         self._channels_last: dict[tuple[tuple[int, ...], str], bool] = {}
+        self._warned: set[str] = set()
         self.pretrained_model.eval()
         self.selected_probs = ["ReLU", "ELU", "LeakyReLU"]
 
     def representation_tensors(self, img: torch.Tensor, verbose: bool = True) -> list[torch.Tensor]:
-        """Outputs of the probed modules for ``img``, in the original's order (detached copies)."""
+        """Outputs of the probed modules for ``img``, in the original's order.
+
+        One forward in the model's current mode, under the caller's grad mode: as in 1.0.4 the
+        tensors carry gradient (build a regularizer from them and call ``backward``). Each is a
+        copy taken when the module ran, so a later in-place operation cannot change it.
+        """
         modules = legacy_probe_modules(self.pretrained_model, self.selected_probs)
         if verbose:
             print(f"probing {len(modules)} module hooks: {[m._get_name() for m in modules]}")
-        return self._capture(img, modules)
+        return self._capture(img, modules, lambda output: output.clone())
 
     def representation_comparisons(
         self,
@@ -127,24 +157,60 @@ class LayerSustainabilityAnalysis:
     ) -> list[float]:
         """One comparison value per probe, with the whole batch inside the norm.
 
-        ``relative-error`` is ``||clean - perturbed||_F / ||clean||_F`` over the batch
-        tensor of each probe, as the original computes (it ignores ``measure`` and
-        always computes this). ``mse`` and ``cosine`` are applied to the flattened batch.
+        The relative error ``||clean - perturbed||_F / ||clean||_F`` over the batch tensor of
+        each probe, as the original computes: it ignores ``measure`` (default ``"MSE"``) and
+        always computes this, so every name it was called with (``"MSE"``, ``"L2"``,
+        ``"relative-error"``, ...) gives the relative error here too. Two extensions differ from
+        1.0.4 and warn once per instance: ``"mse"`` and ``"cosine"``, applied to the flattened batch.
 
-        The batch runs in chunks, each one forward of ``chunk_size // 2`` clean samples
-        followed by their perturbed copies, and only sums (squared norms, dot product)
-        are kept per probe, so no feature map of the whole batch is ever held or copied;
-        eval mode makes samples independent, so the values equal the whole-batch ones
-        up to float rounding.
+        A model in eval mode (every submodule) runs in chunks, each one forward of
+        ``chunk_size // 2`` clean samples followed by their perturbed copies, and only sums
+        (squared norms, dot product) are kept per probe, so no feature map of the whole batch
+        is ever held; eval mode makes samples independent, so the values equal the
+        whole-batch ones up to float rounding. A model with a submodule in train mode runs as
+        in 1.0.4: one forward of the whole clean batch, then one of the perturbed batch (so
+        BatchNorm uses each batch's statistics and updates its running ones as 1.0.4 does).
         """
         if img_clean.shape != img_perturbed.shape:
             raise ValueError(
                 f"img_clean and img_perturbed differ in shape: {tuple(img_clean.shape)} vs "
                 f"{tuple(img_perturbed.shape)}"
             )
-        measure_name = canonical_measure_name(measure)
+        measure_name = legacy_measure(measure)
+        self._warn_extension(measure, measure_name)
         finish, needed = _WHOLE_BATCH_MEASURES[measure_name], _NEEDED_SUMS[measure_name]
         modules = legacy_probe_modules(self.pretrained_model, self.selected_probs)
+        if any(module.training for module in self.pretrained_model.modules()):
+            totals = self._separate_forwards(img_clean, img_perturbed, modules, needed)
+        else:
+            totals = self._chunked_forwards(img_clean, img_perturbed, modules, needed)
+        values = [float(finish(total)) for total in totals]
+        if verbose:
+            print(f"{len(values)} probes compared ({measure})")
+        return values
+
+    def _warn_extension(self, measure: str, measure_name: str) -> None:
+        if measure_name == "relative_error" and measure not in ORIGINAL_MEASURE_NAMES and measure not in self._warned:
+            self._warned.add(measure)
+            warnings.warn(
+                f"measure={measure!r} is not a name LayerSustainabilityAnalysis knows; like 1.0.4, which ignores "
+                "measure, it returns the relative error ('mse' and 'cosine' select those measures)",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif measure_name != "relative_error" and measure not in self._warned:
+            self._warned.add(measure)
+            warnings.warn(
+                f"measure={measure!r} returns the {measure_name} of each probe; LayersSustainabilityAnalysis 1.0.4 "
+                "ignores measure and returns the relative error (pass 'relative-error' or 'MSE' for 1.0.4's numbers)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    @torch.no_grad()
+    def _chunked_forwards(
+        self, img_clean: torch.Tensor, img_perturbed: torch.Tensor, modules: list[nn.Module], needed: Sequence[int]
+    ) -> list[torch.Tensor]:
         totals: list[torch.Tensor] = []
         for clean_chunk, perturbed_chunk in self._chunks(img_clean, img_perturbed):
 
@@ -154,10 +220,15 @@ class LayerSustainabilityAnalysis:
             # one forward of [clean; perturbed]: the hook sees both halves, nothing is copied
             sums = self._capture(torch.cat([clean_chunk, perturbed_chunk]), modules, chunk_sums)
             totals = sums if not totals else [a + b for a, b in zip(totals, sums)]
-        values = [float(finish(total)) for total in totals]
-        if verbose:
-            print(f"{len(values)} probes compared ({measure})")
-        return values
+        return totals
+
+    @torch.no_grad()
+    def _separate_forwards(
+        self, img_clean: torch.Tensor, img_perturbed: torch.Tensor, modules: list[nn.Module], needed: Sequence[int]
+    ) -> list[torch.Tensor]:
+        clean = self._capture(img_clean, modules, torch.Tensor.clone)
+        perturbed = self._capture(img_perturbed, modules, torch.Tensor.clone)
+        return [_pair_sums(a, b, needed) for a, b in zip(clean, perturbed)]
 
     def _chunks(self, clean: torch.Tensor, perturbed: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step = max(1, (self.chunk_size or default_chunk_size(clean.device)) // 2)
@@ -168,19 +239,19 @@ class LayerSustainabilityAnalysis:
         for start in range(0, clean.shape[0], step):
             yield (to_layout(clean[start : start + step], layout), to_layout(perturbed[start : start + step], layout))
 
-    @torch.no_grad()
     def _capture(
         self,
         img: torch.Tensor,
         modules: list[nn.Module],
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
     ) -> list[torch.Tensor]:
+        """One forward of ``img`` (caller's grad mode, model's mode); ``reduce(output)`` per hooked call."""
         repeats = Counter(id(m) for m in modules)
         outputs: list[torch.Tensor] = []
 
         def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             for _ in range(repeats[id(module)]):  # a module hooked twice reports twice, as in the original
-                outputs.append(reduce(output) if reduce is not None else output.detach().clone())
+                outputs.append(reduce(output))
 
         unique = list({id(m): m for m in modules}.values())
         handles = [m.register_forward_hook(hook) for m in unique]

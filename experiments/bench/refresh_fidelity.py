@@ -68,6 +68,8 @@ class Snapshot(L.Callback):
 def analyse(model, probes, x, y, n, name, kwargs, seed, eps) -> tuple[torch.Tensor, list[int], float]:
     xs, ys = (x, y) if n == "all" else (x[:n], y[:n])
     start = time.perf_counter()
+    if name == "pgd":  # steps of eps / 4, as recorded (and as MVLRefreshCallback uses)
+        kwargs = {"alpha": eps / 4, **kwargs}
     x_adv = create_attack(name, eps=eps, seed=seed, **kwargs)(model, xs, ys)
     cm = compute_cm(model, probes, xs, x_adv)
     seconds = time.perf_counter() - start

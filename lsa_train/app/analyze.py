@@ -136,6 +136,10 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
             eps = float(cfg.eps)
         else:
             eps = linf_training_eps(run.run_cfg) if run.run_cfg is not None else run.training_eps(setting="eps")
+            if eps == 0:  # a normal run: analysing at eps 0 finds no MVL at all
+                example = run.run_cfg.attack.get("eval_eps") or 0.1
+                raise ConfigError("the run was trained without an attack (attack.eps=0), so there is no training eps "
+                                  f"to analyse at; set eps=<budget>, e.g. eps={example}")
         x, y = collect_samples(loader, int(cfg.num_samples))
         if x.shape[0] < int(cfg.num_samples):
             log.info("the %s split has %d samples (< num_samples=%d): using all", cfg.split, x.shape[0],

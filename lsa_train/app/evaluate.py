@@ -57,7 +57,7 @@ def check_config(cfg: DictConfig) -> None:
         if int(cfg.pgd[key]) < 1:
             raise ConfigError(f"pgd.{key}={cfg.pgd[key]} must be an integer >= 1")
     if cfg.pgd.alpha is not None and float(cfg.pgd.alpha) <= 0:
-        raise ConfigError(f"pgd.alpha={cfg.pgd.alpha} must be > 0 (or null for eps / 4)")
+        raise ConfigError(f"pgd.alpha={cfg.pgd.alpha} must be > 0 (or null for max(eps / 4, 2.5 * eps / steps))")
     if cfg.max_samples is not None and int(cfg.max_samples) < 1:
         raise ConfigError(f"max_samples={cfg.max_samples} must be an integer >= 1 (or null for all)")
     aa = cfg.autoattack
@@ -123,7 +123,7 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         autoattack_samples=None if cfg.autoattack.n_samples is None else int(cfg.autoattack.n_samples),
         masking_checks=bool(masking.enabled),
         masking_kwargs={k: masking[k] for k in ("tol", "square_queries", "square_max_samples", "large_eps",
-                                                  "large_eps_max_acc")},
+                                                  "large_eps_max_acc", "drop_min_eps") if k in masking},
         seed=int(cfg.seed), device=device,
         max_samples=None if cfg.max_samples is None else int(cfg.max_samples),
         model_name=run.model_name, checkpoint=run.ckpt_path,
@@ -152,6 +152,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from lsa_train.evaluation.report import masking_summary, metric_label
+
     table = Table(title=f"LSA robustness evaluation ({report.model_name}, {report.n_samples} samples)",
                   header_style="bold")
     table.add_column("metric")
@@ -169,14 +171,16 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_row(f"AutoAttack accuracy ({aa.get('n_samples', '?')} samples) (%)" if aa else "AutoAttack accuracy",
                   pct(report.autoattack_accuracy) if report.autoattack_accuracy is not None else "not run")
     for name, value in report.other_metrics.items():
-        table.add_row(f"{name} (%)", pct(value))
+        table.add_row(f"{metric_label(name)} (%)", pct(value))
     table.add_row("output dir", str(out_dir))
     console = Console()
     console.print(table)
     for warning in report.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
-    if not report.warnings:
-        console.print("no gradient-masking symptom detected by the checks that were run")
+    lines = masking_summary(report.masking, report.warnings)
+    console.print(f"gradient-masking checks: {lines[0]}", soft_wrap=True)
+    for line in lines[1:]:
+        console.print(f"  {line[2:]}", soft_wrap=True, markup=False)
 
 
 def _pct(value: float | None) -> str:

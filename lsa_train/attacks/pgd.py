@@ -11,6 +11,23 @@ from lsa_train.attacks.utils import NORMS, random_l2_noise, step_direction, unif
 from lsa_train.attacks.validation import check_choice, check_count, check_positive
 
 
+def default_step_size(eps: float, steps: int) -> float:
+    """The step size used when ``alpha`` is ``None``: ``max(eps / 4, 2.5 * eps / steps)``.
+
+    ``2.5 * eps / steps`` is Madry et al.'s rule (the steps together can travel 2.5 radii, so
+    even 1 or 2 steps reach the boundary of the ball); the floor ``eps / 4`` is the step every
+    run with 10 or more steps has always used, so their results are unchanged.
+
+    Args:
+        eps: Radius of the ball (input units).
+        steps: Number of steps, ``>= 1``.
+
+    Returns:
+        The step size, in the units of ``eps``.
+    """
+    return max(eps / 4, 2.5 * eps / steps)
+
+
 @register_attack("pgd")
 class PGD(Attack):
     """Projected Gradient Descent from 'Towards Deep Learning Models Resistant to Adversarial
@@ -26,7 +43,8 @@ class PGD(Attack):
 
     Args:
         eps: Maximum perturbation (radius of the ball), ``>= 0``. Required (e.g. ``8/255``).
-        alpha: Step size, ``> 0``. Default: ``None``, meaning ``eps / 4``.
+        alpha: Step size, ``> 0``. Default: ``None``, meaning ``max(eps / 4, 2.5 * eps / steps)``
+            (:func:`default_step_size`: ``eps / 4`` for 10+ steps, larger for fewer).
         steps: Number of steps, ``>= 1``. Default: ``10``.
         random_start: Start from a random point of the ball instead of ``x``. Default: ``True``.
         restarts: Number of random restarts, ``>= 1`` (``> 1`` needs ``random_start``). Default: ``1``.
@@ -67,8 +85,8 @@ class PGD(Attack):
             eps, clip_min=clip_min, clip_max=clip_max, loss_fn=loss_fn, craft_mode=craft_mode, seed=seed
         )
         self.norm = check_choice("norm", norm, NORMS)
-        self.alpha = self.eps / 4 if alpha is None else check_positive("alpha", alpha)
         self.steps = check_count("steps", steps)
+        self.alpha = default_step_size(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
         self.restarts = check_count("restarts", restarts)
         self.random_start = bool(random_start)
         if self.restarts > 1 and not self.random_start:
@@ -123,7 +141,8 @@ class PGDL2(PGD):
 
     Args:
         eps: Maximum perturbation (L2 radius per sample), ``>= 0``. Required (e.g. ``0.5``).
-        alpha: Step size, ``> 0``. Default: ``None``, meaning ``eps / 4``.
+        alpha: Step size, ``> 0``. Default: ``None``, meaning ``max(eps / 4, 2.5 * eps / steps)``
+            (:func:`default_step_size`: ``eps / 4`` for 10+ steps, larger for fewer).
         steps: Number of steps, ``>= 1``. Default: ``10``.
         random_start: Start from a random point of the ball instead of ``x``. Default: ``True``.
         restarts: Number of random restarts, ``>= 1``. Default: ``1``.

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from lsa_train.attacks.base import Attack, autocast_off
 from lsa_train.attacks.losses import kl_to_clean
+from lsa_train.attacks.pgd import default_step_size
 from lsa_train.attacks.registry import register_attack
 from lsa_train.attacks.validation import check_count, check_positive
 
@@ -26,7 +27,8 @@ class TRADESAttack(Attack):
 
     Args:
         eps: Maximum perturbation (Linf radius), ``>= 0``. Required (e.g. ``8/255``).
-        alpha: Step size, ``> 0``. Default: ``None``, meaning ``eps / 4``.
+        alpha: Step size, ``> 0``. Default: ``None``, meaning ``max(eps / 4, 2.5 * eps / steps)``
+            (:func:`~lsa_train.attacks.pgd.default_step_size`).
         steps: Number of steps, ``>= 1``. Default: ``10``.
         clip_min: Lower bound of the valid input range. Default: ``0.0``.
         clip_max: Upper bound of the valid input range. Default: ``1.0``.
@@ -60,8 +62,8 @@ class TRADESAttack(Attack):
         seed: int | None = None,
     ) -> None:
         super().__init__(eps, clip_min=clip_min, clip_max=clip_max, craft_mode=craft_mode, seed=seed)
-        self.alpha = self.eps / 4 if alpha is None else check_positive("alpha", alpha)
         self.steps = check_count("steps", steps)
+        self.alpha = default_step_size(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
 
     @property
     def num_forward_backward(self) -> int:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lsa_train.evaluation.autoattack import autoattack_accuracy
-from lsa_train.evaluation.masking import run_masking_checks
+from lsa_train.evaluation.masking import CHECKS, run_masking_checks
 from lsa_train.evaluation.report import EvaluationReport
 from lsa_train.evaluation.robustness import PAPER_EPS_GRID, clean_counts, fgsm_sweep, pgd_accuracy
 from lsa_train.evaluation.utils import Batches, collect_samples, require_reiterable, resolve_device
@@ -45,7 +45,7 @@ def evaluate_robustness(
         eps: Linf radius of PGD, AutoAttack and the masking checks (input units).
         eps_grid: FGSM grid; include ``0`` for the R&G score. Default: the paper's grid.
         pgd_steps: PGD steps. Default: ``20``.
-        pgd_alpha: PGD step size; ``None`` means ``eps / 4``.
+        pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
         autoattack_version: ``None`` skips AutoAttack; else ``"standard"``, ``"plus"``, ``"rand"``
             or ``"custom"`` (with ``autoattack_attacks``).
@@ -87,6 +87,7 @@ def evaluate_robustness(
     warnings: list[str] = []
     other: dict[str, float] = {}
     masking_settings: dict[str, Any] = {}
+    masking: dict[str, Any] | None = None
     if masking_checks:
         options: dict[str, Any] = {
             "pgd_steps": pgd_steps,
@@ -99,6 +100,10 @@ def evaluate_robustness(
         result = run_masking_checks(model, batches, eps, fgsm_sweep=sweep, pgd_acc=pgd, **options)
         warnings += result.warnings
         masking_settings = result.settings
+        masking = {
+            "run": [CHECKS[key] for key in result.checks_run],
+            "skipped": {CHECKS[key]: reason for key, reason in result.checks_skipped.items()},
+        }
         if result.square is not None:
             other["square_accuracy"] = result.square.blackbox
             other["pgd_accuracy_on_square_samples"] = result.square.whitebox
@@ -132,4 +137,5 @@ def evaluate_robustness(
         n_samples=n_samples,
         other_metrics=other,
         metadata=info,
+        masking=masking,
     )

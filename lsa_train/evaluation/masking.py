@@ -12,6 +12,20 @@ the classic symptoms, all in the Linf threat model on inputs in ``[0, 1]``:
 (c) a black-box, gradient-free attack (Square) beats white-box PGD;
 (d) PGD at a huge eps (``1.0`` covers the whole input box) leaves accuracy well above 0.
 
+Each check holds only under a precondition, and :func:`run_masking_checks` skips it, with the
+reason, when that does not hold (see :data:`CHECKS`):
+
+(a) PGD can reach the radius: ``steps * alpha >= eps`` (a PGD that cannot move as far as FGSM
+    is weaker by construction, not because of masking);
+(b) rises need at least two radii; "barely below clean at the largest eps" needs a largest
+    radius of at least ``drop_min_eps`` (default ``0.5``: from there every input in ``[0, 1]``
+    can be moved to the same mid-grey input, so only a constant classifier keeps its clean
+    accuracy; a robust model may well lose under 2 points at a small eps) and a clean accuracy
+    above ``tol``;
+(c) ``eps > 0`` and a Square budget;
+(d) ``large_eps`` covers the whole input box (``>= 1`` on ``[0, 1]``), where every sample can
+    be moved into another class's region.
+
 Each message starts with ``"Possible gradient masking: "``. An empty list means no symptom was
 found, not that the evaluation is sound. Accuracies and tolerances are fractions in ``[0, 1]``.
 """
@@ -27,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lsa_train.attacks import PGD
+from lsa_train.attacks.pgd import default_step_size
 from lsa_train.evaluation.robustness import fgsm_sweep as run_fgsm_sweep
 from lsa_train.evaluation.robustness import pgd_accuracy
 from lsa_train.evaluation.utils import (
@@ -46,6 +61,16 @@ from lsa_train.evaluation.utils import (
 PREFIX = "Possible gradient masking: "
 #: Square Attack backends accepted by :func:`square_accuracy`.
 SQUARE_BACKENDS: tuple[str, ...] = ("auto", "torchattacks", "pyautoattack")
+#: The checks of :func:`run_masking_checks`, by key, as named in its ``checks_run`` / ``checks_skipped``.
+CHECKS: dict[str, str] = {
+    "pgd_vs_fgsm": "(a) PGD no weaker than FGSM",
+    "fgsm_rises": "(b) FGSM accuracy never rises with eps",
+    "fgsm_drop": "(b) FGSM accuracy drops at the largest eps",
+    "blackbox_vs_whitebox": "(c) Square (black-box) no stronger than PGD",
+    "large_eps": "(d) PGD at a huge eps reaches about 0",
+}
+#: Default smallest radius at which check (b) expects FGSM to cost accuracy (see the module doc).
+DROP_MIN_EPS = 0.5
 
 
 def _pct(value: float) -> str:
@@ -85,24 +110,32 @@ def check_pgd_vs_fgsm(fgsm_acc: float, pgd_acc: float, eps: float, tol: float = 
     return []
 
 
-def check_fgsm_monotone(sweep: Mapping[float, float], tol: float = 0.02, clean_acc: float | None = None) -> list[str]:
+def check_fgsm_monotone(
+    sweep: Mapping[float, float],
+    tol: float = 0.02,
+    clean_acc: float | None = None,
+    drop_min_eps: float = DROP_MIN_EPS,
+) -> list[str]:
     """Check (b): FGSM accuracy must fall as eps grows.
 
     Flags every rise between consecutive radii larger than ``tol``, and an accuracy at the
-    largest radius that is still within ``tol`` of the clean accuracy. The second test assumes
-    the grid reaches a radius at which an undefended-in-that-range model should lose accuracy
-    (the paper grid goes up to 0.5); it is skipped when the grid has only eps 0.
+    largest radius that is still within ``tol`` of the clean accuracy. The second test runs only
+    when the largest radius is at least ``drop_min_eps`` (a radius at which every model that is
+    not constant must lose accuracy; the paper grid goes up to 0.5) and the clean accuracy is
+    above ``tol``.
 
     Args:
         sweep: ``{eps: accuracy}`` from :func:`~lsa_train.evaluation.fgsm_sweep`.
         tol: Tolerance in accuracy (fraction). Default: ``0.02``.
         clean_acc: Clean accuracy; default: ``sweep[0]`` (if the grid has no 0, the smallest eps's
             accuracy).
+        drop_min_eps: Smallest largest-radius for the second test. Default: ``0.5``.
 
     Returns:
         The warnings (possibly empty).
     """
     tol = check_tolerance("tol", tol)
+    drop_min_eps = check_eps_value("drop_min_eps", drop_min_eps)
     if not sweep:
         return []
     items = sorted((float(eps), float(acc)) for eps, acc in sweep.items())
@@ -118,7 +151,7 @@ def check_fgsm_monotone(sweep: Mapping[float, float], tol: float = 0.02, clean_a
         if clean_acc is None:
             clean_acc = items[0][1]
     eps_max, acc_max = items[-1]
-    if eps_max > 0 and acc_max >= clean_acc - tol:
+    if eps_max > 0 and eps_max >= drop_min_eps and clean_acc > tol and acc_max >= clean_acc - tol:
         messages.append(
             f"{PREFIX}FGSM accuracy at the largest eps={eps_max:g} is {_pct(acc_max)}, not below the clean accuracy "
             f"{_pct(clean_acc)} by more than {_pct(tol)}: the FGSM gradient gives the attack no useful direction."
@@ -263,7 +296,7 @@ def square_vs_pgd(
         p_init: Initial fraction of pixels changed per query. Default: ``0.8``.
         restarts: Square Attack restarts. Default: ``1``.
         pgd_steps: PGD steps. Default: ``20``.
-        pgd_alpha: PGD step size; ``None`` means ``eps / 4``.
+        pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
         seed: Seed of both attacks. Default: ``0``.
         backend: ``"auto"`` (torchattacks if installed, else pyautoattack), ``"torchattacks"`` or
@@ -319,6 +352,8 @@ class MaskingCheckResult:
         square: Square vs PGD accuracies of check (c), or ``None`` if skipped.
         large_eps_accuracy: PGD accuracy at the huge eps of check (d), or ``None`` if skipped.
         settings: The parameters of the checks (eps, tolerances, budgets).
+        checks_run: Keys of :data:`CHECKS` that ran.
+        checks_skipped: ``{key of CHECKS: reason}`` for the checks whose precondition did not hold.
     """
 
     warnings: list[str]
@@ -327,6 +362,8 @@ class MaskingCheckResult:
     square: PairedAccuracy | None = None
     large_eps_accuracy: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    checks_run: list[str] = field(default_factory=list)
+    checks_skipped: dict[str, str] = field(default_factory=dict)
 
 
 def run_masking_checks(
@@ -344,11 +381,15 @@ def run_masking_checks(
     square_max_samples: int | None = 500,
     large_eps: float | None = 1.0,
     large_eps_max_acc: float = 0.1,
+    drop_min_eps: float = DROP_MIN_EPS,
     seed: int = 0,
     device: torch.device | str | None = None,
     max_samples: int | None = None,
 ) -> MaskingCheckResult:
     """Runs the gradient-masking checks (a)-(d) and returns warnings plus the numbers behind them.
+
+    A check whose precondition (module docstring) does not hold is not run; the result names it
+    with the reason in ``checks_skipped``.
 
     Args:
         model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``.
@@ -359,7 +400,8 @@ def run_masking_checks(
         pgd_acc: A precomputed PGD accuracy at ``eps`` on the same samples; computed if ``None``.
         tol: Tolerance of checks (a)-(c), a fraction. Default: ``0.02`` (2 points).
         pgd_steps: PGD steps for everything computed here. Default: ``20``.
-        pgd_alpha: PGD step size at ``eps``; ``None`` means ``eps / 4`` (and ``large_eps / 4`` for (d)).
+        pgd_alpha: PGD step size at ``eps``; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``
+            (the same rule at ``large_eps`` for (d)).
         pgd_restarts: PGD restarts. Default: ``1``.
         square_queries: Square Attack query budget for check (c); ``None`` skips (c).
             Default: ``1000``.
@@ -367,6 +409,8 @@ def run_masking_checks(
             ``None`` for all evaluated samples. Default: ``500``.
         large_eps: Radius of check (d); ``None`` skips (d). Default: ``1.0`` (the whole ``[0, 1]`` box).
         large_eps_max_acc: Highest accuracy at ``large_eps`` that passes (d). Default: ``0.1``.
+        drop_min_eps: Smallest largest-radius of the sweep at which (b) expects FGSM to cost
+            accuracy. Default: ``0.5``.
         seed: Seed of PGD and Square. Default: ``0``.
         device: Where to evaluate; default: the model's device.
         max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
@@ -389,10 +433,45 @@ def run_masking_checks(
             model, batches, eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common
         )
 
-    warnings = check_pgd_vs_fgsm(fgsm_at_eps, pgd_acc, eps, tol)
-    warnings += check_fgsm_monotone(sweep, tol)
+    drop_min_eps = check_eps_value("drop_min_eps", drop_min_eps)
+    warnings: list[str] = []
+    run: list[str] = []
+    skipped: dict[str, str] = {}
+    reach = pgd_steps * (pgd_alpha if pgd_alpha is not None else default_step_size(eps, pgd_steps))
+    if eps <= 0:
+        skipped["pgd_vs_fgsm"] = "eps=0: no attack to compare"
+    elif reach < eps * (1 - 1e-6):
+        skipped["pgd_vs_fgsm"] = (
+            f"PGD's {pgd_steps} steps of {reach / pgd_steps:g} travel at most {reach:g} < eps={eps:g}, so it is "
+            "weaker than FGSM by construction (raise the PGD steps or alpha)"
+        )
+    else:
+        run.append("pgd_vs_fgsm")
+        warnings += check_pgd_vs_fgsm(fgsm_at_eps, pgd_acc, eps, tol)
+
+    radii = sorted(float(e) for e in sweep)
+    if len(radii) >= 2:
+        run.append("fgsm_rises")
+    else:
+        skipped["fgsm_rises"] = f"the FGSM sweep has {len(radii)} radius (needs 2)"
+    clean_acc = _lookup(sweep, 0.0)
+    clean_acc = clean_acc if clean_acc is not None else float(sweep[min(sweep, key=float)]) if sweep else 0.0
+    if not radii or radii[-1] < drop_min_eps:
+        skipped["fgsm_drop"] = (
+            f"the largest FGSM radius {radii[-1] if radii else 0:g} is below {drop_min_eps:g}, where a model that "
+            "is not masking may keep its clean accuracy (add a larger radius to the sweep)"
+        )
+    elif clean_acc <= tol:
+        skipped["fgsm_drop"] = f"the clean accuracy {_pct(clean_acc)} leaves nothing to lose"
+    else:
+        run.append("fgsm_drop")
+    warnings += check_fgsm_monotone(sweep, tol, drop_min_eps=drop_min_eps)
 
     square: PairedAccuracy | None = None
+    if square_queries is None:
+        skipped["blackbox_vs_whitebox"] = "no Square budget (square_queries=None)"
+    elif eps <= 0:
+        skipped["blackbox_vs_whitebox"] = "eps=0: no attack to compare"
     if square_queries is not None and eps > 0:
         limit = max_samples
         if square_max_samples is not None:
@@ -409,12 +488,19 @@ def run_masking_checks(
             device=device,
             max_samples=limit,
         )
+        run.append("blackbox_vs_whitebox")
         warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
 
     large_acc: float | None = None
-    if large_eps is not None:
-        large_eps = check_eps_value("large_eps", large_eps)
+    if large_eps is None:
+        skipped["large_eps"] = "large_eps=None"
+    elif check_eps_value("large_eps", large_eps) < 1.0:
+        skipped["large_eps"] = (
+            f"large_eps={large_eps:g} does not cover the input box [0, 1] (needs >= 1), so accuracy need not reach 0"
+        )
+    else:
         large_acc = pgd_accuracy(model, batches, large_eps, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common)
+        run.append("large_eps")
         warnings += check_large_eps(large_acc, large_eps, large_eps_max_acc)
 
     settings = {
@@ -427,9 +513,10 @@ def run_masking_checks(
         "square_max_samples": square_max_samples,
         "large_eps": large_eps,
         "large_eps_max_acc": large_eps_max_acc,
+        "drop_min_eps": drop_min_eps,
         "seed": seed,
     }
-    return MaskingCheckResult(warnings, sweep, float(pgd_acc), square, large_acc, settings)
+    return MaskingCheckResult(warnings, sweep, float(pgd_acc), square, large_acc, settings, run, skipped)
 
 
 def gradient_masking_checks(

@@ -18,6 +18,14 @@ from lsa_train.evaluation.plotting import plot_accuracy_vs_eps
 from lsa_train.evaluation.robustness import rg_score
 from lsa_train.utils.io import atomic_write_text
 
+#: Prefix of the gradient-masking warnings (:data:`lsa_train.evaluation.masking.PREFIX`).
+MASKING_PREFIX = "Possible gradient masking: "
+#: Labels of the :attr:`EvaluationReport.other_metrics` keys that :func:`evaluate_robustness` writes.
+METRIC_LABELS: dict[str, str] = {
+    "square_accuracy": "Square Attack (black-box) accuracy (masking check c)",
+    "pgd_accuracy_on_square_samples": "PGD accuracy on the Square samples (masking check c)",
+}
+
 #: Version of the JSON layout written by :meth:`EvaluationReport.to_json`.
 SCHEMA_VERSION = 1
 #: File names written by :meth:`EvaluationReport.write_all`, by key.
@@ -64,8 +72,11 @@ class EvaluationReport:
         model_name: Name of the model, for the header.
         checkpoint: Path of the evaluated checkpoint.
         n_samples: Number of evaluated samples.
-        other_metrics: Further named accuracies (e.g. ``"square_accuracy"``), fractions.
+        other_metrics: Further named accuracies (e.g. ``"square_accuracy"``), fractions; shown
+            under the labels of :data:`METRIC_LABELS` where they have one.
         metadata: Free-form extra information (data set, seed, time, ...), JSON-serializable.
+        masking: Which gradient-masking checks ran: ``{"run": [labels], "skipped": {label:
+            reason}}``; ``None`` when the checks were not run at all.
     """
 
     clean_accuracy: float
@@ -80,6 +91,7 @@ class EvaluationReport:
     n_samples: int | None = None
     other_metrics: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    masking: dict[str, Any] | None = None
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -187,7 +199,7 @@ class EvaluationReport:
             aa = {k: self.autoattack_settings.get(k) for k in ("eps", "norm", "version", "n_samples")}
             lines.append(f"| AutoAttack accuracy ({_settings(aa)}) | {_pct(self.autoattack_accuracy)} |")
         for name, value in self.other_metrics.items():
-            lines.append(f"| {name} | {_pct(value)} |")
+            lines.append(f"| {metric_label(name)} | {_pct(value)} |")
         lines.append("")
 
         if self.fgsm_sweep:
@@ -199,8 +211,7 @@ class EvaluationReport:
             lines += ["## AutoAttack, robust accuracy after each attack", "", "| attack | accuracy |", "|---|---|"]
             lines += [f"| {name} | {_pct(acc)} |" for name, acc in per_attack.items()]
             lines.append("")
-        if not self.warnings:
-            lines += ["No gradient-masking symptom was detected by the checks that were run.", ""]
+        lines += ["## Gradient-masking checks", "", *masking_summary(self.masking, self.warnings), ""]
         return "\n".join(lines)
 
     def write_all(self, out_dir: str | Path) -> dict[str, Path]:
@@ -235,6 +246,36 @@ class EvaluationReport:
             "markdown": atomic_write_text(out / REPORT_FILES["markdown"], self.to_markdown() + "\n"),
         }
         return {key: paths[key] for key in REPORT_FILES}
+
+
+def metric_label(name: str) -> str:
+    """A human label for a key of :attr:`EvaluationReport.other_metrics` (the key itself if unknown).
+
+    ``pgd_accuracy_eps_<e>`` becomes ``"PGD accuracy at eps=<e> (masking check d)"``.
+    """
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    prefix = "pgd_accuracy_eps_"
+    if name.startswith(prefix):
+        return f"PGD accuracy at eps={name[len(prefix):]} (masking check d)"
+    return name
+
+
+def masking_summary(masking: dict[str, Any] | None, warnings: list[str]) -> list[str]:
+    """Lines saying which gradient-masking checks ran, which were skipped and why, and the verdict."""
+    if masking is None:
+        return ["Not run (no gradient-masking check was made)."]
+    run, skipped = list(masking.get("run", [])), dict(masking.get("skipped", {}))
+    if not run:
+        verdict = "None of the checks could run."
+    elif any(w.startswith(MASKING_PREFIX) for w in warnings):
+        verdict = "Symptoms found: see the warnings above."
+    else:
+        verdict = "No gradient-masking symptom was detected by the checks that were run."
+    lines = [verdict]
+    lines += [f"- ran: {label}" for label in run]
+    lines += [f"- skipped: {label}: {reason}" for label, reason in skipped.items()]
+    return lines
 
 
 def _settings(settings: dict[str, Any]) -> str:

@@ -240,7 +240,7 @@ def pgd_accuracy(
         model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``.
         batches: ``DataLoader`` or iterable of ``(x, y)`` batches; ``x`` in ``[0, 1]``.
         eps: Radius of the ball (Linf or per-sample L2), in input units, ``>= 0``.
-        alpha: Step size; ``None`` means ``eps / 4``.
+        alpha: Step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         steps: Gradient steps per restart. Default: ``20``.
         restarts: Random restarts; a sample counts as broken if any restart breaks it. Default: ``1``.
         norm: ``"linf"`` or ``"l2"``. Default: ``"linf"``.

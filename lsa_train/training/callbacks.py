@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,7 +12,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lsa_train.analysis.analyze import compute_cm
 from lsa_train.analysis.figures import read_rgb
@@ -56,7 +58,8 @@ class MVLRefreshCallback(Callback):
         dirpath: Where figures and CSVs go (``mvl_history.csv`` holds the heatmap's data and is
             written even without ``plot``); default ``<trainer.log_dir or default_root_dir>/lsa``.
         attack_kwargs: Extra arguments for the perturbation attack, on top of ``{"steps": 5}``
-            for PGD (the analysis needs a representative perturbation, not the strongest one:
+            for PGD, APGD and TRADES and ``alpha=eps / 4`` for PGD and TRADES (the analysis needs
+            a representative perturbation, not the strongest one:
             64 samples with PGD-5 picked the same MVL as all 360 validation samples with PGD-20 on
             every model B and ResNet-18 of ``experiments/bench/refresh_fidelity.py``, at a quarter of
             the old 256-sample cost; PGD-3 did not, its steps of eps/4 stop short of the budget).
@@ -136,6 +139,8 @@ class MVLRefreshCallback(Callback):
         probes = module.ensure_probes(x)
         eps, kwargs = self._budget(module)
         seed = self.seed + len(self.history)
+        if self.perturbation in ("pgd", "pgd_l2", "trades") and eps > 0:
+            kwargs.setdefault("alpha", eps / 4)  # the step the refresh benchmark chose PGD-5 with
         attack = create_attack(self.perturbation, eps=eps, seed=seed, **kwargs)
         norm = attack.norm or "linf"
         with torch.enable_grad():
@@ -320,9 +325,15 @@ def _first_samples(trainer: L.Trainer, n: int) -> tuple[torch.Tensor, torch.Tens
     """The first ``n`` samples of the validation set (else the training set), read straight from the
     dataset: the same samples on every call, rank and resume, and no sampler draws random numbers."""
     if trainer.val_dataloaders is None:
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        with contextlib.suppress(MisconfigurationException):  # no val_dataloaders given, none defined
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
     loaders = trainer.val_dataloaders
     if not loaders:
+        rank_zero_warn(
+            f"MVLRefreshCallback: there is no validation data, so the MVL is chosen on the first {n} training "
+            "samples; pass val_dataloaders to trainer.fit (or a datamodule with a validation split) to analyse "
+            "held-out data"
+        )
         if trainer.train_dataloader is None:
             trainer.fit_loop.setup_data()
         loaders = trainer.train_dataloader

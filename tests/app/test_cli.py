@@ -43,7 +43,8 @@ def test_short_real_run_writes_the_run_dir(tmp_path: Path) -> None:
     assert list(fgsm) == ["0", "0.1", "0.2", "0.3", "0.4", "0.5"]
     assert summary["rg_score"] == pytest.approx(100 * sum(fgsm.values()), rel=1e-5)
     assert summary["acc_clean"] == pytest.approx(fgsm["0"])
-    assert 0.0 <= summary["acc_pgd"] <= 1.0 and isinstance(summary["mvl"], list)
+    assert 0.0 <= summary["acc_pgd"] <= summary["acc_clean"] and isinstance(summary["mvl"], list)
+    assert summary["acc_clean"] > 0.3  # 8 steps of PGD-AT on 10 digit classes: well above chance (0.1)
     assert summary["tested_checkpoint"].startswith(str(run_dir / "checkpoints" / "epoch_"))
     assert summary["run_dir"] == str(run_dir)
 
@@ -73,7 +74,8 @@ def test_multirun_two_jobs_and_sweep_summary(tmp_path: Path) -> None:
     assert [row["status"] for row in rows] == ["completed", "completed"]
     assert rows[0]["overrides"] == "regularizer.lambda=0" and rows[1]["overrides"] == "regularizer.lambda=0.1"
     for row in rows:
-        assert 0.0 <= float(row["test/acc_pgd"]) <= 1.0 and float(row["test/rg_score"]) >= 0.0
+        assert 0.0 <= float(row["test/acc_pgd"]) <= float(row["test/acc_clean"])
+        assert float(row["test/rg_score"]) >= 100 * float(row["test/acc_clean"])  # eps 0 term + the others
 
 
 @pytest.mark.slow

@@ -24,6 +24,9 @@ def test_default_fast_dev_run(make_cfg, tmp_path: Path) -> None:
     metrics, objects = train(make_cfg(*FAST))
     for key in ("val/acc_clean", "val/acc_pgd", "test/acc_clean", "test/acc_pgd", "test/rg_score"):
         assert 0.0 <= metrics[key] <= (600.0 if key == "test/rg_score" else 1.0), key
+    assert metrics["test/acc_fgsm_0"] == metrics["test/acc_clean"]  # eps 0 on the same samples
+    assert metrics["test/acc_pgd"] <= metrics["test/acc_clean"] and metrics["val/acc_pgd"] <= metrics["val/acc_clean"]
+    assert metrics["test/acc_fgsm_0.5"] <= metrics["test/acc_clean"]
     grid = objects["module"].test_eps_grid
     assert metrics["test/rg_score"] == pytest.approx(100 * sum(metrics[f"test/acc_fgsm_{e:g}"] for e in grid), rel=1e-5)
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -82,7 +85,7 @@ def test_resnet18_pgd_on_digits_offline(make_cfg) -> None:
     small_batches = ["data.batch_size=32", "data.eval_batch_size=32"]
     metrics, objects = train(make_cfg(*FAST, *small_batches, "model=resnet18", "attack=pgd"))
     assert list(objects["summary"]["model_kwargs"]["input_size"]) == [8, 8]
-    assert 0.0 <= metrics["test/acc_pgd"] <= 1.0
+    assert 0.0 <= metrics["test/acc_pgd"] <= metrics["test/acc_clean"] <= 1.0
 
 
 @pytest.mark.slow
@@ -105,9 +108,10 @@ def test_resume_restores_epochs_and_mvl(make_cfg, tmp_path: Path) -> None:
     assert "val/acc_pgd_best" in metrics
 
 
-def test_main_with_a_config_returns_the_optimized_metric(make_cfg) -> None:
+def test_main_with_a_config_returns_the_optimized_metric(make_cfg, tmp_path: Path) -> None:
     value = main(make_cfg(*FAST))
-    assert isinstance(value, float) and 0.0 <= value <= 1.0
+    logged = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert isinstance(value, float) and value == pytest.approx(logged["val/acc_pgd"])  # optimized_metric
 
 
 def test_missing_optimized_metric_names_the_choices() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from evaltest_utils import compose_app, last_line, run_module
 from matplotlib import image
+from omegaconf import OmegaConf
 
 from lsa_train.analysis import PAPER_PERTURBATIONS
 from lsa_train.analysis.distribution import cm_distribution_size
@@ -115,3 +116,17 @@ def test_default_analysis_budget_of_an_l2_run_is_its_linf_eval_eps() -> None:
     assert linf_training_eps(l2_run) == 0.1  # fgsm/pgd perturbations are Linf: not at the L2 radius 0.5
     linf_run = OmegaConf.create({"attack": {"eps": 0.2, "norm": "linf", "eval_eps": 0.3}})
     assert linf_training_eps(linf_run) == 0.2
+
+
+def test_analyze_of_a_normal_run_asks_for_eps(train_run: Path, tmp_path: Path) -> None:
+    # a run trained with attack=none has eps 0: analysing at it gave an empty MVL without a word
+    run_cfg = OmegaConf.load(train_run / ".hydra" / "config.yaml")
+    run_cfg.attack.eps = 0.0
+    config_path = tmp_path / "normal_run.yaml"
+    OmegaConf.save(run_cfg, config_path)
+    ckpt = train_run / "checkpoints" / "last.ckpt"
+    args = [f"ckpt_path={ckpt}", f"run_config={config_path}", "num_samples=8", "torch_threads=1"]
+    with pytest.raises(ConfigError, match=r"attack\.eps=0.*set eps=<budget>, e\.g\. eps=0\.1"):
+        analyze_run(compose_app("analyze", args, tmp_path / "refused"))
+    outcome = analyze_run(compose_app("analyze", [*args, "eps=0.1", "perturbations=[pgd]"], tmp_path / "ok"))
+    assert outcome["eps"] == 0.1 and float(outcome["results"]["pgd"].probe_means.max()) > 0

@@ -16,10 +16,19 @@ from lsa_train.evaluation import REPORT_FILES
 MODULE = "lsa_train.app.evaluate"
 
 
-def test_evaluate_in_process_writes_report(train_run: Path, tmp_path: Path) -> None:
+def test_evaluate_in_process_writes_report(
+    train_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "240")  # rich wraps table cells to the terminal width
     ckpt = train_run / "checkpoints" / "last.ckpt"
     cfg = compose_app("evaluate", [f"ckpt_path={ckpt}", *FAST_EVAL], tmp_path / "eval")
     report = evaluate(cfg)
+    printed = capsys.readouterr().out
+    assert set(report.other_metrics) == {"square_accuracy", "pgd_accuracy_on_square_samples", "pgd_accuracy_eps_1"}
+    for key in report.other_metrics:  # printed under their labels, not as raw keys
+        assert key not in printed
+    assert "Square Attack" in printed and "masking check d" in printed
+    assert "gradient-masking checks:" in printed and report.masking is not None
     for name in REPORT_FILES.values():
         assert (tmp_path / "eval" / name).is_file(), name
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -44,6 +53,9 @@ def test_evaluate_cli_defaults_to_run_eval_dir(train_run: Path, tmp_path: Path) 
     assert out_dirs, "the evaluation goes into <train run>/eval/<timestamp>"
     metrics = json.loads((out_dirs[-1] / "metrics.json").read_text())
     assert metrics["autoattack_accuracy"] is None and "R&G score" in proc.stdout
+    assert "gradient-masking checks: Not run" in proc.stdout
+    assert "no gradient-masking symptom" not in proc.stdout.lower()
+    assert "Not run" in (out_dirs[-1] / "report.md").read_text()
 
 
 def _corrupt_run(train_run: Path, tmp_path: Path) -> Path:

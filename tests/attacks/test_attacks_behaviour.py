@@ -165,6 +165,28 @@ def test_fgsm_rs_default_alpha():
     assert TRADESAttack(0.1).alpha == pytest.approx(0.025)
 
 
+@pytest.mark.parametrize(("steps", "alpha"), [(1, 0.25), (2, 0.125), (5, 0.05), (10, 0.025), (20, 0.025), (100, 0.025)])
+def test_pgd_default_step_scales_with_few_steps(steps, alpha):
+    # max(eps / 4, 2.5 * eps / steps): eps / 4 from 10 steps on, so those results are unchanged
+    assert PGD(0.1, steps=steps).alpha == pytest.approx(alpha)
+    assert PGDL2(0.1, steps=steps).alpha == pytest.approx(alpha)
+    assert TRADESAttack(0.1, steps=steps).alpha == pytest.approx(alpha)
+    assert PGD(0.1, alpha=0.01, steps=steps).alpha == 0.01
+
+
+def test_pgd_two_steps_reach_the_radius():
+    # A linear model: the gradient sign is constant, so every coordinate moves by alpha per step
+    # until the projection; with the old eps / 4 default two steps stopped at eps / 2.
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    x = 0.25 + 0.5 * torch.rand(16, 6)  # eps away from the box's faces: no clipping
+    y = torch.randint(0, 3, (16,))
+    for attack in (PGD(0.1, steps=2, random_start=False), PGD(0.1, steps=2, seed=0)):
+        delta = (attack(model, x, y) - x).abs()
+        assert delta.max() <= 0.1 + 1e-6
+        assert delta.amax(dim=1).min() >= 0.1 - 1e-6
+
+
 # -- APGD ----------------------------------------------------------------------------------
 def test_apgd_dlr_loss(make_model, make_batch):
     model = make_model("cnn").eval()

@@ -42,8 +42,8 @@ def test_check_fgsm_monotone():
     assert check_fgsm_monotone({0.0: 0.9, 0.1: 0.6, 0.2: 0.61, 0.3: 0.2}) == []
     rising = check_fgsm_monotone({0.0: 0.9, 0.1: 0.5, 0.2: 0.7, 0.3: 0.2})
     assert len(rising) == 1 and "rises" in rising[0]
-    flat = check_fgsm_monotone({0.0: 0.9, 0.1: 0.9, 0.3: 0.89})
-    assert len(flat) == 1 and "largest eps=0.3" in flat[0]
+    flat = check_fgsm_monotone({0.0: 0.9, 0.1: 0.9, 0.5: 0.89})
+    assert len(flat) == 1 and "largest eps=0.5" in flat[0]
     assert check_fgsm_monotone({0.0: 0.9}) == []
     with pytest.raises(ValueError, match="fraction"):
         check_fgsm_monotone({0.0: 0.9, 0.1: 0.5}, tol=2.0)
@@ -118,3 +118,43 @@ def test_square_vs_pgd_restores_model_mode(moons):
         assert all(p.requires_grad and p.grad is None for p in model.parameters())
     finally:
         model.eval()
+
+
+# -- preconditions: a check that cannot hold is skipped with its reason ----------------------
+def test_fgsm_drop_needs_a_large_radius():
+    # a robust model that loses under 2 points at eps=0.1 is not masking gradients
+    robust = {0.0: 0.90, 0.05: 0.895, 0.1: 0.89}
+    assert check_fgsm_monotone(robust) == []
+    (message,) = check_fgsm_monotone(robust, drop_min_eps=0.1)
+    assert "largest eps=0.1" in message
+    assert check_fgsm_monotone({0.0: 0.01, 0.5: 0.01}) == []  # nothing to lose
+
+
+def test_default_sweep_does_not_flag_a_small_eps(moons):
+    # the library's default sweep (0, eps/2, eps) at an eps too small to cost the model 2 points
+    result = run_masking_checks(moons.model, moons.batches(), 0.002, square_queries=None)
+    assert result.fgsm_sweep[0.0] - result.fgsm_sweep[0.002] < 0.02
+    assert result.warnings == []
+    assert "fgsm_drop" in result.checks_skipped and "below 0.5" in result.checks_skipped["fgsm_drop"]
+    assert result.checks_skipped["blackbox_vs_whitebox"].startswith("no Square budget")
+    assert {"pgd_vs_fgsm", "fgsm_rises", "large_eps"} <= set(result.checks_run)
+
+
+def test_pgd_that_cannot_reach_the_radius_is_not_compared(moons):
+    batches = moons.batches()
+    sweep = fgsm_sweep(moons.model, batches)
+    result = run_masking_checks(
+        moons.model, batches, EPS, fgsm_sweep=sweep, pgd_steps=2, pgd_alpha=0.01, square_queries=None, large_eps=0.8
+    )
+    assert "travel at most 0.02 < eps=0.2" in result.checks_skipped["pgd_vs_fgsm"]
+    assert "does not cover the input box" in result.checks_skipped["large_eps"] and result.large_eps_accuracy is None
+    assert set(result.checks_run) == {"fgsm_rises", "fgsm_drop"}
+
+
+def test_two_step_pgd_with_the_default_step_raises_no_alarm(moons):
+    # with a fixed eps / 4 step, PGD-2 stopped at eps / 2 and looked weaker than FGSM
+    batches = moons.batches()
+    result = run_masking_checks(moons.model, batches, EPS, pgd_steps=2, square_queries=None)
+    assert "pgd_vs_fgsm" in result.checks_run
+    assert result.warnings == []
+    assert result.pgd_accuracy <= result.fgsm_sweep[EPS] + 0.02

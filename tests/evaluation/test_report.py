@@ -56,8 +56,28 @@ def test_markdown_shows_rg_score_and_warnings():
     assert "Possible gradient masking: Square" in text
     assert text.index("Warnings") < text.index("Summary")  # warnings come first
     assert "cnn_mnist" in text and "runs/x/last.ckpt" in text and "apgd-ce" in text
-    quiet = _report(warnings=[]).to_markdown()
+    ran = {"run": ["(a) PGD no weaker than FGSM"],
+           "skipped": {"(d) PGD at a huge eps reaches about 0": "large_eps=None"}}
+    quiet = _report(warnings=[], masking=ran).to_markdown()
     assert "Warnings" not in quiet and "No gradient-masking symptom" in quiet
+    assert "- ran: (a) PGD no weaker than FGSM" in quiet and "- skipped: (d) PGD at a huge eps" in quiet
+
+
+def test_markdown_says_not_run_without_masking_checks(moons):
+    # before: "No gradient-masking symptom was detected" although no check ran
+    report = evaluate_robustness(moons.model, moons.batches(), 0.2, eps_grid=(0.0, 0.2), pgd_steps=2,
+                                 masking_checks=False)
+    assert report.masking is None
+    text = report.to_markdown()
+    assert "Not run" in text and "No gradient-masking symptom" not in text
+    assert _report(warnings=[]).to_markdown().count("Not run") == 1  # masking=None: not run
+
+
+def test_other_metrics_have_human_labels():
+    text = _report(other_metrics={"square_accuracy": 0.01, "pgd_accuracy_eps_1": 0.0}).to_markdown()
+    assert "| Square Attack (black-box) accuracy (masking check c) | 1.00% |" in text
+    assert "| PGD accuracy at eps=1 (masking check d) | 0.00% |" in text
+    assert "square_accuracy" not in text and "pgd_accuracy_eps_1" not in text
 
 
 def test_csv_has_one_row_per_metric(tmp_path):
@@ -97,6 +117,7 @@ def test_evaluate_robustness_end_to_end(masked_moons, moons, tmp_path):
     }
     normal = evaluate_robustness(moons.model, moons.batches(), 0.2, model_name="moons", **options)
     assert normal.warnings == []
+    assert normal.masking is not None and len(normal.masking["run"]) == 5 and normal.masking["skipped"] == {}
     assert normal.n_samples == 200 and normal.fgsm_sweep[0.0] == normal.clean_accuracy
     assert normal.autoattack_accuracy is not None and normal.autoattack_settings["n_samples"] == 50
 

@@ -21,11 +21,25 @@ from lsa_train.evaluation import (
 )
 
 
-def test_rg_score_is_sum_of_sweep_in_percent(moons):
-    sweep = fgsm_sweep(moons.model, moons.batches())
+def threshold_model() -> nn.Module:
+    """Class 1 iff ``x0 > 0.5`` (``x1`` is ignored): FGSM moves ``x0`` by ``eps`` towards the other
+    class, so a correctly classified sample survives exactly the radii below its margin ``|x0 - 0.5|``."""
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0]]))
+        model.bias.copy_(torch.tensor([0.0, -5.0]))
+    return model.eval()
+
+
+def test_rg_score_of_hand_computed_sweep():
+    # margins 0.05, 0.15, 0.25, 0.35, 0.45 (correct, both classes) and one misclassified sample
+    x = torch.tensor([[0.55, 0.3], [0.35, 0.9], [0.75, 0.1], [0.15, 0.5], [0.95, 0.7], [0.9, 0.2]])
+    y = torch.tensor([1, 0, 1, 0, 1, 0])
+    sweep = fgsm_sweep(threshold_model(), [(x, y)])
     assert list(sweep) == list(PAPER_EPS_GRID)
-    assert rg_score(sweep) == pytest.approx(100.0 * sum(sweep.values()))
-    assert 0.0 < rg_score(sweep) <= 100.0 * len(PAPER_EPS_GRID)
+    # eps 0: 5 of 6; each step of 0.1 passes one more margin: 4, 3, 2, 1, 0 of 6
+    assert list(sweep.values()) == pytest.approx([5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0])
+    assert rg_score(sweep) == pytest.approx(100 * 15 / 6)  # 250.0
 
 
 def test_rg_score_paper_example():

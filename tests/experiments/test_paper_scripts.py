@@ -60,6 +60,9 @@ def test_quick_moons_writes_raw_json(quick_results: tuple[Path, Path]) -> None:
     metrics = record["metrics"]
     assert set(metrics["fgsm"]) == set(make_tables.EPS_KEYS)
     assert all(0.0 <= acc <= 1.0 for acc in metrics["fgsm"].values())
+    assert metrics["fgsm"]["0"] == metrics["clean"]  # eps 0 on the same samples
+    assert metrics["rg"] == pytest.approx(100 * sum(metrics["fgsm"].values()))
+    assert all(acc <= metrics["clean"] for acc in metrics["pgd"].values())
     assert set(metrics["pgd"]) == {"0.1", "0.2"}
     assert metrics["autoattack"]["attacks"] == ["apgd-ce"]
     assert record["mvl"] == ["act3"]  # LR-L2: the third activation probe of model A

@@ -170,5 +170,111 @@ def test_bad_chunk_size_and_measure_are_clear_errors():
     model, clean, perturbed = build("mlp_elu")
     with pytest.raises(ValueError, match="chunk_size must be >= 1 or None, got 0"):
         LayerSustainabilityAnalysis(model, chunk_size=0)
-    with pytest.raises(ValueError, match="unknown measure 'L7'"):
-        LayerSustainabilityAnalysis(model).representation_comparisons(clean, perturbed, measure="L7", verbose=False)
+    with pytest.raises(ValueError, match="measure must be a string"):
+        LayerSustainabilityAnalysis(model).representation_comparisons(clean, perturbed, measure=3, verbose=False)
+
+
+# -- where users rely on 1.0.4's behaviour ---------------------------------------------------
+def original_package():
+    return pytest.importorskip(
+        "LayerSustainabilityAnalysis", reason="LayersSustainabilityAnalysis==1.0.4 (dev extra) is not installed"
+    )
+
+
+class BatchNormCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * 12 * 12, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def batchnorm_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = BatchNormCNN()
+    clean = torch.rand(16, 3, 16, 16)
+    return model, clean, (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1)
+
+
+def test_representation_tensors_carry_gradient_like_the_original():
+    original = original_package()
+    model, clean, _ = build("nested_cnn")
+    tensors = LayerSustainabilityAnalysis(model).representation_tensors(clean, verbose=False)
+    reference_model, _, _ = build("nested_cnn")
+    theirs = original.LayerSustainabilityAnalysis(reference_model).representation_tensors(clean, verbose=False)
+    assert len(tensors) == len(theirs) == 2
+    for ours, reference in zip(tensors, theirs):
+        assert ours.requires_grad and reference.requires_grad
+        torch.testing.assert_close(ours, reference)
+    sum(t.square().mean() for t in tensors).backward()  # a regularizer built from them trains the model
+    first_conv = model.features[0][0]
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+    assert hook_count(model) == 0
+
+
+def test_train_mode_runs_clean_and_perturbed_apart_like_the_original():
+    original = original_package()
+    model, clean, perturbed = batchnorm_case()
+    lsa = LayerSustainabilityAnalysis(model)
+    model.train()  # after the constructor's eval(), as a user training with it does
+    ours = lsa.representation_comparisons(clean, perturbed, verbose=False)
+    reference_model, _, _ = batchnorm_case()
+    reference = original.LayerSustainabilityAnalysis(reference_model)
+    reference_model.train()
+    theirs = reference.representation_comparisons(clean, perturbed, verbose=False)
+    assert len(ours) == len(theirs) == 2
+    assert ours == pytest.approx([float(v) for v in theirs], rel=1e-5)
+    # the same two train-mode forwards: BatchNorm's running statistics moved as in 1.0.4
+    torch.testing.assert_close(model.features[1].running_mean, reference_model.features[1].running_mean)
+    assert int(model.features[1].num_batches_tracked) == 2
+    assert model.training  # the mode is the user's
+
+
+def test_eval_mode_batchnorm_matches_the_original():
+    original = original_package()
+    model, clean, perturbed = batchnorm_case()
+    ours = LayerSustainabilityAnalysis(model, chunk_size=6).representation_comparisons(clean, perturbed, verbose=False)
+    reference_model, _, _ = batchnorm_case()
+    theirs = original.LayerSustainabilityAnalysis(reference_model).representation_comparisons(
+        clean, perturbed, verbose=False
+    )
+    assert ours == pytest.approx([float(v) for v in theirs], rel=1e-5)
+
+
+@pytest.mark.parametrize("measure", ["MSE", "L2", "relative-error"])
+def test_original_measure_names_give_the_original_numbers(measure):
+    import warnings
+
+    original = original_package()
+    model, clean, perturbed = build("nested_cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = LayerSustainabilityAnalysis(model).representation_comparisons(
+            clean, perturbed, measure=measure, verbose=False
+        )
+    reference_model, _, _ = build("nested_cnn")
+    theirs = original.LayerSustainabilityAnalysis(reference_model).representation_comparisons(
+        clean, perturbed, measure=measure, verbose=False
+    )
+    assert ours == pytest.approx([float(v) for v in theirs], rel=1e-5)
+
+
+def test_extension_measures_and_unknown_names_warn_once():
+    import warnings
+
+    model, clean, perturbed = build("nested_cnn")
+    lsa = LayerSustainabilityAnalysis(model)
+    relative = lsa.representation_comparisons(clean, perturbed, verbose=False)
+    with pytest.warns(UserWarning, match=r"measure='mse' returns the mse.*1\.0\.4 ignores measure"):
+        mse = lsa.representation_comparisons(clean, perturbed, measure="mse", verbose=False)
+    assert mse != pytest.approx(relative)
+    with pytest.warns(UserWarning, match="measure='L7' is not a name"):
+        assert lsa.representation_comparisons(clean, perturbed, measure="L7", verbose=False) == relative
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per name and instance
+        assert lsa.representation_comparisons(clean, perturbed, measure="mse", verbose=False) == mse
+        lsa.representation_comparisons(clean, perturbed, measure="L7", verbose=False)

@@ -1,12 +1,15 @@
 """Two-process CPU (gloo) DDP run of AT-LR; each rank writes its final MVL and weights.
 
 Run by ``test_callback.py`` in a subprocess: ``python ddp_script.py OUT_DIR``. Lightning's
-``ddp`` strategy re-launches this script for rank 1.
+``ddp`` strategy re-launches this script for rank 1 (with ``LOCAL_RANK=1``). Each rank gets its
+own validation samples, so the MVL refresh's held-out subset differs between the ranks: only
+the broadcast of rank 0's analysis makes them agree.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,9 +26,11 @@ from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRe
 
 def main(out: Path) -> None:
     L.seed_everything(313, workers=True)
-    x, y = moons_tensors(256)
+    rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by Lightning for the re-launched rank
+    x, y = moons_tensors(288)
     train = DataLoader(TensorDataset(x[:192], y[:192]), batch_size=32, shuffle=True)
-    val = DataLoader(TensorDataset(x[192:], y[192:]), batch_size=32)
+    held_out = slice(192 + 48 * rank, 240 + 48 * rank)  # rank 0: samples 192-239, rank 1: 240-287
+    val = DataLoader(TensorDataset(x[held_out], y[held_out]), batch_size=32)
     module = LSARegularizedModule(model_a(16), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.5))
     callback = MVLRefreshCallback(num_samples=48, eta=0.0, plot=False)
     trainer = L.Trainer(
@@ -36,6 +41,8 @@ def main(out: Path) -> None:
     weights = [round(float(p.detach().double().sum()), 10) for p in module.model.parameters()]
     result = {
         "rank": trainer.global_rank,
+        "local_rank_env": rank,
+        "analysis_subset": callback._subset[0].sum().item() if callback._subset is not None else None,
         "world_size": trainer.world_size,
         "mvl": module.mvl,
         "history": callback.history,

@@ -111,6 +111,9 @@ def test_ddp_two_cpu_processes_agree_on_mvl_and_weights(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert [r["local_rank_env"] for r in ranks] == [0, 1]
+    # each rank analyses its own held-out samples: only the broadcast can make the analyses agree
+    assert ranks[0]["analysis_subset"] != ranks[1]["analysis_subset"]
     assert ranks[0]["mvl"] == ranks[1]["mvl"] and ranks[0]["mvl"]
     assert ranks[0]["history"] == ranks[1]["history"]  # same analysis numbers, not only the same choice
     assert ranks[0]["weights"] == ranks[1]["weights"]
@@ -187,3 +190,14 @@ def test_refresh_perturbs_in_the_training_attack_norm(tmp_path, loaders):
     assert given.refresh(trainer, module).metadata["norm"] == "linf"
     with pytest.raises(ValueError, match="perturbation='fgsm' is a linf attack, but eps comes from the training"):
         MVLRefreshCallback(num_samples=32, perturbation="fgsm", plot=False).refresh(trainer, module)
+
+
+def test_refresh_without_validation_data_warns_once(tmp_path, loaders):
+    module = LSARegularizedModule(relu_mlp(), attack=PGD(eps=0.1, steps=1), regularizer=LayerwiseRegularizer(0.1))
+    callback = MVLRefreshCallback(num_samples=16, top_k=1, plot=False)
+    trainer = trainer_for(tmp_path, [callback], max_epochs=2, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="no validation data") as record:
+        trainer.fit(module, loaders[0])
+    assert len(callback.history) == 2
+    messages = [str(w.message) for w in record if "MVLRefreshCallback" in str(w.message)]
+    assert len(messages) == 1 and "first 16 training samples" in messages[0] and "val_dataloaders" in messages[0]
