@@ -38,6 +38,7 @@ def test_short_real_run_writes_the_run_dir(tmp_path: Path) -> None:
     assert "R&G score" in (run_dir / "report.md").read_text()
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert summary["setting"]["tags"] == ["dev"]  # the config's tags are kept with the results
     assert [entry["epoch"] for entry in summary["mvl_history"]] == [0, 1]  # the run's, not the tested checkpoint's
     fgsm = summary["fgsm"]
     assert list(fgsm) == ["0", "0.1", "0.2", "0.3", "0.4", "0.5"]
