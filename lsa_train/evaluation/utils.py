@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lsa_train.utils.modes import eval_mode  # noqa: F401 (part of this module's API)
+
 #: What the evaluators accept as data: a ``DataLoader`` or any iterable of ``(x, y)`` batches
 #: (tuples or lists; extra items after ``y`` are ignored).
 Batches = Iterable[Sequence[Any]]
@@ -147,19 +149,6 @@ def collect_samples(
     if not xs:
         raise ValueError("the data yielded no samples")
     return torch.cat(xs), torch.cat(ys)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Puts ``model`` in eval mode and restores every submodule's ``training`` flag on exit."""
-    modules = list(model.modules())
-    flags = [module.training for module in modules]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for module, flag in zip(modules, flags):
-            module.training = flag
 
 
 @contextlib.contextmanager
