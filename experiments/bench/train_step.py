@@ -1,5 +1,5 @@
 """Benchmark: training-step time and peak memory of normal training, FGSM-RS AT, PGD-10 AT,
-TRADES and PGD-10 AT-LR on the same model and batch, as ratios to PGD-10 AT.
+TRADES, MART, AWP and PGD-10 AT-LR on the same model and batch, as ratios to PGD-10 AT.
 
 Each configuration trains for ``--steps`` steps with a Lightning ``Trainer`` in a fresh
 subprocess; the step time is the median over steps after ``--warmup`` (a callback times
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_report import write_section
 
-from lsa_train.attacks import FGSMRS, PGD, TRADESAttack
+from lsa_train.attacks import FGSMRS, PGD, MARTAttack, TRADESAttack
 from lsa_train.models import create_model
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule
 
@@ -42,6 +42,9 @@ CONFIGS = {
     "fgsm_rs_at": lambda: {"attack": FGSMRS(eps=EPS)},
     "pgd10_at": lambda: {"attack": PGD(eps=EPS, alpha=EPS / 4, steps=10)},
     "trades": lambda: {"attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades"},
+    "mart": lambda: {"attack": MARTAttack(eps=EPS, alpha=EPS / 4, steps=10), "base_loss": "mart"},
+    "pgd10_at_awp": lambda: {"attack": PGD(eps=EPS, alpha=EPS / 4, steps=10), "awp": {"gamma": 5e-3}},
+    "trades_awp": lambda: {"attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades", "awp": {"gamma": 5e-3}},
     "pgd10_at_lr": lambda: {
         "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
         "regularizer": LayerwiseRegularizer(gamma=0.1),
@@ -61,6 +64,12 @@ CONFIGS = {
         "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
         "regularizer": LayerwiseRegularizer(gamma=0.1, stop_clean_grad=True),
         "mvl": [2],
+    },
+    "pgd10_at_lr_awp": lambda: {
+        "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
+        "regularizer": LayerwiseRegularizer(gamma=0.1),
+        "mvl": [2],
+        "awp": {"gamma": 5e-3},
     },
 }
 
@@ -226,6 +235,11 @@ A shallow probe (`pgd10_at_lr_probe0`) or `stop_clean_grad=true` (clean branch w
 Memory follows the same logic: the clean branch's activations stay alive for the backward. With
 `regularizer.checkpoint_clean=true` they are recomputed in the backward instead (same gradient, tested):
 memory close to PGD-10 AT for one more partial forward of time.
+
+MART (`mart`) costs what TRADES costs: 10 attack steps plus a clean and an adversarial training pass.
+AWP (`*_awp`, gamma 5e-3) adds one forward and backward of the proxy copy per step with the base loss
+(two forwards for TRADES), plus copying the weights into the proxy and back: expect about +2/11 over
+its base for PGD-10 AT. Its memory adds the proxy's weights, gradients and activations.
 """
     write_section(f"train_step_{args.device}", body)
     print(body)
