@@ -51,6 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("main", "bases"), default="main", help="main: the paper's rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these configs (e.g. AT-MART)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="smoke mode: 1 seed, 1 epoch, tiny eval")
@@ -83,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra={"main_lambda": args.lam},
     )
     runs = configs(args.lam, args.base) if args.part == "main" else base_configs(args.lam)
+    if args.only:
+        unknown = sorted(set(args.only) - {c.run_id for c in runs})
+        if unknown:
+            raise SystemExit(f"--only: unknown run ids {unknown}; part {args.part!r} has {[c.run_id for c in runs]}")
+        runs = [c for c in runs if c.run_id in args.only]
     seeds = args.seeds
     if args.quick:
         seeds, settings.epochs = seeds[:1], min(args.epochs, 1)
