@@ -105,7 +105,7 @@ def test_multirun_mart_with_and_without_awp(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert [row["status"] for row in rows] == ["completed", "completed"]
-    assert [row["overrides"] for row in rows] == ["attack=mart,awp.gamma=0", "attack=mart,awp.gamma=5e-3"]
+    assert [row["overrides"] for row in rows] == ["awp.gamma=0", "awp.gamma=0.005"]  # the swept key
     for job, gamma in (("0", 0.0), ("1", 5e-3)):
         config = (sweep / job / ".hydra" / "config.yaml").read_text()
         assert "_target_: lsa_train.attacks.MARTAttack" in config and "base_loss: mart" in config
