@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from apptest_utils import CliResult, run_app
+from omegaconf import OmegaConf
 
 #: Keeps subprocess runs short: a few batches per epoch, small analysis subset, one test batch.
 QUICK = [
@@ -107,9 +108,9 @@ def test_multirun_mart_with_and_without_awp(tmp_path: Path) -> None:
     assert [row["status"] for row in rows] == ["completed", "completed"]
     assert [row["overrides"] for row in rows] == ["awp.gamma=0", "awp.gamma=0.005"]  # the swept key
     for job, gamma in (("0", 0.0), ("1", 5e-3)):
-        config = (sweep / job / ".hydra" / "config.yaml").read_text()
-        assert "_target_: lsa_train.attacks.MARTAttack" in config and "base_loss: mart" in config
-        assert f"gamma: {gamma}" in config
+        config = OmegaConf.load(sweep / job / ".hydra" / "config.yaml")
+        assert config.attack._target_ == "lsa_train.attacks.MARTAttack" and config.attack.base_loss == "mart"
+        assert config.awp.gamma == gamma and config.module.awp.gamma == gamma  # module.awp is ${awp}
 
 
 # -- bad inputs: exit code 2, one line naming the value, nothing written but Hydra's .hydra/ ------------
