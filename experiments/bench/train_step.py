@@ -1,5 +1,5 @@
 """Benchmark: training-step time and peak memory of normal training, FGSM-RS AT, PGD-10 AT,
-TRADES and PGD-10 AT-LR on the same model and batch, as ratios to PGD-10 AT.
+TRADES, MART, AWP and PGD-10 AT-LR on the same model and batch, as ratios to PGD-10 AT.
 
 Each configuration trains for ``--steps`` steps with a Lightning ``Trainer`` in a fresh
 subprocess; the step time is the median over steps after ``--warmup`` (a callback times
@@ -9,6 +9,7 @@ during ``fit``. Writes the ``train_step`` section of ``experiments/bench/RESULTS
 
 Usage:
     python experiments/bench/train_step.py [--model cnn_b] [--batch 128] [--steps 30] [--device cpu]
+    python experiments/bench/train_step.py --only mart pgd10_at_awp   # interleaved ratios of a few rows only
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_report import write_section
 
-from lsa_train.attacks import FGSMRS, PGD, TRADESAttack
+from lsa_train.attacks import FGSMRS, PGD, MARTAttack, TRADESAttack
 from lsa_train.models import create_model
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule
 
@@ -42,6 +43,13 @@ CONFIGS = {
     "fgsm_rs_at": lambda: {"attack": FGSMRS(eps=EPS), "regularizer": None},
     "pgd10_at": lambda: {"attack": PGD(eps=EPS, alpha=EPS / 4, steps=10), "regularizer": None},
     "trades": lambda: {"attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades", "regularizer": None},
+    "mart": lambda: {"attack": MARTAttack(eps=EPS, alpha=EPS / 4, steps=10), "base_loss": "mart", "regularizer": None},
+    "pgd10_at_awp": lambda: {
+        "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10), "awp": {"gamma": 5e-3}, "regularizer": None,
+    },
+    "trades_awp": lambda: {
+        "attack": TRADESAttack(eps=EPS, steps=10), "base_loss": "trades", "awp": {"gamma": 5e-3}, "regularizer": None,
+    },
     "pgd10_at_lr": lambda: {
         "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
         "regularizer": LayerwiseRegularizer(gamma=0.1),
@@ -61,6 +69,12 @@ CONFIGS = {
         "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
         "regularizer": LayerwiseRegularizer(gamma=0.1, stop_clean_grad=True),
         "mvl": [2],
+    },
+    "pgd10_at_lr_awp": lambda: {
+        "attack": PGD(eps=EPS, alpha=EPS / 4, steps=10),
+        "regularizer": LayerwiseRegularizer(gamma=0.1),
+        "mvl": [2],
+        "awp": {"gamma": 5e-3},
     },
 }
 
@@ -109,7 +123,9 @@ def run_one(name: str, model_name: str, batch: int, steps: int, warmup: int, dev
     return {"median_s": statistics.median(timer.times[warmup:]), "peak_mb": peak}
 
 
-def interleaved_step_times(model_name: str, batch: int, rounds: int, device: str) -> dict[str, tuple[float, float]]:
+def interleaved_step_times(
+    model_name: str, batch: int, rounds: int, device: str, names: list[str] | None = None
+) -> dict[str, tuple[float, float]]:
     """Per configuration: median step time and median ratio to PGD-10 AT, the configurations taking
     turns step by step on the same batch in a shuffled order each round, so that machine noise hits
     them alike (``training_step`` + backward + optimizer step). The ratio is taken within each round
@@ -123,7 +139,8 @@ def interleaved_step_times(model_name: str, batch: int, rounds: int, device: str
     x = torch.rand(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     runs = {}
-    for name, make in CONFIGS.items():
+    for name in names or list(CONFIGS):
+        make = CONFIGS[name]
         model = create_model(model_name, num_classes=10, in_channels=shape[0], input_size=shape[1]).to(device)
         module = LSARegularizedModule(model, check_finite=False, **make())
         runs[name] = (module, module.configure_optimizers())
@@ -163,9 +180,14 @@ def main() -> None:
                         help="batch of the memory runs: large, so activations dominate the fixed costs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS),
+                        help="time only these configurations (and pgd10_at), interleaved; own results section")
     args = parser.parse_args()
     if args.config:
         print(json.dumps(run_one(args.config, args.model, args.batch, args.steps, args.warmup, args.device)))
+        return
+    if args.only:
+        interleaved_subset(args)
         return
     results: dict[str, dict[str, float]] = {}
 
@@ -226,8 +248,37 @@ A shallow probe (`pgd10_at_lr_probe0`) or `stop_clean_grad=true` (clean branch w
 Memory follows the same logic: the clean branch's activations stay alive for the backward. With
 `regularizer.checkpoint_clean=true` they are recomputed in the backward instead (same gradient, tested):
 memory close to PGD-10 AT for one more partial forward of time.
+
+MART (`mart`) costs what TRADES costs: 10 attack steps plus a clean and an adversarial training pass.
+AWP (`*_awp`, gamma 5e-3) adds one forward and backward of the proxy copy per step with the base loss
+(two forwards for TRADES), plus copying the weights into the proxy and back: expect about +2/11 over
+its base for PGD-10 AT. Its memory adds the proxy's weights, gradients and activations.
 """
     write_section(f"train_step_{args.device}", body)
+    print(body)
+
+
+def interleaved_subset(args: argparse.Namespace) -> None:
+    """Interleaved step times of ``args.only`` (plus PGD-10 AT) in their own section of RESULTS.md."""
+    names = ["pgd10_at", *[n for n in args.only if n != "pgd10_at"]]
+    step_times = interleaved_step_times(args.model, args.batch, args.rounds + 2, args.device, names)
+    rows = "\n".join(f"| {name} | {median * 1000:.1f} | {ratio:.3f} |" for name, (median, ratio) in step_times.items())
+    body = f"""## Training step: MART and AWP vs PGD-10 AT, interleaved only ({args.device})
+
+Model `{args.model}`, batch {args.batch}, eps {EPS}, one torch thread; the configurations of the table above
+(same definitions), taking turns step by step on the same batch in a shuffled order each round
+({args.rounds} rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio to PGD-10 AT.
+No fresh-process or memory runs in this section.
+
+| configuration | interleaved ms/step | ratio |
+|---|---:|---:|
+{rows}
+
+Expected from the passes: MART as TRADES (10 attack steps with input gradients only, then a clean and an
+adversarial training pass); AWP adds one forward and backward of the proxy copy with weight gradients
+(two forwards for TRADES) plus two weight copies, about +2/11 over PGD-10 AT.
+"""
+    write_section(f"train_step_{args.device}_mart_awp", body)
     print(body)
 
 

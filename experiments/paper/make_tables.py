@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 EPS_KEYS = ("0", "0.1", "0.2", "0.3", "0.4", "0.5")
 BASE_ORDER = ("Normal", "AT-FGSM", "AT-PGD", "AT-TRADES", "AT-FAST", "AT-APGD")
 LR_ORDER = ("", "-LR-L0", "-LR-L1", "-LR-L2", "-LR-auto")
+#: Base rows of the digits table of other base defenses (``run_digits.py --part bases``), each with its LR-L0.
+DIGITS_BASES = ("AT-PGD", "AT-PGD+AWP", "AT-MART", "AT-TRADES+AWP")
 
 #: The paper's rows (accuracy % at FGSM eps 0, .1, .2, .3, .4, .5, then R&G); see lsa-method.md.
 PAPER_MOONS: dict[str, tuple[float, ...]] = {
@@ -161,10 +163,15 @@ def paper_table(paper: dict[str, tuple[float, ...]]) -> str:
     return markdown_table(header, [[name, *[f"{v:g}" for v in vals]] for name, vals in paper.items()])
 
 
-def comparison_table(groups: dict[str, list[Record]], pairs: Sequence[tuple[str, str]], columns: Sequence[str]) -> str:
-    """Paired LR - base differences (percentage points) with the paired t-test p-value per column."""
+def comparison_table(
+    groups: dict[str, list[Record]],
+    pairs: Sequence[tuple[str, str]],
+    columns: Sequence[str],
+    names: tuple[str, str] = ("LR run", "base"),
+) -> str:
+    """Paired run - reference differences (percentage points) with the paired t-test p-value per column."""
     labels = [column_label(c) for c in columns]
-    header = ["LR run", "base", "seeds"] + [f"Δ {c}" for c in labels] + [f"p ({c})" for c in labels]
+    header = [*names, "seeds"] + [f"Δ {c}" for c in labels] + [f"p ({c})" for c in labels]
     body = []
     for lr_id, base_id in pairs:
         if lr_id not in groups or base_id not in groups:
@@ -430,7 +437,7 @@ def digits_section(records: Sequence[Record]) -> str:
     groups = group_runs(records, "digits")
     if not groups:
         return "## Digits 8x8, model B (Table 3 analog)\n\nNot run.\n"
-    ids = ordered_ids(groups)
+    ids = [i for i in ordered_ids(groups) if i.split("-LR-")[0] not in DIGITS_BASES]
     rows = table_rows(groups, ids)
     pgd_eps = sorted({k[4:] for r in rows for k in r["stats"] if k.startswith("pgd_") and k != "pgd_aa_subset"})
     eps = next(iter(groups.values()))[0]["settings"]["eps"]
@@ -449,6 +456,47 @@ def digits_section(records: Sequence[Record]) -> str:
     return "\n".join(out) + "\n"
 
 
+def digits_bases_ids(groups: dict[str, list[Record]], lam: float = 1.0) -> list[str]:
+    """Run ids of the other-base-defenses table present in ``groups``: each base, then its LR-L0."""
+    ids = [i for b in DIGITS_BASES for i in (b, f"{b}-LR-L0_lam{lam:g}")]
+    return [i for i in ids if i in groups]
+
+
+def digits_bases_section(records: Sequence[Record]) -> str:
+    """Digits, model B: AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES+AWP and their LR-L0 rows, paired over seeds."""
+    title = "## Digits 8x8, model B: other base defenses (MART, AWP) with and without the LSA term"
+    groups = group_runs(records, "digits")
+    ids = digits_bases_ids(groups)
+    if not ids:
+        return f"{title}\n\nNot run.\n"
+    rows = table_rows(groups, ids)
+    pgd_eps = sorted({k[4:] for r in rows for k in r["stats"] if k.startswith("pgd_") and k != "pgd_aa_subset"})
+    first = groups[ids[0]][0]
+    settings = first["settings"]
+    commits = sorted({(r.get("git") or {}).get("commit") or "not recorded" for i in ids for r in groups[i]})
+    dirty = sum(1 for i in ids for r in groups[i] if (r.get("git") or {}).get("dirty"))
+    seeds = ", ".join(f"{i.split('_lam')[0]} {len(groups[i])}" for i in ids)
+    out = [title, ""]
+    out.append(
+        f"Same data, model, eps ({settings['eps']:g}) and evaluation as Table D1, but {settings['epochs']} epochs "
+        f"(D1: 40), so these rows are compared with each other only. PGD-{settings['attack_steps']} inner "
+        f"maximization for AT-PGD and MART (MART: Gaussian start 0.001, beta {settings.get('mart_beta', 6.0):g}); "
+        f"TRADES beta {settings['trades_beta']:g}; AWP gamma 5e-3 from epoch {settings.get('awp_warmup', 0)}; "
+        f"LR-L0: lambda 1 on the first activation probe. Seeds per row: {seeds}. "
+        f"lsa_train commit of the runs: {', '.join(c[:10] for c in commits)} ({dirty} run(s) from a dirty tree)."
+    )
+    out += ["", "### Table D5: results", "", results_table(rows, pgd_eps, "AutoAttack", {})]
+    columns = ["fgsm_0", "rg", *[f"pgd_{e}" for e in pgd_eps], "aa"]
+    out += ["", "### Table D6: each defense minus AT-PGD, paired over seeds (percentage points)", ""]
+    against_pgd = [(i, "AT-PGD") for i in ids if i != "AT-PGD" and "-LR-" not in i]
+    out.append(comparison_table(groups, against_pgd, columns, names=("run", "reference")))
+    out += ["", "### Table D7: the LSA term (LR-L0) minus its base, paired over seeds (percentage points)", ""]
+    out.append(comparison_table(groups, lr_pairs(ids), columns))
+    key = f"{settings['eps']:g}"
+    out += ["", f"### Table D8: gradient-masking signs at eps {key}", "", masking_section(groups, ids, key, key)]
+    return "\n".join(out) + "\n"
+
+
 def build_page(results: Path, figures: bool = True) -> str:
     """The whole RESULTS.md text."""
     records = load_records(results)
@@ -462,6 +510,7 @@ def build_page(results: Path, figures: bool = True) -> str:
         "",
         moons_section(records, results, figures),
         digits_section(records),
+        digits_bases_section(records),
         "## Setup (commands, configs, machine, wall time)",
         "",
         setup_section(metas, {f"{r['dataset']}/{r['run_id']}/{r['seed']}": [r] for r in records}),

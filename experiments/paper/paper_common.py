@@ -26,11 +26,16 @@ import lightning as L
 import torch
 from torch import nn
 
-from lsa_train.attacks import APGD, FGSM, FGSMRS, PGD, Attack, TRADESAttack
+from lsa_train.attacks import APGD, FGSM, FGSMRS, PGD, Attack, MARTAttack, TRADESAttack
 from lsa_train.data.base import LSADataModule
 from lsa_train.evaluation import autoattack_accuracy, fgsm_sweep, gradient_masking_checks, pgd_accuracy, rg_score
 from lsa_train.models import create_model
-from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
+from lsa_train.training import (
+    AdversarialWeightPerturbation,
+    LayerwiseRegularizer,
+    LSARegularizedModule,
+    MVLRefreshCallback,
+)
 
 #: The paper's FGSM grid for the R&G score (moons and MNIST tables).
 EPS_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -43,6 +48,7 @@ BASE_NAMES = {
     "trades": "AT-TRADES",
     "fast": "AT-FAST",
     "apgd": "AT-APGD",
+    "mart": "AT-MART",
 }
 
 
@@ -51,20 +57,27 @@ class RunConfig:
     """One training configuration (a table row before averaging over seeds).
 
     Attributes:
-        base: Base training: ``normal``, ``fgsm``, ``pgd``, ``trades``, ``fast`` or ``apgd``.
+        base: Base training: ``normal``, ``fgsm``, ``pgd``, ``trades``, ``fast``, ``apgd`` or ``mart``.
         lr: Layer-wise regularization: ``None`` (off), ``"L0"``/``"L1"``/``"L2"`` (fixed probe
             index) or ``"auto"`` (MVL re-picked by :class:`MVLRefreshCallback`, top-1 probe).
         lam: The regularizer weight lambda (gamma); ignored when ``lr`` is ``None``.
+        awp: Adversarial Weight Perturbation gamma (``0``: off), e.g. ``5e-3``.
     """
 
     base: str
     lr: str | None = None
     lam: float = 1.0
+    awp: float = 0.0
+
+    @property
+    def base_name(self) -> str:
+        """Name of the base method, e.g. ``AT-PGD`` or ``AT-PGD+AWP``."""
+        return BASE_NAMES[self.base] + ("+AWP" if self.awp else "")
 
     @property
     def name(self) -> str:
-        """Table name, e.g. ``AT-PGD-LR-L2`` or ``AT-PGD-LR-auto``."""
-        return BASE_NAMES[self.base] + (f"-LR-{self.lr}" if self.lr else "")
+        """Table name, e.g. ``AT-PGD-LR-L2``, ``AT-PGD+AWP-LR-L0`` or ``AT-PGD-LR-auto``."""
+        return self.base_name + (f"-LR-{self.lr}" if self.lr else "")
 
     @property
     def run_id(self) -> str:
@@ -83,6 +96,8 @@ class TrainSettings:
     eps: float = 0.1
     attack_steps: int = 10
     trades_beta: float = 6.0
+    mart_beta: float = 6.0
+    awp_warmup: int = 0
     mvl_refresh_every: int = 5
     mvl_samples: int = 256
     pgd_eval_eps: tuple[float, ...] = (0.1, 0.2)
@@ -106,6 +121,7 @@ def build_attack(base: str, eps: float, steps: int) -> Attack | None:
         "trades": lambda: TRADESAttack(eps, steps=steps),
         "fast": lambda: FGSMRS(eps),
         "apgd": lambda: APGD(eps, steps=steps),
+        "mart": lambda: MARTAttack(eps, steps=steps),
     }
     if base not in factories:
         raise ValueError(f"unknown base method {base!r}; choose from {sorted(BASE_NAMES)}")
@@ -115,7 +131,7 @@ def build_attack(base: str, eps: float, steps: int) -> Attack | None:
 def build_module(cfg: RunConfig, settings: TrainSettings, model: nn.Module) -> LSARegularizedModule:
     """The Lightning module of one run (validation attacks off: no model selection is done)."""
     attack = build_attack(cfg.base, settings.eps, settings.attack_steps)
-    base_loss = {"normal": "normal", "trades": "trades"}.get(cfg.base, "ce")
+    base_loss = {"normal": "normal", "trades": "trades", "mart": "mart"}.get(cfg.base, "ce")
     regularizer = LayerwiseRegularizer(gamma=cfg.lam) if cfg.lr else None
     mvl = [int(cfg.lr[1:])] if cfg.lr and cfg.lr.startswith("L") else None
     return LSARegularizedModule(
@@ -127,6 +143,8 @@ def build_module(cfg: RunConfig, settings: TrainSettings, model: nn.Module) -> L
         mvl=mvl,
         probes="activations",
         trades_beta=settings.trades_beta,
+        mart_beta=settings.mart_beta,
+        awp=AdversarialWeightPerturbation(cfg.awp, settings.awp_warmup) if cfg.awp else None,
     )
 
 
@@ -239,6 +257,7 @@ def run_one(
         "name": cfg.name,
         "config": asdict(cfg),
         "seed": seed,
+        "git": git_state(),
         "settings": _jsonable(asdict(settings)),
         "mvl": module.mvl,
         "mvl_history": refresher.history if refresher is not None else None,
@@ -292,21 +311,39 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _git_commit() -> str | None:
-    """Read-only: the repository's HEAD commit, with ``+dirty`` if ``lsa_train/`` has uncommitted changes."""
-    repo = Path(__file__).resolve().parents[2]
+#: Tracked paths whose uncommitted changes can change a result (the library, configs, these scripts).
+GIT_DIRTY_PATHS: tuple[str, ...] = (
+    "lsa_train", "conf", "experiments/paper/paper_common.py", "experiments/paper/run_*.py"
+)
+
+
+def git_state(repo: Path | None = None) -> dict[str, Any]:
+    """Read-only: ``{"commit": full HEAD sha or None, "dirty": bool or None}`` of the lsa_train checkout.
+
+    ``dirty`` is true when a tracked file under :data:`GIT_DIRTY_PATHS` differs from HEAD (untracked
+    files, such as new results, do not count); both are ``None`` outside a git checkout.
+    """
+    root = repo if repo is not None else Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "lsa_train"],
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *GIT_DIRTY_PATHS],
             capture_output=True,
             text=True,
         )
     except OSError:
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0 or status.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def _git_commit() -> str | None:
+    """The short HEAD commit, with ``+dirty`` if :func:`git_state` finds uncommitted changes."""
+    state = git_state()
+    if state["commit"] is None:
         return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return state["commit"][:7] + ("+dirty" if state["dirty"] else "")
 
 
 def run_grid(

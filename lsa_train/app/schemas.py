@@ -26,10 +26,12 @@ ATTACK_APP_KEYS: tuple[str, ...] = ("base_loss", "eval_eps")
 
 
 class BaseLoss(Enum):
-    """Outer-minimization loss: ``ce`` (Madry AT), ``trades`` (clean CE + beta KL), ``normal`` (clean CE)."""
+    """Outer-minimization loss: ``ce`` (Madry AT), ``trades`` (clean CE + beta KL), ``mart`` (boosted CE +
+    weighted KL), ``normal`` (clean CE)."""
 
     ce = "ce"
     trades = "trades"
+    mart = "mart"
     normal = "normal"
 
 
@@ -153,6 +155,16 @@ class TRADESConf(AttackConf):
 
 
 @dataclass
+class MARTConf(AttackConf):
+    """``attack=mart``: PGD on CE from a small Gaussian start (``base_loss=mart``)."""
+
+    _target_: str = "lsa_train.attacks.MARTAttack"
+    alpha: float | None = None
+    steps: int = 10
+    base_loss: BaseLoss = BaseLoss.mart
+
+
+@dataclass
 class MVLConf:
     """``regularizer.mvl``: which probes the layer-wise term regularizes, and how they are chosen.
 
@@ -195,6 +207,7 @@ ATTACK_SCHEMAS: dict[str, type[AttackConf]] = {
     "pgd_l2": PGDConf,
     "apgd": APGDConf,
     "trades": TRADESConf,
+    "mart": MARTConf,
 }
 
 

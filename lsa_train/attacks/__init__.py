@@ -6,7 +6,7 @@ Example:
     >>> x_adv = atk(model, images, labels)   # model mode, grads and BN stats left untouched
 
 Registered keys: ``"none"``, ``"fgsm"``, ``"fgsm_rs"``, ``"pgd"``, ``"pgd_l2"``, ``"apgd"``,
-``"trades"`` (see :func:`list_attacks`).
+``"trades"``, ``"mart"`` (see :func:`list_attacks`).
 Importing this package imports every attack module, which registers the attacks.
 """
 
@@ -23,6 +23,7 @@ from lsa_train.attacks.base import (
 )
 from lsa_train.attacks.fgsm import FGSM
 from lsa_train.attacks.fgsm_rs import FGSMRS
+from lsa_train.attacks.mart import MARTAttack
 from lsa_train.attacks.no_attack import NoAttack
 from lsa_train.attacks.pgd import PGD, PGDL2
 from lsa_train.attacks.registry import ATTACKS, create_attack, list_attacks, register_attack
@@ -39,6 +40,7 @@ __all__ = [
     "Attack",
     "BufferSnapshot",
     "LossFn",
+    "MARTAttack",
     "NoAttack",
     "TRADESAttack",
     "batchnorm_buffers_snapshot",

@@ -20,6 +20,7 @@ from lsa_train.analysis.capture import ProbeCapture
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
 from lsa_train.attacks import FGSM, PGD, Attack, NoAttack
 from lsa_train.attacks.base import preserved_model_state
+from lsa_train.training.awp import AdversarialWeightPerturbation, WeightBackup
 from lsa_train.training.losses import base_loss, check_base_loss
 from lsa_train.training.regularizer import LayerwiseRegularizer
 
@@ -84,7 +85,8 @@ class LSARegularizedModule(L.LightningModule):
             for ``base_loss="normal"``). ``None``: no adversarial examples, only valid with
             ``base_loss="normal"``.
         base_loss: ``"ce"`` (Madry: CE on ``x_adv``), ``"trades"`` (clean CE + beta * KL),
-            or ``"normal"`` (clean CE, no attack).
+            ``"mart"`` (boosted CE on ``x_adv`` + beta * KL weighted by ``1 - p_clean[y]``; pair it
+            with :class:`~lsa_train.attacks.MARTAttack`), or ``"normal"`` (clean CE, no attack).
         regularizer: The LR term. Left out: ``LayerwiseRegularizer(gamma=0.1)`` when the attack
             crafts adversarial examples, else none. ``None`` (or all gammas 0) is plain
             adversarial training.
@@ -97,6 +99,12 @@ class LSARegularizedModule(L.LightningModule):
             :class:`~lsa_train.training.callbacks.MVLRefreshCallback` replaces it when used;
             given, the module adds no refresh callback of its own (a fixed MVL).
         trades_beta: Weight of the KL term for ``base_loss="trades"``.
+        mart_beta: Weight of the KL term for ``base_loss="mart"``.
+        awp: Adversarial Weight Perturbation
+            (:class:`~lsa_train.training.awp.AdversarialWeightPerturbation`, or a dict
+            ``{gamma, warmup}``): after ``x_adv`` is crafted, the training loss and its gradient
+            are taken at weights perturbed towards a higher base loss, then the weights are
+            restored exactly before the optimizer step. ``None`` or ``gamma`` 0 is off.
         concat_clean_adv: Run clean and adversarial samples in one forward. Only allowed for
             models without BatchNorm, whose batch statistics it would mix. Otherwise the clean
             forward runs separately in train mode, so BatchNorm layers up to the deepest MVL probe
@@ -142,6 +150,8 @@ class LSARegularizedModule(L.LightningModule):
         probes: ProbeSpec = "activations",
         mvl: Sequence[int | str] | None = None,
         trades_beta: float = 6.0,
+        mart_beta: float = 6.0,
+        awp: AdversarialWeightPerturbation | Mapping[str, Any] | None = None,
         concat_clean_adv: bool = False,
         val_attack: Attack | None = None,
         test_eps_grid: Sequence[float] = PAPER_EPS_GRID,
@@ -195,8 +205,14 @@ class LSARegularizedModule(L.LightningModule):
                     "checkpoint_clean=True has nothing to recompute with stop_clean_grad=True and base_loss='ce': "
                     "the clean branch then keeps no graph; set one of them"
                 )
-        if not math.isfinite(trades_beta) or trades_beta < 0:
-            raise ValueError(f"trades_beta must be a finite number >= 0, got {trades_beta}")
+        for key, beta in (("trades_beta", trades_beta), ("mart_beta", mart_beta)):
+            if not math.isfinite(beta) or beta < 0:
+                raise ValueError(f"{key} must be a finite number >= 0, got {beta}")
+        awp_spec = AdversarialWeightPerturbation.create(awp)
+        self.awp = awp_spec if awp_spec is not None and not awp_spec.is_off else None
+        if self.awp is not None and not crafts:
+            raise ValueError("awp perturbs the weights towards a higher adversarial loss and needs an attack")
+        self._awp_backup: WeightBackup | None = None
         if any(not math.isfinite(e) or e < 0 for e in test_eps_grid):
             raise ValueError(f"test_eps_grid values must be finite and >= 0, got {list(test_eps_grid)}")
         if concat_clean_adv:
@@ -210,6 +226,7 @@ class LSARegularizedModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.probe_spec = probes
         self.trades_beta = float(trades_beta)
+        self.mart_beta = float(mart_beta)
         self.concat_clean_adv = concat_clean_adv
         self.num_classes = num_classes
         self.strict_mvl = strict_mvl
@@ -224,8 +241,9 @@ class LSARegularizedModule(L.LightningModule):
         self._warned_empty_mvl = False
         self._checked_first_batch = False
         self.save_hyperparameters(
-            ignore=["model", "attack", "regularizer", "optimizer", "scheduler", "val_attack", "test_attack"]
+            ignore=["model", "attack", "regularizer", "optimizer", "scheduler", "val_attack", "test_attack", "awp"]
         )
+        self.hparams["awp"] = self.awp.as_dict() if self.awp is not None else None  # plain data in checkpoints
         self.train_acc_clean = MeanMetric()
         self.train_acc_adv = MeanMetric()
         self.val_acc_clean = MeanMetric()
@@ -323,6 +341,17 @@ class LSARegularizedModule(L.LightningModule):
         mvl = self._active_mvl(x)
         needs_adv = self.base_loss_name != "normal" and not isinstance(self.attack, NoAttack)
         x_adv = self.attack(self.fast_model, x, y) if needs_adv else None
+        if x_adv is not None and self.awp is not None and self.awp.active(self.current_epoch):
+            self._perturb_weights(x, x_adv, y)
+        try:
+            return self._outer_step(x, y, x_adv, mvl, batch_idx)
+        except BaseException:
+            self.restore_weights()
+            raise
+
+    def _outer_step(
+        self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None, mvl: list[Probe], batch_idx: int
+    ) -> torch.Tensor:
         needs_clean = self.base_loss_name != "ce" or bool(mvl) or x_adv is None
         lr_term: torch.Tensor | None = None
         per_probe: dict[str, torch.Tensor] = {}
@@ -345,7 +374,9 @@ class LSARegularizedModule(L.LightningModule):
             logits_clean = self.fast_model(x) if needs_clean else None
             logits_adv = self.fast_model(x_adv) if x_adv is not None else None
         self._check_first_batch(x, y, logits_adv if logits_adv is not None else logits_clean)
-        loss_base = base_loss(self.base_loss_name, y, logits_adv, logits_clean, self.trades_beta)
+        loss_base = base_loss(
+            self.base_loss_name, y, logits_adv, logits_clean, self.trades_beta, mart_beta=self.mart_beta
+        )
         loss = loss_base if lr_term is None else loss_base + lr_term
         if self.check_finite and not bool(torch.isfinite(loss)):
             raise NonFiniteLossError(
@@ -366,18 +397,47 @@ class LSARegularizedModule(L.LightningModule):
             self.log("train/acc_adv", self.train_acc_adv, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
+    # -- adversarial weight perturbation -------------------------------------------------------
+    def _perturb_weights(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> None:
+        """Moves the weights to the AWP point; :meth:`restore_weights` undoes it after the backward."""
+        assert self.awp is not None
+        self.restore_weights()  # never stack perturbations (a previous step that ended abnormally)
+        needs_clean = self.base_loss_name != "ce"
+
+        def adversarial_loss(net: nn.Module) -> torch.Tensor:
+            logits_clean = net(x) if needs_clean else None
+            return base_loss(
+                self.base_loss_name, y, net(x_adv), logits_clean, self.trades_beta, mart_beta=self.mart_beta
+            )
+
+        diffs = self.awp.perturbation(self.model, adversarial_loss)
+        self._awp_backup = self.awp.perturb(self.model, diffs)
+
+    def restore_weights(self) -> None:
+        """Restores the weights saved before an AWP perturbation (bit-exact); a no-op otherwise."""
+        if self._awp_backup is not None:
+            AdversarialWeightPerturbation.restore(self._awp_backup)
+            self._awp_backup = None
+
+    def on_after_backward(self) -> None:
+        # the gradient was taken at the perturbed weights: restore them before the optimizer steps
+        self.restore_weights()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.restore_weights()  # in case no backward ran after the perturbation
+
     def _clean_branch(self, x: torch.Tensor, mvl: list[Probe]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """Clean logits (only when the base loss needs them) and clean MVL representations.
 
         ``stop_clean_grad`` only cuts the LSA term's clean branch: the regularizer detaches the
         representations, while TRADES' clean CE and KL keep their gradients. ``checkpoint_clean``
         recomputes the clean forward in the backward (up to the deepest MVL probe for ``ce``, the
-        whole forward for TRADES, whose clean logits are part of the loss).
+        whole forward for TRADES and MART, whose clean logits are part of the loss).
         """
         if self.regularizer is None:
             raise RuntimeError("_clean_branch is only called with the LSA term on")
         names = [p.name for p in mvl]
-        needs_logits = self.base_loss_name != "ce"  # TRADES needs the clean logits: a full forward
+        needs_logits = self.base_loss_name != "ce"  # TRADES and MART need the clean logits: a full forward
         function = self._logits_and_representations if needs_logits else self._representations
         with_grad = needs_logits or not self.regularizer.stop_clean_grad
         if with_grad and self.regularizer.checkpoint_clean:
@@ -481,7 +541,11 @@ class LSARegularizedModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lsa_train"] = {"mvl": self.mvl, "probes": [p.name for p in self.probes or []]}
+        checkpoint["lsa_train"] = {
+            "mvl": self.mvl,
+            "probes": [p.name for p in self.probes or []],
+            "awp": self.awp.as_dict() if self.awp is not None else None,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lsa_train")

@@ -13,6 +13,7 @@ import own_data
 import pytest
 import torch
 from apptest_utils import CliResult, Hostile, run_app
+from omegaconf import OmegaConf
 
 #: Keeps subprocess runs short: a few batches per epoch, small analysis subset, one test batch.
 QUICK = [
@@ -57,7 +58,7 @@ def test_console_script_help(tmp_path: Path) -> None:
     result = run_app(["--help"], cwd=tmp_path, command=[str(script)])
     assert result.returncode == 0, result.stderr
     assert "lsa-train" in result.stdout
-    for group in ("attack: apgd, fgsm, fgsm_rs, none, pgd, pgd_l2, trades", "regularizer: lsa, none",
+    for group in ("attack: apgd, fgsm, fgsm_rs, mart, none, pgd, pgd_l2, trades", "regularizer: lsa, none",
                   "experiment: ", "data: "):
         assert group in result.stdout
 
@@ -89,6 +90,32 @@ def test_multirun_with_a_failing_job_still_summarizes(tmp_path: Path) -> None:
     assert [row["status"] for row in rows] == ["completed", "failed"]
     assert "attack.eps=-0.1" in rows[1]["error"] and rows[0]["test/acc_pgd"]
     assert not (sweep / "1" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_trades_with_awp_short_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_app(["attack=trades", "awp.gamma=5e-3", *QUICK, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["awp"] == {"gamma": 5e-3, "warmup": 0}
+    assert saved["hyper_parameters"]["base_loss"] == "trades"
+
+
+@pytest.mark.slow
+def test_multirun_mart_with_and_without_awp(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_app(["-m", "attack=mart", "awp.gamma=0,5e-3", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert [row["overrides"] for row in rows] == ["awp.gamma=0", "awp.gamma=0.005"]  # the swept key
+    for job, gamma in (("0", 0.0), ("1", 5e-3)):
+        config = OmegaConf.load(sweep / job / ".hydra" / "config.yaml")
+        assert config.attack._target_ == "lsa_train.attacks.MARTAttack" and config.attack.base_loss == "mart"
+        assert config.awp.gamma == gamma and config.module.awp.gamma == gamma  # module.awp is ${awp}
 
 
 # -- bad inputs: exit code 2, one line naming the value, nothing written but Hydra's .hydra/ ------------

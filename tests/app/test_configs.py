@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lsa_train.app import builders, validation
-from lsa_train.attacks import APGD, FGSM, FGSMRS, PGD, PGDL2, NoAttack, TRADESAttack
+from lsa_train.attacks import APGD, FGSM, FGSMRS, PGD, PGDL2, MARTAttack, NoAttack, TRADESAttack
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -31,7 +31,7 @@ def test_every_group_has_its_options() -> None:
         "cnn_b", "custom", "mlp_a", "preact_resnet18", "resnet18", "robustbench", "timm", "tv", "vgg19", "wrn28_10",
         "wrn34_10",
     ]
-    assert options("attack") == ["apgd", "fgsm", "fgsm_rs", "none", "pgd", "pgd_l2", "trades"]
+    assert options("attack") == ["apgd", "fgsm", "fgsm_rs", "mart", "none", "pgd", "pgd_l2", "trades"]
     assert options("regularizer") == ["lsa", "none"]
     assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "debug"}
     assert set(options("experiment")) == {
@@ -101,6 +101,7 @@ def test_model_keys_from_data_can_be_overridden(tmp_path: Path) -> None:
 EXPECTED_ATTACKS = {
     "none": (NoAttack, "normal"), "fgsm": (FGSM, "ce"), "fgsm_rs": (FGSMRS, "ce"), "pgd": (PGD, "ce"),
     "pgd_l2": (PGDL2, "ce"), "apgd": (APGD, "ce"), "trades": (TRADESAttack, "trades"),
+    "mart": (MARTAttack, "mart"),
 }
 
 

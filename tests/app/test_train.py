@@ -47,6 +47,7 @@ def test_default_fast_dev_run(make_cfg, tmp_path: Path) -> None:
         ("pgd_l2", [], "ce"),
         ("apgd", [], "ce"),
         ("trades", [], "trades"),
+        ("mart", [], "mart"),
         ("none", ["regularizer=none"], "normal"),
         ("pgd", ["attack.base_loss=trades"], "trades"),
     ],
@@ -56,8 +57,17 @@ def test_each_attack_and_base_loss(make_cfg, attack: str, extra: list[str], base
     module = objects["module"]
     assert module.base_loss_name == base_loss
     assert type(module.attack).__name__ == {"none": "NoAttack", "fgsm_rs": "FGSMRS", "pgd_l2": "PGDL2",
-                                           "trades": "TRADESAttack"}.get(attack, attack.upper())
+                                           "trades": "TRADESAttack", "mart": "MARTAttack"}.get(attack, attack.upper())
     assert math.isfinite(metrics["train/loss"]) and "test/acc_pgd" in metrics
+
+
+def test_awp_reaches_the_module(make_cfg) -> None:
+    metrics, objects = train(make_cfg(*FAST, "attack=mart", "awp.gamma=5e-3", "awp.warmup=0"))
+    awp = objects["module"].awp
+    assert awp is not None and (awp.gamma, awp.warmup) == (5e-3, 0) and objects["module"].base_loss_name == "mart"
+    assert math.isfinite(metrics["train/loss"])
+    _, plain = train(make_cfg(*FAST, out="plain"))
+    assert plain["module"].awp is None  # awp.gamma 0 (the default) is off
 
 
 @pytest.mark.parametrize(
@@ -137,6 +147,9 @@ def test_missing_optimized_metric_names_the_choices() -> None:
         (["attack=none"], r"regularizer=none"),
         (["torch_threads=0"], r"torch_threads=0"),
         (["optimizer.lr=-1"], r"optimizer=adam: Invalid learning rate: -1"),
+        (["awp.gamma=-1"], r"module: awp gamma must be a finite number >= 0 \(0 = off\), got -1$"),
+        (["awp.warmup=-1"], r"module: awp warmup must be an integer number of epochs >= 0, got -1"),
+        (["module.mart_beta=-2", "attack=mart"], r"module: mart_beta must be a finite number >= 0, got -2"),
     ],
 )
 def test_config_errors_before_training(make_cfg, tmp_path: Path, overrides: list[str], match: str) -> None:

@@ -13,6 +13,7 @@ from lsa_train.attacks import (
     FGSMRS,
     PGD,
     PGDL2,
+    MARTAttack,
     TRADESAttack,
     batchnorm_buffers_snapshot,
     buffers_snapshot,
@@ -132,7 +133,7 @@ def test_pgd_restarts_keep_every_fooled_sample(moons):
 def test_eps_zero_returns_input(make_model, make_batch, build_attack):
     model = make_model("mlp").eval()
     images, labels = make_batch("mlp")
-    for name in ("fgsm", "pgd", "pgd_l2", "apgd", "trades"):
+    for name in ("fgsm", "pgd", "pgd_l2", "apgd", "trades", "mart"):
         assert torch.equal(build_attack(name, eps=0.0)(model, images, labels), images), name
 
 
@@ -239,6 +240,24 @@ def test_trades_increases_kl_and_ignores_labels(make_model, make_batch):
             F.log_softmax(model(x_adv), 1), F.log_softmax(model(images), 1), reduction="sum", log_target=True
         )
     assert kl > 1e-3
+
+
+# -- MART ----------------------------------------------------------------------------------
+def test_mart_is_pgd_on_ce_from_the_reference_gaussian_start(make_model, make_batch):
+    model = make_model("cnn").eval()
+    images, labels = make_batch("cnn", n=32)
+    eps, alpha = 0.1, 0.03
+    x_adv = MARTAttack(eps, alpha=alpha, steps=4, seed=5)(model, images, labels)
+    # the reference loop, written out: x + 0.001 * N(0, 1), then signed CE ascent with projection
+    noise = torch.empty_like(images).normal_(generator=torch.Generator().manual_seed(5))
+    x = torch.min(torch.max(images + 0.001 * noise, images - eps), images + eps).clamp(0, 1)
+    for _ in range(4):
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x), labels), [x])
+        x = torch.min(torch.max(x + alpha * grad.sign(), images - eps), images + eps).clamp(0, 1)
+    assert torch.allclose(x_adv, x.detach(), atol=1e-6)
+    assert ce(model, x_adv, labels) > ce(model, images, labels)
+    assert MARTAttack(0.1).alpha == pytest.approx(0.025) and MARTAttack(0.1, steps=7).num_forward_backward == 7
 
 
 # -- model-state helpers ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ EXPECTED = {
     "pgd_l2": "PGDL2",
     "apgd": "APGD",
     "trades": "TRADESAttack",
+    "mart": "MARTAttack",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ PAPER_DIR = Path(__file__).resolve().parents[2] / "experiments" / "paper"
 sys.path.insert(0, str(PAPER_DIR))
 
 import make_tables  # noqa: E402
+import paper_common  # noqa: E402
 import run_digits  # noqa: E402
 import run_moons  # noqa: E402
 
@@ -56,7 +58,8 @@ def test_quick_moons_writes_raw_json(quick_results: tuple[Path, Path]) -> None:
     files = sorted((results / "raw").glob("moons__*.json"))
     assert [f.name for f in files] == ["moons__AT-PGD-LR-L2_lam1__s7.json", "moons__AT-PGD__s7.json"]
     record: dict[str, Any] = json.loads(files[0].read_text())
-    assert record["seed"] == 7 and record["config"] == {"base": "pgd", "lr": "L2", "lam": 1.0}
+    assert record["seed"] == 7 and record["config"] == {"base": "pgd", "lr": "L2", "lam": 1.0, "awp": 0.0}
+    assert set(record["git"]) == {"commit", "dirty"}  # None/None only outside a git checkout
     metrics = record["metrics"]
     assert set(metrics["fgsm"]) == set(make_tables.EPS_KEYS)
     assert all(0.0 <= acc <= 1.0 for acc in metrics["fgsm"].values())
@@ -132,3 +135,73 @@ def test_config_lists() -> None:
     assert "AT-TRADES-LR-L2_lam1" in names and "AT-PGD-LR-L0_lam1" in names and "AT-FAST-LR-L0_lam1" not in names
     assert len(run_moons.main_configs(full=True)) == 5 + 4 * 4
     assert [c.run_id for c in run_digits.configs()] == ["Normal", "AT-APGD", "AT-APGD-LR-L0_lam1"]
+
+
+def test_digits_bases_configs() -> None:
+    assert [c.run_id for c in run_digits.base_configs()] == [
+        "AT-PGD", "AT-PGD-LR-L0_lam1", "AT-PGD+AWP", "AT-PGD+AWP-LR-L0_lam1",
+        "AT-MART", "AT-MART-LR-L0_lam1", "AT-TRADES+AWP", "AT-TRADES+AWP-LR-L0_lam1",
+    ]
+    settings = paper_common.TrainSettings(model="mlp_a", epochs=1)
+    module = paper_common.build_module(run_digits.base_configs()[7], settings, torch.nn.Linear(2, 2))
+    assert module.base_loss_name == "trades" and module.awp is not None and module.awp.gamma == 5e-3
+    assert module.mvl == ["0"]
+    mart = paper_common.build_module(paper_common.RunConfig("mart"), settings, torch.nn.Linear(2, 2))
+    assert mart.base_loss_name == "mart" and mart.awp is None and type(mart.attack).__name__ == "MARTAttack"
+
+
+def _git(repo: Path, *args: str) -> str:
+    command = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_git_state_records_the_commit_and_a_dirty_flag(tmp_path: Path) -> None:
+    assert paper_common.git_state(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "lsa_train").mkdir()
+    (tmp_path / "lsa_train" / "x.py").write_text("a = 1\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "init")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    assert paper_common.git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "new_result.json").write_text("{}")  # untracked files (results) do not count
+    assert paper_common.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "lsa_train" / "x.py").write_text("a = 2\n")
+    assert paper_common.git_state(tmp_path) == {"commit": head, "dirty": True}
+
+
+def _fake_digits(run_id: str, seed: int, pgd: float, commit: str = "abc") -> dict[str, Any]:
+    record = _fake(run_id, seed, 0.9)
+    record["dataset"] = "digits"
+    record["metrics"]["pgd"] = {"0.2": pgd}
+    record["metrics"]["n_test"] = 360
+    record["metrics"]["autoattack"] = {
+        "robust_accuracy": pgd - 0.05, "pgd_same_subset": pgd, "version": "custom", "eps": 0.2, "n_samples": 200,
+        "attacks": ["apgd-ce"], "skipped": {},
+    }
+    record["settings"] = {"eps": 0.2, "epochs": 15, "attack_steps": 10, "trades_beta": 6.0, "mart_beta": 6.0}
+    record["git"] = {"commit": commit, "dirty": False}
+    return record
+
+
+def test_digits_bases_section_pairs_each_defense_with_pgd_and_its_lr_row() -> None:
+    records = [
+        *(_fake_digits("AT-PGD", s, p) for s, p in ((0, 0.40), (1, 0.50))),
+        *(_fake_digits("AT-MART", s, p) for s, p in ((0, 0.45), (1, 0.54))),
+        *(_fake_digits("AT-MART-LR-L0_lam1", s, p) for s, p in ((1, 0.50),)),
+        _fake_digits("AT-APGD", 0, 0.3),
+    ]
+    text = make_tables.digits_bases_section(records)
+    rows = _table(text, "Table D5")
+    assert [(r["training"], r["seeds"]) for r in rows] == [("AT-PGD", "2"), ("AT-MART", "2"), ("AT-MART-LR-L0", "1")]
+    assert rows[1]["PGD-20 0.2"] == "49.5 ± 6.4"
+    against = _table(text, "Table D6")
+    assert [(r["run"], r["reference"], r["seeds"]) for r in against] == [("AT-MART", "AT-PGD", "2")]
+    assert against[0]["Δ PGD-20 0.2"] == "4.5 ± 0.7"
+    lr = _table(text, "Table D7")
+    assert [(r["LR run"], r["base"], r["seeds"], r["Δ PGD-20 0.2"]) for r in lr] == [
+        ("AT-MART-LR-L0_lam1", "AT-MART", "1", "-4.0 ± 0.0")
+    ]
+    assert "AT-MART 2, AT-MART-LR-L0 1" in text and "commit of the runs: abc" in text
+    main_rows = make_tables.digits_section(records)
+    assert "AT-MART" not in main_rows and "| AT-APGD |" in main_rows

@@ -1,4 +1,4 @@
-"""Two-process CPU (gloo) DDP run of AT-LR; each rank writes its final MVL and weights.
+"""Two-process CPU (gloo) DDP run of AT-LR with AWP from epoch 1; each rank writes its final MVL and weights.
 
 Run by ``test_callback.py`` in a subprocess: ``python ddp_script.py OUT_DIR``. Lightning's
 ``ddp`` strategy re-launches this script for rank 1 (with ``LOCAL_RANK=1``). Each rank gets its
@@ -31,7 +31,19 @@ def main(out: Path) -> None:
     train = DataLoader(TensorDataset(x[:192], y[:192]), batch_size=32, shuffle=True)
     held_out = slice(192 + 48 * rank, 240 + 48 * rank)  # rank 0: samples 192-239, rank 1: 240-287
     val = DataLoader(TensorDataset(x[held_out], y[held_out]), batch_size=32)
-    module = LSARegularizedModule(model_a(16), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.5))
+    module = LSARegularizedModule(
+        model_a(16), attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.5),
+        awp={"gamma": 5e-3, "warmup": 1},
+    )
+    assert module.awp is not None
+    perturbations: list[int] = []
+    compute = module.awp.perturbation
+
+    def counted(*args, **kwargs):  # each rank perturbs with its own shard's gradient
+        perturbations.append(module.current_epoch)
+        return compute(*args, **kwargs)
+
+    module.awp.perturbation = counted
     callback = MVLRefreshCallback(num_samples=48, eta=0.0, plot=False)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, enable_checkpointing=False,
@@ -47,6 +59,8 @@ def main(out: Path) -> None:
         "mvl": module.mvl,
         "history": callback.history,
         "weights": weights,
+        "awp_epochs": perturbations,
+        "awp_restored": module._awp_backup is None,
         "val_acc_clean": float(trainer.callback_metrics["val/acc_clean"]),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))

@@ -116,7 +116,9 @@ def test_ddp_two_cpu_processes_agree_on_mvl_and_weights(tmp_path):
     assert ranks[0]["analysis_subset"] != ranks[1]["analysis_subset"]
     assert ranks[0]["mvl"] == ranks[1]["mvl"] and ranks[0]["mvl"]
     assert ranks[0]["history"] == ranks[1]["history"]  # same analysis numbers, not only the same choice
-    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # AWP restores the weights before the averaged step
+    for rank in ranks:  # AWP ran in epoch 1 only (warmup 1): 192 samples / 2 ranks / batch 32 = 3 steps
+        assert rank["awp_epochs"] == [1, 1, 1] and rank["awp_restored"]
     assert ranks[0]["val_acc_clean"] == pytest.approx(ranks[1]["val_acc_clean"])
 
 

@@ -207,7 +207,7 @@ def test_validation_reports_clean_and_pgd_accuracy(tmp_path, mlp_a, loaders):
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"base_loss": "hinge"}, "unknown base loss 'hinge'; choose one of \\['ce', 'trades', 'normal'\\]"),
+        ({"base_loss": "hinge"}, "unknown base loss 'hinge'; choose one of \\['ce', 'trades', 'mart', 'normal'\\]"),
         ({"attack": "pgd"}, "attack must be an lsa_train.attacks.Attack"),
         ({"base_loss": "trades", "attack": None}, "base_loss='trades' needs an attack"),
         ({"attack": None}, "base_loss='ce' needs an attack .*got attack=None"),
