@@ -73,10 +73,11 @@ def base_loss(
 
     Raises:
         ValueError: An unknown ``name``, or logits that ``name`` needs are missing (``normal``:
-            clean; ``ce``: adversarial; ``trades``: both).
+            clean; ``ce``: adversarial; ``trades`` and ``mart``: both).
     """
     check_base_loss(name)
-    needed = {"normal": ("clean",), "ce": ("adversarial",), "trades": ("clean", "adversarial")}[name]
+    needed = {"normal": ("clean",), "ce": ("adversarial",), "trades": ("clean", "adversarial"),
+              "mart": ("clean", "adversarial")}[name]
     given = {"clean": logits_clean, "adversarial": logits_adv}
     missing = [kind for kind in needed if given[kind] is None]
     if missing:
