@@ -1,13 +1,11 @@
-"""The README's "Your own model and data": a user's CNN class from their own module, trained on their own
-image folder; lsa-analyze on pretrained torchvision weights from torchvision's cache and on a state dict of
-the user's CNN; lsa-evaluate on the same; a timm model through the same path. Subprocesses, as a user runs them.
+"""The README's "Your own model and data" as a user runs it, in subprocesses: a user's CNN class from their
+own module trained on their own image folder; lsa-analyze and lsa-evaluate on a state dict of that CNN.
+(test_readme.py runs every command of that section in-process: the pretrained torchvision and timm ones too.)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,6 @@ from pathlib import Path
 import own_data
 import pytest
 import torch
-import torchvision
 from apptest_utils import app_env
 
 #: Keeps each command to seconds: one epoch of a few batches, small evaluation and analysis budgets.
@@ -33,8 +30,7 @@ def run(command: list[str], workspace: Path, timeout: int = 300) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user's folder: code/user_nets.py, images/train/<class>/*.png, a state dict of their CNN, and
-    torchvision's cache holding resnet18's ImageNet weights file (random values: nothing is downloaded)."""
+    """A user's folder: code/user_nets.py, images/train/<class>/*.png and a state dict of their CNN."""
     root = tmp_path_factory.mktemp("own")
     own_data.write_user_module(root / "code")
     own_data.write_image_folder(root / "images", per_class=10)
@@ -47,10 +43,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         sys.path.remove(str(root / "code"))
         sys.modules.pop("user_nets", None)
-    weights = torchvision.models.ResNet18_Weights.DEFAULT
-    cache = root / "torch_home" / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), cache / os.path.basename(weights.url))
     return root
 
 
@@ -64,18 +56,6 @@ def test_train_a_user_cnn_on_a_user_image_folder(workspace: Path) -> None:
     assert summary["model_kwargs"] == {"in_channels": 1, "num_classes": 3, "width": 8}
     assert all(name in ("conv1", "conv2", "head") for name in summary["mvl"])  # functional ReLUs: conv/linear probes
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-
-
-def test_analyze_pretrained_torchvision_weights_from_the_cache(workspace: Path) -> None:
-    out = workspace / "tv_analysis"
-    result = run(["lsa_train.app.analyze", "model=tv", "model.name=tv:resnet18", "model.weights=DEFAULT",
-                  "data=imagefolder", "data.root=images", "data.input_size=32", "eps=0.03", *FAST_ANALYZE,
-                  f"hydra.run.dir={out}"], workspace)
-    assert result.returncode == 0, result.stderr[-3000:]
-    settings = json.loads((out / "lsa_results.json").read_text())["settings"]
-    assert settings["model"] == "tv:resnet18" and settings["eps"] == 0.03
-    assert "new layers: fc, conv1 (built from the RGB kernel)" in (out / "analyze.log").read_text()
-    assert (out / "lsa_layers.png").is_file()
 
 
 def test_analyze_and_evaluate_a_state_dict_of_the_user_cnn(workspace: Path) -> None:
@@ -93,19 +73,6 @@ def test_analyze_and_evaluate_a_state_dict_of_the_user_cnn(workspace: Path) -> N
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["pgd_accuracy"] <= metrics["clean_accuracy"]
     assert metrics["metadata"]["model"] == "SmallCNN"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
-def test_analyze_a_timm_model_from_a_local_weights_file(workspace: Path) -> None:
-    import timm
-
-    torch.save(timm.create_model("resnet18").state_dict(), workspace / "timm_resnet18.pth")
-    out = workspace / "timm_analysis"
-    result = run(["lsa_train.app.analyze", "model=timm", "model.name=resnet18", "model.weights_file=timm_resnet18.pth",
-                  "data=imagefolder", "data.root=images", "data.input_size=32", "eps=0.03", "probes=learnable",
-                  *FAST_ANALYZE, f"hydra.run.dir={out}"], workspace)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "lsa_results.json").read_text())["settings"]["model"] == "resnet18"
 
 
 def test_evaluate_without_a_run_needs_model_and_data(workspace: Path) -> None:

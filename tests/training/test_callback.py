@@ -186,7 +186,7 @@ def test_refresh_perturbs_in_the_training_attack_norm(tmp_path, loaders):
     result = callback.refresh(trainer, module)
     assert result.metadata["norm"] == "l2" and result.metadata["eps"] == 0.5
     # the analysis perturbation is L2 PGD-5 at 0.5 with the refresh's seed, not Linf PGD at 0.5
-    l2 = create_attack("pgd", eps=0.5, steps=5, norm="l2", seed=callback.seed + 1)(model, x, y)
+    l2 = create_attack("pgd", eps=0.5, alpha=0.5 / 4, steps=5, norm="l2", seed=callback.seed + 1)(model, x, y)
     torch.testing.assert_close(result.cm, compute_cm(model, module.probes, x, l2, measure="relative_error"))
     given = MVLRefreshCallback(num_samples=32, top_k=1, plot=False, eps=0.1)  # an explicit budget keeps pgd's Linf
     assert given.refresh(trainer, module).metadata["norm"] == "linf"

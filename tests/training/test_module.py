@@ -351,8 +351,10 @@ def test_base_loss_function_raises_value_errors():
         base_loss("ce", y, None, torch.zeros(2, 2))
     with pytest.raises(ValueError, match="base loss 'trades' needs clean logits"):
         base_loss("trades", y, torch.zeros(2, 2), None)
-    with pytest.raises(ValueError, match="unknown base loss 'mart'"):
+    with pytest.raises(ValueError, match="base loss 'mart' needs clean logits"):
         base_loss("mart", y, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="unknown base loss 'madry'"):
+        base_loss("madry", y, torch.zeros(2, 2))
 
 
 # -- derived attacks keep the training norm -----------------------------------------------------------
