@@ -80,3 +80,17 @@ def test_evaluate_without_a_run_needs_model_and_data(workspace: Path) -> None:
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lsa-evaluate: error:") and "no ckpt_path and no data=" in last
+
+
+def test_a_model_yaml_of_the_user_through_config_dir(workspace: Path) -> None:
+    # the user's own model group option, found through --config-dir next to lsa_train's configs
+    (workspace / "my_conf" / "model").mkdir(parents=True)
+    (workspace / "my_conf" / "model" / "small_cnn.yaml").write_text(
+        "_target_: user_nets.SmallCNN\nin_channels: ???\nnum_classes: ???\nwidth: 4\n"
+    )
+    run_dir = workspace / "run_config_dir"
+    result = run(["lsa_train", "--config-dir", "my_conf", "model=small_cnn", "data=imagefolder", "data.root=images",
+                  *FAST_TRAIN, "regularizer=none", f"hydra.run.dir={run_dir}"], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["model_kwargs"] == {"in_channels": 1, "num_classes": 3, "width": 4}
