@@ -19,6 +19,7 @@ Example (a notebook, no Hydra)::
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -50,6 +51,28 @@ def _as_dict(node: Any) -> dict[str, Any]:
     return {str(k): v for k, v in values.items()}
 
 
+def locate(path: str) -> Any:
+    """The object a dotted path names: the longest importable module prefix, then attributes.
+
+    Raises:
+        ImportError: No prefix is a module, or the module itself fails to import.
+        AttributeError: The module lacks the named attribute.
+    """
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:end])
+        try:
+            found = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and not module_name.startswith(err.name):
+                raise  # the module exists but imports a missing package
+            continue
+        for attribute in parts[end:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(f"no module named {parts[0]!r}")
+
+
 def resolve_target(target: Any, what: str = "model") -> Callable[..., Any]:
     """The callable a ``_target_`` names (a dotted path, found on ``sys.path``, or a callable).
 
@@ -62,11 +85,10 @@ def resolve_target(target: Any, what: str = "model") -> Callable[..., Any]:
         raise ValueError(f"{what}._target_ is not set; give the dotted path of a class or function, "
                          f"e.g. {what}._target_=my_package.module.MyClass")
     try:
-        found = hydra.utils.get_object(str(target))
-    except Exception as err:  # ImportError, AttributeError, wrapped by Hydra
-        cause = err.__cause__ or err
-        raise ValueError(f"{what}._target_={target} cannot be imported ({type(cause).__name__}: "
-                         f"{' '.join(str(cause).split())[:160]}); is its module on PYTHONPATH?") from err
+        found = locate(str(target))
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{what}._target_={target} cannot be imported ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:160]}); is its module on PYTHONPATH?") from err
     if not callable(found):
         raise ValueError(f"{what}._target_={target} is not a class or function")
     return found
