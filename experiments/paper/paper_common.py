@@ -277,6 +277,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def saved_with(path: Path, settings: TrainSettings) -> bool:
+    """Whether ``path`` holds a finished run with exactly these settings.
+
+    A record saved under other settings (e.g. 15 epochs where 40 are asked now) is re-run and replaced,
+    so a resumed grid never mixes settings within a table.
+    """
+    if not path.exists():
+        return False
+    saved = json.loads(path.read_text()).get("settings")
+    if saved == _jsonable(asdict(settings)):
+        return True
+    print(f"{path.name}: saved with other settings, re-running", flush=True)
+    return False
+
+
 def raw_path(out: Path, dataset: str, cfg: RunConfig, seed: int) -> Path:
     """``<out>/raw/<dataset>__<run_id>__s<seed>.json``."""
     return out / "raw" / f"{dataset}__{cfg.run_id}__s{seed}.json"
@@ -358,7 +373,7 @@ def run_grid(
     tag: str = "all",
     resume: bool = True,
 ) -> dict[str, Any]:
-    """Runs every (config, seed) not already saved, then writes ``<out>/meta_<dataset>_<tag>.json``."""
+    """Runs every (config, seed) not saved with these settings yet, then writes ``<out>/meta_<dataset>_<tag>.json``."""
     start = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     done, total = 0, len(configs) * len(seeds)
@@ -366,7 +381,7 @@ def run_grid(
         for seed in seeds:
             path = raw_path(out, dataset, cfg, seed)
             done += 1
-            if resume and path.exists():
+            if resume and saved_with(path, settings):
                 continue
             record = run_one(cfg, settings, make_dm, seed)
             write_json(path, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -205,3 +206,30 @@ def test_digits_bases_section_pairs_each_defense_with_pgd_and_its_lr_row() -> No
     assert "AT-MART 2, AT-MART-LR-L0 1" in text and "commit of the runs: abc" in text
     main_rows = make_tables.digits_section(records)
     assert "AT-MART" not in main_rows and "| AT-APGD |" in main_rows
+
+
+def test_resumed_grid_reruns_records_saved_with_other_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run is skipped only when its saved settings equal the grid's; otherwise it is replaced."""
+    trained: list[tuple[str, int]] = []
+
+    def fake_run_one(cfg: Any, settings: Any, make_dm: Any, seed: int) -> dict[str, Any]:
+        trained.append((cfg.run_id, seed))
+        settings_json = paper_common._jsonable(dataclasses.asdict(settings))
+        return {"settings": settings_json, "metrics": {"clean": 0.5, "rg": 1.0, "pgd": {}}, "train_seconds": 0,
+                "eval_seconds": 0}
+
+    monkeypatch.setattr(paper_common, "run_one", fake_run_one)
+    cfgs = [paper_common.RunConfig("pgd")]
+    short = paper_common.TrainSettings(model="cnn_b", epochs=15)
+    long = paper_common.TrainSettings(model="cnn_b", epochs=40)
+    grid = dict(make_dm=None, out=tmp_path, command="test")
+    paper_common.run_grid("digits", cfgs, [0, 1], short, **grid)
+    assert trained == [("AT-PGD", 0), ("AT-PGD", 1)]
+    paper_common.run_grid("digits", cfgs, [0, 1], short, **grid)  # same settings: nothing re-runs
+    assert len(trained) == 2
+    paper_common.run_grid("digits", cfgs, [0, 1], long, **grid)  # 40 epochs asked: both re-run
+    assert trained[2:] == [("AT-PGD", 0), ("AT-PGD", 1)]
+    saved = json.loads(paper_common.raw_path(tmp_path, "digits", cfgs[0], 1).read_text())
+    assert saved["settings"]["epochs"] == 40
