@@ -383,12 +383,13 @@ class LSARegularizedModule(L.LightningModule):
                 f"non-finite training loss ({float(loss.detach())}) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}, batch {batch_idx}); stopping, checkpoints already written are kept"
             )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/base_loss", loss_base, on_step=False, on_epoch=True)
+        # sync_dist: the epoch values (and the monitor a user may put on them) are the mean over all ranks
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/base_loss", loss_base, on_step=False, on_epoch=True, sync_dist=True)
         if lr_term is not None:
-            self.log("train/lr_term", lr_term, prog_bar=True, on_step=False, on_epoch=True)
+            self.log("train/lr_term", lr_term, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
             for name, value in per_probe.items():
-                self.log(f"train/cm/{name}", value, on_step=False, on_epoch=True)
+                self.log(f"train/cm/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         if logits_clean is not None:
             self.train_acc_clean.update((logits_clean.detach().argmax(1) == y).float())
             self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True)

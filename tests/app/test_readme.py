@@ -44,7 +44,7 @@ FAST_RUN = {
 }
 #: Lighter settings for what the command leaves at its default (figures and black-box attacks dominate).
 LIGHT_DEFAULTS = {
-    "train": {},
+    "train": {"regularizer.mvl.num_samples": "64", "data.eval_batch_size": "64"},
     "evaluate": {"autoattack.enabled": "false", "masking.square_queries": "null"},
     "analyze": {"perturbations": "[gaussian,pgd]", "feature_map_samples": "2"},
 }

@@ -62,6 +62,7 @@ def main(out: Path) -> None:
         "awp_epochs": perturbations,
         "awp_restored": module._awp_backup is None,
         "val_acc_clean": float(trainer.callback_metrics["val/acc_clean"]),
+        "train_epoch_means": {key: float(trainer.callback_metrics[key]) for key in ("train/loss", "train/base_loss")},
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
     if torch.distributed.is_initialized():

@@ -120,6 +120,8 @@ def test_ddp_two_cpu_processes_agree_on_mvl_and_weights(tmp_path):
     for rank in ranks:  # AWP ran in epoch 1 only (warmup 1): 192 samples / 2 ranks / batch 32 = 3 steps
         assert rank["awp_epochs"] == [1, 1, 1] and rank["awp_restored"]
     assert ranks[0]["val_acc_clean"] == pytest.approx(ranks[1]["val_acc_clean"])
+    # the epoch's training losses are averaged over the ranks (sync_dist), not each rank's own shard
+    assert ranks[0]["train_epoch_means"] == ranks[1]["train_epoch_means"]
 
 
 def test_figures_are_written_off_the_training_thread(tmp_path, loaders, monkeypatch):
