@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lsa_train.attacks.base import Attack
+from lsa_train.attacks.gaussian_start import GaussianStartAttack
 from lsa_train.attacks.registry import register_attack
-from lsa_train.attacks.validation import check_count, check_positive
 
 
 @register_attack("mart")
-class MARTAttack(Attack):
+class MARTAttack(GaussianStartAttack):
     """Inner maximization of MART from 'Improving Adversarial Robustness Requires Revisiting
     Misclassified Examples' (Wang et al., ICLR 2020) [https://openreview.net/forum?id=rklOg6EFwS].
 
@@ -23,7 +22,8 @@ class MARTAttack(Attack):
 
     Args:
         eps: Maximum perturbation (Linf radius), ``>= 0``. Required (e.g. ``8/255``).
-        alpha: Step size, ``> 0``. Default: ``None``, meaning ``eps / 4``.
+        alpha: Step size, ``> 0``. Default: ``None``, meaning ``max(eps / 4, 2.5 * eps / steps)``
+            (as PGD and TRADES; ``eps / 4`` for 10 or more steps).
         steps: Number of steps, ``>= 1``. Default: ``10``.
         clip_min: Lower bound of the valid input range. Default: ``0.0``.
         clip_max: Upper bound of the valid input range. Default: ``1.0``.
@@ -39,37 +39,9 @@ class MARTAttack(Attack):
         >>> x_adv = MARTAttack(eps=8 / 255, alpha=2 / 255, steps=10)(model, images, labels)
     """
 
-    _repr_fields = ("eps", "alpha", "steps")
-
-    #: Standard deviation of the Gaussian start (as in the reference implementation).
-    init_std: float = 1e-3
-
-    def __init__(
-        self,
-        eps: float,
-        alpha: float | None = None,
-        steps: int = 10,
-        *,
-        clip_min: float = 0.0,
-        clip_max: float = 1.0,
-        craft_mode: str = "eval",
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(eps, clip_min=clip_min, clip_max=clip_max, craft_mode=craft_mode, seed=seed)
-        self.alpha = self.eps / 4 if alpha is None else check_positive("alpha", alpha)
-        self.steps = check_count("steps", steps)
-
-    @property
-    def num_forward_backward(self) -> int:
-        return self.steps
-
-    @property
-    def is_random(self) -> bool:
-        return True
-
     def perturb(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         with torch.no_grad():
-            x_adv = self._project(images + self.init_std * self._normal_like(images), images)
+            x_adv = self._gaussian_start(images)
         for _ in range(self.steps):
             grad, _ = self._loss_and_grad(model, x_adv, labels)
             with torch.no_grad():

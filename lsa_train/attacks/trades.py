@@ -6,15 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsa_train.attacks.base import Attack, autocast_off
+from lsa_train.attacks.base import autocast_off
+from lsa_train.attacks.gaussian_start import GaussianStartAttack
 from lsa_train.attacks.losses import kl_to_clean
-from lsa_train.attacks.pgd import default_step_size
 from lsa_train.attacks.registry import register_attack
-from lsa_train.attacks.validation import check_count, check_positive
 
 
 @register_attack("trades")
-class TRADESAttack(Attack):
+class TRADESAttack(GaussianStartAttack):
     """Inner maximization of TRADES from 'Theoretically Principled Trade-off between Robustness and
     Accuracy' (Zhang et al., ICML 2019) [https://arxiv.org/abs/1901.08573].
 
@@ -44,42 +43,19 @@ class TRADESAttack(Attack):
         >>> x_adv = TRADESAttack(eps=8 / 255, alpha=2 / 255, steps=10)(model, images, None)
     """
 
-    _repr_fields = ("eps", "alpha", "steps")
     needs_labels = False
-
-    #: Standard deviation of the Gaussian start (as in the reference implementation).
-    init_std: float = 1e-3
-
-    def __init__(
-        self,
-        eps: float,
-        alpha: float | None = None,
-        steps: int = 10,
-        *,
-        clip_min: float = 0.0,
-        clip_max: float = 1.0,
-        craft_mode: str = "eval",
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(eps, clip_min=clip_min, clip_max=clip_max, craft_mode=craft_mode, seed=seed)
-        self.steps = check_count("steps", steps)
-        self.alpha = default_step_size(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
 
     @property
     def num_forward_backward(self) -> int:
         """``steps`` (plus one forward-only pass for the clean prediction)."""
         return self.steps
 
-    @property
-    def is_random(self) -> bool:
-        return True
-
     def perturb(self, model: nn.Module, images: Tensor, labels: Tensor | None) -> Tensor:
         with torch.no_grad():
             logits = self._logits(model, images)
             with autocast_off(logits.device.type):
                 clean_log_probs = F.log_softmax(logits, dim=1)
-            x_adv = self._project(images + self.init_std * self._normal_like(images), images)
+            x_adv = self._gaussian_start(images)
         for _ in range(self.steps):
             x_adv = x_adv.detach().requires_grad_(True)
             adv_logits = self._logits(model, x_adv)

@@ -172,6 +172,7 @@ def test_pgd_default_step_scales_with_few_steps(steps, alpha):
     assert PGD(0.1, steps=steps).alpha == pytest.approx(alpha)
     assert PGDL2(0.1, steps=steps).alpha == pytest.approx(alpha)
     assert TRADESAttack(0.1, steps=steps).alpha == pytest.approx(alpha)
+    assert MARTAttack(0.1, steps=steps).alpha == pytest.approx(alpha)
     assert PGD(0.1, alpha=0.01, steps=steps).alpha == 0.01
 
 
