@@ -192,14 +192,23 @@ def evaluate(model: nn.Module, dm: LSADataModule, settings: TrainSettings, seed:
             model, subset, eps=settings.aa_eps, steps=settings.pgd_eval_steps, seed=seed
         )
     if settings.masking_checks and settings.aa_eps in pgd:
-        result["masking_warnings"] = _masking(model, loader, settings.aa_eps, sweep, pgd[settings.aa_eps])
+        result["masking_warnings"] = _masking(
+            model, loader, settings.aa_eps, sweep, pgd[settings.aa_eps], settings.pgd_eval_steps
+        )
     return result
 
 
-def _masking(model: nn.Module, loader: Any, eps: float, sweep: dict[float, float], pgd_acc: float) -> list[str]:
-    """The library's cheap gradient-masking checks (FGSM vs PGD, monotone sweep, large eps; Square off)."""
+def _masking(
+    model: nn.Module, loader: Any, eps: float, sweep: dict[float, float], pgd_acc: float, pgd_steps: int
+) -> list[str]:
+    """The library's cheap gradient-masking checks (FGSM vs PGD, monotone sweep, large eps; Square off), with
+    the PGD step count of the evaluation that measured ``pgd_acc``."""
     try:
-        return list(gradient_masking_checks(model, loader, eps, fgsm_sweep=sweep, pgd_acc=pgd_acc, square_queries=None))
+        return list(
+            gradient_masking_checks(
+                model, loader, eps, fgsm_sweep=sweep, pgd_acc=pgd_acc, square_queries=None, pgd_steps=pgd_steps
+            )
+        )
     except Exception as exc:  # a diagnostic must never lose a finished run
         return [f"masking checks failed: {type(exc).__name__}: {exc}"]
 

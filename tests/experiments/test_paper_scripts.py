@@ -233,3 +233,16 @@ def test_resumed_grid_reruns_records_saved_with_other_settings(
     assert trained[2:] == [("AT-PGD", 0), ("AT-PGD", 1)]
     saved = json.loads(paper_common.raw_path(tmp_path, "digits", cfgs[0], 1).read_text())
     assert saved["settings"]["epochs"] == 40
+
+
+def test_masking_checks_use_the_evaluations_pgd_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks compare against a PGD accuracy measured with ``pgd_eval_steps``: they must use the same steps."""
+    seen: dict[str, Any] = {}
+
+    def fake_checks(model: Any, loader: Any, eps: float, **kwargs: Any) -> list[str]:
+        seen.update(kwargs, eps=eps)
+        return ["a warning"]
+
+    monkeypatch.setattr(paper_common, "gradient_masking_checks", fake_checks)
+    assert paper_common._masking(None, None, 0.2, {0.0: 1.0}, 0.5, pgd_steps=7) == ["a warning"]
+    assert seen["pgd_steps"] == 7 and seen["pgd_acc"] == 0.5 and seen["eps"] == 0.2
