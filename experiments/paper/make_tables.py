@@ -27,7 +27,7 @@ EPS_KEYS = ("0", "0.1", "0.2", "0.3", "0.4", "0.5")
 BASE_ORDER = ("Normal", "AT-FGSM", "AT-PGD", "AT-TRADES", "AT-FAST", "AT-APGD")
 LR_ORDER = ("", "-LR-L0", "-LR-L1", "-LR-L2", "-LR-auto")
 #: Base rows of the digits table of other base defenses (``run_digits.py --part bases``), each with its LR-L0.
-DIGITS_BASES = ("AT-PGD", "AT-PGD+AWP", "AT-MART", "AT-TRADES+AWP")
+DIGITS_BASES = ("AT-PGD", "AT-PGD+AWP", "AT-MART", "AT-TRADES", "AT-TRADES+AWP")
 
 #: The paper's rows (accuracy % at FGSM eps 0, .1, .2, .3, .4, .5, then R&G); see lsa-method.md.
 PAPER_MOONS: dict[str, tuple[float, ...]] = {
@@ -463,7 +463,7 @@ def digits_bases_ids(groups: dict[str, list[Record]], lam: float = 1.0) -> list[
 
 
 def digits_bases_section(records: Sequence[Record]) -> str:
-    """Digits, model B: AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES+AWP and their LR-L0 rows, paired over seeds."""
+    """Digits, model B: AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES(+AWP) and their LR-L0 rows, paired over seeds."""
     title = "## Digits 8x8, model B: other base defenses (MART, AWP) with and without the LSA term"
     groups = group_runs(records, "digits")
     ids = digits_bases_ids(groups)
@@ -478,8 +478,9 @@ def digits_bases_section(records: Sequence[Record]) -> str:
     seeds = ", ".join(f"{i.split('_lam')[0]} {len(groups[i])}" for i in ids)
     out = [title, ""]
     out.append(
-        f"Same data, model, eps ({settings['eps']:g}) and evaluation as Table D1, but {settings['epochs']} epochs "
-        f"(D1: 40), so these rows are compared with each other only. PGD-{settings['attack_steps']} inner "
+        f"Same data, model, eps ({settings['eps']:g}), {settings['epochs']} epochs and evaluation as Table D1"
+        f"{'' if settings['epochs'] == 40 else ' (D1: 40 epochs, so these rows are compared with each other only)'}"
+        f". PGD-{settings['attack_steps']} inner "
         f"maximization for AT-PGD and MART (MART: Gaussian start 0.001, beta {settings.get('mart_beta', 6.0):g}); "
         f"TRADES beta {settings['trades_beta']:g}; AWP gamma 5e-3 from epoch {settings.get('awp_warmup', 0)}; "
         f"LR-L0: lambda 1 on the first activation probe. Seeds per row: {seeds}. "
@@ -492,8 +493,11 @@ def digits_bases_section(records: Sequence[Record]) -> str:
     out.append(comparison_table(groups, against_pgd, columns, names=("run", "reference")))
     out += ["", "### Table D7: the LSA term (LR-L0) minus its base, paired over seeds (percentage points)", ""]
     out.append(comparison_table(groups, lr_pairs(ids), columns))
+    awp_pairs = [(i, i.replace("+AWP", "")) for i in ids if i.endswith("+AWP") and i.replace("+AWP", "") in groups]
+    out += ["", "### Table D8: AWP minus the same base without it, paired over seeds (percentage points)", ""]
+    out.append(comparison_table(groups, awp_pairs, columns, names=("run", "reference")) if awp_pairs else "Not run.")
     key = f"{settings['eps']:g}"
-    out += ["", f"### Table D8: gradient-masking signs at eps {key}", "", masking_section(groups, ids, key, key)]
+    out += ["", f"### Table D9: gradient-masking signs at eps {key}", "", masking_section(groups, ids, key, key)]
     return "\n".join(out) + "\n"
 
 

@@ -1,5 +1,6 @@
 """Table 3 analog of the LSA paper on sklearn digits (8x8) with model B: Normal, AT-APGD, AT-APGD-LR-L0,
-and (``--part bases``) the other base defenses AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES+AWP with their LR-L0 rows.
+and (``--part bases``) the other base defenses AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES+AWP with their LR-L0 rows
+(plus AT-TRADES, AWP's reference for TRADES).
 
 The paper's Table 3 is MNIST (28x28) with model B; this CPU-sized analog uses the 8x8 digits
 (1797 images, 60/20/20 split) with the same architecture (``cnn_b``, padded for 8x8 inputs) and
@@ -33,9 +34,10 @@ def configs(lam: float = MAIN_LAMBDA, base: str = "apgd") -> list[RunConfig]:
 
 
 def base_configs(lam: float = MAIN_LAMBDA, awp: float = AWP_GAMMA) -> list[RunConfig]:
-    """AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES+AWP, each followed by its LR-L0 variant."""
+    """AT-PGD, AT-PGD+AWP, AT-MART, AT-TRADES+AWP, each followed by its LR-L0 variant, then plain AT-TRADES
+    (the reference that AT-TRADES+AWP is paired with)."""
     bases = [RunConfig("pgd"), RunConfig("pgd", awp=awp), RunConfig("mart"), RunConfig("trades", awp=awp)]
-    return [row for b in bases for row in (b, RunConfig(b.base, "L0", lam, b.awp))]
+    return [*(row for b in bases for row in (b, RunConfig(b.base, "L0", lam, b.awp))), RunConfig("trades")]
 
 
 def make_datamodule(batch_size: int):

@@ -141,7 +141,7 @@ def test_config_lists() -> None:
 def test_digits_bases_configs() -> None:
     assert [c.run_id for c in run_digits.base_configs()] == [
         "AT-PGD", "AT-PGD-LR-L0_lam1", "AT-PGD+AWP", "AT-PGD+AWP-LR-L0_lam1",
-        "AT-MART", "AT-MART-LR-L0_lam1", "AT-TRADES+AWP", "AT-TRADES+AWP-LR-L0_lam1",
+        "AT-MART", "AT-MART-LR-L0_lam1", "AT-TRADES+AWP", "AT-TRADES+AWP-LR-L0_lam1", "AT-TRADES",
     ]
     settings = paper_common.TrainSettings(model="mlp_a", epochs=1)
     module = paper_common.build_module(run_digits.base_configs()[7], settings, torch.nn.Linear(2, 2))
@@ -193,6 +193,7 @@ def test_digits_bases_section_pairs_each_defense_with_pgd_and_its_lr_row() -> No
         _fake_digits("AT-APGD", 0, 0.3),
     ]
     text = make_tables.digits_bases_section(records)
+    assert "Table D8" in text and "Not run." in text  # no AWP rows here
     rows = _table(text, "Table D5")
     assert [(r["training"], r["seeds"]) for r in rows] == [("AT-PGD", "2"), ("AT-MART", "2"), ("AT-MART-LR-L0", "1")]
     assert rows[1]["PGD-20 0.2"] == "49.5 ± 6.4"
@@ -246,3 +247,18 @@ def test_masking_checks_use_the_evaluations_pgd_steps(monkeypatch: pytest.Monkey
     monkeypatch.setattr(paper_common, "gradient_masking_checks", fake_checks)
     assert paper_common._masking(None, None, 0.2, {0.0: 1.0}, 0.5, pgd_steps=7) == ["a warning"]
     assert seen["pgd_steps"] == 7 and seen["pgd_acc"] == 0.5 and seen["eps"] == 0.2
+
+
+def test_digits_bases_section_pairs_awp_with_the_same_base_without_it() -> None:
+    records = [
+        *(_fake_digits("AT-PGD", s, p) for s, p in ((0, 0.40), (1, 0.50))),
+        *(_fake_digits("AT-PGD+AWP", s, p) for s, p in ((0, 0.43), (1, 0.52))),
+        *(_fake_digits("AT-TRADES", s, p) for s, p in ((0, 0.50), (1, 0.60))),
+        *(_fake_digits("AT-TRADES+AWP", s, p) for s, p in ((0, 0.49), (1, 0.57))),
+    ]
+    text = make_tables.digits_bases_section(records)
+    awp = _table(text, "Table D8")
+    assert [(r["run"], r["reference"], r["Δ PGD-20 0.2"]) for r in awp] == [
+        ("AT-PGD+AWP", "AT-PGD", "2.5 ± 0.7"), ("AT-TRADES+AWP", "AT-TRADES", "-2.0 ± 1.4")
+    ]
+    assert [r["training"] for r in _table(text, "Table D5")] == ["AT-PGD", "AT-PGD+AWP", "AT-TRADES", "AT-TRADES+AWP"]
