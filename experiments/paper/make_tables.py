@@ -387,7 +387,8 @@ def moons_section(records: Sequence[Record], results: Path, figures: bool) -> st
         f"Accuracy in %, mean ± sample std over seeds, on the {first['metrics']['n_test']}-point test split. "
         f"Training eps {first['settings']['eps']:g}; all eps are Linf radii in units of the inputs rescaled to "
         "[0, 1] per feature (the paper's moons inputs are unscaled, so its eps are not directly comparable: 0.1 "
-        "here is about 0.3 raw units along x and 0.15 along y). " + aa_description(groups)
+        "here is about 0.3 raw units along x and 0.15 along y). " + aa_description(groups) + " "
+        + provenance(groups, list(groups))
     )
     out += ["", "### Table M1: our results (lambda = 1 for the LR rows)", ""]
     out.append(results_table(rows, pgd_eps, "AutoAttack", PAPER_MOONS))
@@ -432,6 +433,26 @@ def moons_section(records: Sequence[Record], results: Path, figures: bool) -> st
     return "\n".join(out) + "\n"
 
 
+def provenance(groups: dict[str, list[Record]], ids: Sequence[str]) -> str:
+    """Which lsa_train commits the runs of ``ids`` came from, per row, and how many ran from a dirty tree."""
+    by_commit: dict[str, list[str]] = defaultdict(list)
+    dirty = 0
+    for run_id in ids:
+        for record in groups[run_id]:
+            git = record.get("git") or {}
+            commit = git.get("commit")
+            by_commit[commit[:10] if commit else "not recorded"].append(f"{run_id.split('_lam')[0]}/s{record['seed']}")
+            dirty += bool(git.get("dirty"))
+    if len(by_commit) == 1:
+        parts = next(iter(by_commit))
+    else:
+        parts = "; ".join(
+            f"{commit} ({len(runs)} run{'s' * (len(runs) != 1)}{': ' + ', '.join(runs) if len(runs) <= 5 else ''})"
+            for commit, runs in sorted(by_commit.items())
+        )
+    return f"lsa_train commit of the runs: {parts} ({dirty} run(s) from a dirty tree)."
+
+
 def digits_section(records: Sequence[Record]) -> str:
     """Table 3 analog (digits 8x8, model B)."""
     groups = group_runs(records, "digits")
@@ -444,7 +465,8 @@ def digits_section(records: Sequence[Record]) -> str:
     out = ["## Digits 8x8, model B (Table 3 analog)", ""]
     out.append(
         f"Accuracy in %, mean ± std over seeds, {next(iter(groups.values()))[0]['metrics']['n_test']}"
-        f"-image test split, pixels in [0, 1]. Training eps {eps:g}. " + aa_description(groups)
+        f"-image test split, pixels in [0, 1]. Training eps {eps:g}. " + aa_description(groups) + " "
+        + provenance(groups, ids)
     )
     out += ["", "### Table D1: our results", "", results_table(rows, pgd_eps, "AutoAttack", PAPER_MNIST)]
     out += ["", "### Table D2: the paper's Table 3 (MNIST 28x28, as reported, FGSM only)", "", paper_table(PAPER_MNIST)]
@@ -473,8 +495,6 @@ def digits_bases_section(records: Sequence[Record]) -> str:
     pgd_eps = sorted({k[4:] for r in rows for k in r["stats"] if k.startswith("pgd_") and k != "pgd_aa_subset"})
     first = groups[ids[0]][0]
     settings = first["settings"]
-    commits = sorted({(r.get("git") or {}).get("commit") or "not recorded" for i in ids for r in groups[i]})
-    dirty = sum(1 for i in ids for r in groups[i] if (r.get("git") or {}).get("dirty"))
     seeds = ", ".join(f"{i.split('_lam')[0]} {len(groups[i])}" for i in ids)
     out = [title, ""]
     out.append(
@@ -484,7 +504,7 @@ def digits_bases_section(records: Sequence[Record]) -> str:
         f"maximization for AT-PGD and MART (MART: Gaussian start 0.001, beta {settings.get('mart_beta', 6.0):g}); "
         f"TRADES beta {settings['trades_beta']:g}; AWP gamma 5e-3 from epoch {settings.get('awp_warmup', 0)}; "
         f"LR-L0: lambda 1 on the first activation probe. Seeds per row: {seeds}. "
-        f"lsa_train commit of the runs: {', '.join(c[:10] for c in commits)} ({dirty} run(s) from a dirty tree)."
+        + provenance(groups, ids)
     )
     out += ["", "### Table D5: results", "", results_table(rows, pgd_eps, "AutoAttack", {})]
     columns = ["fgsm_0", "rg", *[f"pgd_{e}" for e in pgd_eps], "aa"]

@@ -262,3 +262,61 @@ def test_digits_bases_section_pairs_awp_with_the_same_base_without_it() -> None:
         ("AT-PGD+AWP", "AT-PGD", "2.5 ± 0.7"), ("AT-TRADES+AWP", "AT-TRADES", "-2.0 ± 1.4")
     ]
     assert [r["training"] for r in _table(text, "Table D5")] == ["AT-PGD", "AT-PGD+AWP", "AT-TRADES", "AT-TRADES+AWP"]
+
+
+def test_provenance_names_each_commit_with_its_runs() -> None:
+    records = [_fake_digits("AT-PGD", 0, 0.4, commit="a" * 40), _fake_digits("AT-PGD", 1, 0.5, commit="b" * 40)]
+    records[1]["git"]["dirty"] = True
+    unrecorded = _fake_digits("AT-MART", 0, 0.4)
+    unrecorded["git"] = {"commit": None, "dirty": None}
+    groups = make_tables.group_runs([*records, unrecorded], "digits")
+    assert make_tables.provenance(groups, ["AT-PGD"]) == (
+        "lsa_train commit of the runs: aaaaaaaaaa (1 run: AT-PGD/s0); bbbbbbbbbb (1 run: AT-PGD/s1) "
+        "(1 run(s) from a dirty tree)."
+    )
+    assert make_tables.provenance(groups, ["AT-MART"]) == (
+        "lsa_train commit of the runs: not recorded (0 run(s) from a dirty tree)."
+    )
+
+
+README = PAPER_DIR.parents[1] / "README.md"
+#: README results column -> RESULTS.md column.
+README_COLUMNS = {"clean": "FGSM 0", "R&G (FGSM sweep)": "R&G", "PGD-20 @0.1": "PGD-20 0.1",
+                  "PGD-20 @0.2": "PGD-20 0.2", "AutoAttack @0.1": "AutoAttack", "AutoAttack @0.2": "AutoAttack",
+                  "seeds": "seeds"}
+
+
+def _markdown_tables(text: str) -> list[list[dict[str, str]]]:
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            header = [c.strip() for c in block[0].strip("|").split("|")]
+            tables.append([dict(zip(header, (c.strip() for c in row.strip("|").split("|")))) for row in block[2:]])
+            block = []
+    return tables
+
+
+def _same_when_rounded(shown: str, exact: str) -> bool:
+    """Whether ``shown`` ("451 ± 37") is ``exact`` ("450.9 ± 37.4") rounded to ``shown``'s decimals."""
+    if "±" not in shown:
+        return shown == exact
+    pairs = list(zip(shown.split(" ± "), exact.split(" ± "), strict=True))
+    return all(abs(float(s) - float(e)) <= 0.5 * 10 ** -len(s.partition(".")[2]) + 1e-9 for s, e in pairs)
+
+
+@pytest.mark.parametrize(("index", "source"), [(0, "Table M1"), (1, "Table D5")])
+def test_readme_results_match_the_generated_tables(index: int, source: str) -> None:
+    """The README's result rows are copies of experiments/paper/RESULTS.md; a re-run must update both."""
+    readme = README.read_text()
+    results_part = readme[readme.index("## Results"): readme.index("\n## ", readme.index("## Results") + 1)]
+    readme_rows = _markdown_tables(results_part)[index]
+    generated = {row["training"]: row for row in _table((PAPER_DIR / "RESULTS.md").read_text(), source)}
+    assert readme_rows
+    for row in readme_rows:
+        assert row["training"] in generated, (row["training"], source)
+        for column, value in row.items():
+            if column in README_COLUMNS:
+                expected = generated[row["training"]][README_COLUMNS[column]]
+                assert _same_when_rounded(value, expected), (row["training"], column, value, expected)
