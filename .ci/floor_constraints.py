@@ -1,4 +1,4 @@
-"""Prints ``name==version`` constraints pinning the pure-Python core dependencies to the lowest versions
+"""Prints ``name==version`` constraints pinning the core dependencies to the lowest versions
 ``pyproject.toml`` allows (its ``>=`` floors), for the CI step that tests those floors."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-#: Pure-Python core dependencies whose floors CI installs (torch/torchvision: see pyproject.toml).
-FLOORED = ("lightning", "torchmetrics", "hydra-core", "omegaconf")
+#: Core dependencies whose floors CI installs.
+FLOORED = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf")
 
 
 def floor_constraints(pyproject: Path) -> list[str]:

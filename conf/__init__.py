@@ -5,4 +5,7 @@ schemas the YAML files refer to (``/schema/attack``, ``/schema/mvl``), so that H
 works without importing the app first.
 """
 
+from lsa_train.app import run_dirs as _run_dirs
 from lsa_train.app import schemas as _schemas  # noqa: F401 (registers the schemas)
+
+_run_dirs.register_resolvers()  # the run-dir resolvers of hydra/default.yaml, evaluate.yaml, analyze.yaml

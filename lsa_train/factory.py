@@ -208,9 +208,8 @@ def build_model(
         from lsa_train.models.weights import load_weights
 
         report = load_weights(net, str(checkpoint), strict=bool(extras.get("strict", True)), trust=trust_checkpoint)
-        if not report.complete:
-            log.warning("model.checkpoint=%s: loaded partially (strict=false); missing %s, unexpected %s",
-                        checkpoint, report.missing, report.unexpected)
+        loaded = report.describe()
+        log.info("model.checkpoint=%s", loaded)
     if extras.get("mean") is not None or extras.get("std") is not None:
         from lsa_train.models.normalization import Normalize, NormalizedModel
 
@@ -220,7 +219,20 @@ def build_model(
         net = NormalizedModel(Normalize(extras["mean"], extras["std"], vector=vector), net)
     shown = {k: v for k, v in arguments.items() if k != "_target_"}
     shown.update({k: v for k, v in extras.items() if v is not None and (k != "strict" or checkpoint)})
+    if checkpoint not in (None, ""):
+        shown["checkpoint_loaded"] = loaded  # reaches the run summary, metrics.json and the evaluation report
     return net, shown
+
+
+def weights_source(model_kwargs: Mapping[str, Any]) -> str:
+    """Where a built model's weights came from, for logs and reports: the loaded ``checkpoint``, pretrained
+    ``weights``/``pretrained``/``weights_file``, or none (a randomly initialized network)."""
+    if model_kwargs.get("checkpoint_loaded"):
+        return str(model_kwargs["checkpoint_loaded"])
+    for key in PRETRAINED_KEYS:
+        if model_kwargs.get(key) not in (None, False, "", MISSING):
+            return f"pretrained weights ({key}={model_kwargs[key]})"
+    return "no weights loaded: a randomly initialized network"
 
 
 def build_model_and_data(model: Any, data: Any, *, trust_checkpoint: bool = False) -> tuple[nn.Module, Any]:

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import analysis_figures
 from lsa_train.app.checkpoint_loading import register_resolvers
-from lsa_train.app.cli import mark_task_started, run_cli
+from lsa_train.app.cli import config_errors_to_cli, mark_task_started, run_cli
 from lsa_train.app.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,12 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     """
     from lsa_train.analysis import analyze_perturbations
     from lsa_train.app import validation
+    from lsa_train.app.added_keys import check_added_keys
     from lsa_train.app.checkpoint_loading import load_for_app, resolve_device, run_facts, torch_runtime
     from lsa_train.evaluation import collect_samples
 
     started = time.perf_counter()
+    check_added_keys("analyze", validation.hydra_task_overrides())
     check_config(cfg)
     out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
     device = resolve_device(cfg.device)
@@ -146,7 +148,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
                      cfg.num_samples)
         model = run.model.to(device)
         map_probes = analysis_figures.named_feature_map_probes(cfg, model, x[:1].to(device))
-        log.info("analysing %s (%s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.ckpt_path,
+        log.info("analysing %s (weights: %s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.weights,
                  x.shape[0], cfg.split, eps, settings["probes"])
         try:
             results = analyze_perturbations(
@@ -292,7 +294,8 @@ def print_mvl(results: Mapping[str, Any], out_dir: Path) -> None:
 def hydra_main(cfg: DictConfig) -> None:
     """The Hydra task: runs :func:`analyze_run`."""
     mark_task_started()
-    analyze_run(cfg)
+    with config_errors_to_cli():
+        analyze_run(cfg)
 
 
 def main() -> None:

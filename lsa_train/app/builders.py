@@ -50,14 +50,17 @@ def model_display_name(model_cfg: Any) -> str:
     return str(name) if name is not None else str(model_cfg.get("_target_", "model")).rsplit(".", 1)[-1]
 
 
-def build_model(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(cfg: DictConfig, datamodule: Any, *, trust: bool) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``cfg.model`` for this data (``???`` keys from the data, ``model.checkpoint``
-    loaded, see :func:`lsa_train.factory.build_model`); returns it and the resolved arguments."""
+    loaded, see :func:`lsa_train.factory.build_model`); returns it and the resolved arguments.
+
+    ``trust`` (full unpickling and TorchScript for ``model.checkpoint``) is the current command line's
+    ``trust_checkpoint``, passed explicitly: never read from ``cfg``, which may be a saved run's config."""
     where = f"{_where('model')} ({model_label(cfg.model)})"
     with config_section(where):
         facts = factory.data_facts(datamodule)
         return _instantiate_wrapped(
-            lambda: factory.build_model(cfg.model, facts=facts, trust_checkpoint=trust_checkpoint(cfg)), where
+            lambda: factory.build_model(cfg.model, facts=facts, trust_checkpoint=trust), where
         )
 
 
@@ -65,11 +68,6 @@ def model_label(model_cfg: Any) -> str:
     """``model.name=<name>`` for named models, else ``model._target_=<target>``."""
     name = model_cfg.get("name") if isinstance(model_cfg, DictConfig) else None
     return f"model.name={name!r}" if name is not None else f"model._target_={model_cfg.get('_target_')}"
-
-
-def trust_checkpoint(cfg: DictConfig) -> bool:
-    """The top-level ``trust_checkpoint`` switch (full unpickling of files that need it)."""
-    return bool(cfg.get("trust_checkpoint", False))
 
 
 def _instantiate_wrapped(build: Any, where: str) -> Any:

@@ -12,12 +12,15 @@ A training run dir (made by ``lsa-train``) looks like::
 
 Every problem with the input (missing or corrupt checkpoint, no run config next to it, weights that
 do not fit the rebuilt network) is a one-line :class:`~lsa_train.app.errors.ConfigError` naming the
-file and what was expected.
+file and what was expected. Files pass the trust boundary of :mod:`lsa_train.trust`: checkpoints are
+read with ``weights_only=True``, a saved run config's ``_target_`` values are checked before anything is
+imported, and trust comes only from the current command line (:func:`command_line_policy`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,42 +29,55 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsa_train.app import builders, validation
+from lsa_train.app import builders, run_dirs, validation
 from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.trust import (
+    TrustPolicy,
+    UntrustedError,
+    UntrustedFileError,
+    UntrustedTargetError,
+    as_policy,
+    check_checkpoint_link,
+    check_saved_config,
+    policy_from_command_line,
+    read_torch_file,
+)
 
 log = logging.getLogger(__name__)
 
 #: Prefix of the network's parameters in the state dict of ``LSARegularizedModule``.
 MODEL_PREFIX = "model."
-#: The run's composed config, relative to the run dir.
-RUN_CONFIG = Path(".hydra") / "config.yaml"
 #: Folder of the checkpoints, relative to the run dir.
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = run_dirs.CHECKPOINT_DIR
+#: The run's composed config, relative to the run dir.
+RUN_CONFIG = run_dirs.RUN_CONFIG
 #: Name of the OmegaConf resolver that places the output dir next to the training run.
-RUN_SUBDIR_RESOLVER = "lsa_run_subdir"
+RUN_SUBDIR_RESOLVER = run_dirs.RUN_SUBDIR_RESOLVER
+run_subdir = run_dirs.run_subdir
+register_resolvers = run_dirs.register_resolvers
 
 
-# -- the output dir ---------------------------------------------------------------------------
-def run_subdir(ckpt_path: Any, subdir: str, fallback: str) -> str:
-    """``<train run>/<subdir>`` when ``ckpt_path`` is an existing ``<train run>/checkpoints/*.ckpt``,
-    else ``fallback`` (used by ``hydra.run.dir`` in ``evaluate.yaml`` and ``analyze.yaml``)."""
-    if ckpt_path is None:
-        return str(fallback)
-    path = Path(str(ckpt_path)).expanduser()
-    if path.is_file() and path.parent.name == CHECKPOINT_DIR:
-        return str(path.resolve().parent.parent / subdir)
-    return str(fallback)
+# -- the trust of this command line -----------------------------------------------------------
+def command_line_policy(cfg: DictConfig) -> TrustPolicy:
+    """The :class:`~lsa_train.trust.TrustPolicy` of the current command line: ``trust_checkpoint``,
+    ``trusted_targets`` and the ``<key>._target_=...`` overrides (never a saved run's values)."""
+    try:
+        return policy_from_command_line(cfg, validation.hydra_task_overrides())
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
-def register_resolvers() -> None:
-    """Registers ``${lsa_run_subdir:<ckpt_path>,<subdir>,<fallback>}`` (idempotent)."""
-    if not OmegaConf.has_resolver(RUN_SUBDIR_RESOLVER):
-        OmegaConf.register_new_resolver(RUN_SUBDIR_RESOLVER, run_subdir)
+def check_saved_targets(cfg: DictConfig, policy: TrustPolicy, source: Path) -> None:
+    """:func:`lsa_train.trust.check_saved_config` as a one-line :class:`ConfigError`."""
+    try:
+        check_saved_config(cfg, policy, source)
+    except UntrustedTargetError as err:
+        raise ConfigError(str(err)) from err
 
 
 # -- the checkpoint and the run config --------------------------------------------------------
 def check_ckpt_file(ckpt_path: Any) -> Path:
-    """``ckpt_path`` names an existing file; returns it (``~`` expanded)."""
+    """``ckpt_path`` names an existing file, not a symlink out of its run folder; returns it (``~`` expanded)."""
     if ckpt_path is None or str(ckpt_path).strip() == "":
         raise ConfigError("ckpt_path is required: give a checkpoint of a training run, "
                           "e.g. ckpt_path=<run dir>/checkpoints/last.ckpt")
@@ -69,31 +85,31 @@ def check_ckpt_file(ckpt_path: Any) -> Path:
     if not path.is_file():
         kind = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise ConfigError(
-            f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.resolve()}'); "
+            f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.absolute()}'); "
             "give a checkpoint of a training run, such as <run dir>/checkpoints/last.ckpt"
         )
+    try:
+        check_checkpoint_link(path)
+    except UntrustedError as err:
+        raise ConfigError(str(err)) from err
     return path
 
 
-def load_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, Any], bool]:
+def load_checkpoint(path: Path, trust: bool | TrustPolicy = False) -> tuple[dict[str, Any], bool]:
     """The Lightning checkpoint in ``path``, read on the CPU with ``weights_only=True``; returns it and
     whether the safe loader sufficed (``False`` only when ``trust`` allowed full unpickling).
 
     Raises:
-        ConfigError: A file the safe loader refuses (unless ``trust``; the message names
+        ConfigError: A file the safe loader refuses or TorchScript (unless ``trust``; the message names
             ``trust_checkpoint=true``), an unreadable or corrupt file, or no ``state_dict`` in it.
     """
-    from lsa_train.models.weights import UntrustedFileError, read_weights_file
-
+    policy = as_policy(trust)
     try:
-        checkpoint, safe = read_weights_file(path), True
+        checkpoint, safe = read_torch_file(path, what="checkpoint"), True
     except UntrustedFileError as err:
-        if not trust:
-            raise ConfigError(
-                f"ckpt_path='{path}' was not loaded: {one_line(err)}; if you trust where the file comes from, "
-                "add trust_checkpoint=true"
-            ) from err
-        checkpoint, safe = read_weights_file(path, trust=True), False
+        if not policy.unpickle:
+            raise ConfigError(f"ckpt_path='{path}' was not loaded: {one_line(err)}") from err
+        checkpoint, safe = read_torch_file(path, trust=policy, what="checkpoint"), False
     except (ValueError, OSError) as err:
         raise _corrupt(path, err) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
@@ -104,13 +120,39 @@ def load_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, Any], bo
     return checkpoint, safe
 
 
-def check_ckpt_path(ckpt_path: str | None, trust: bool = False) -> Path | None:
-    """``ckpt_path`` is ``None`` or a Lightning checkpoint that loads (see :func:`load_checkpoint`)."""
+def check_ckpt_path(ckpt_path: str | None, trust: bool | TrustPolicy = False) -> tuple[Path, dict[str, Any]] | None:
+    """``None``, or the path and content of ``ckpt_path``, a Lightning checkpoint that loads (see
+    :func:`load_checkpoint`)."""
     if ckpt_path is None:
         return None
     path = check_ckpt_file(ckpt_path)
-    load_checkpoint(path, trust)
-    return path
+    return path, load_checkpoint(path, trust)[0]
+
+
+def completed_epochs(checkpoint: Mapping[str, Any]) -> int:
+    """The epochs a Lightning checkpoint has finished (what ``Trainer.current_epoch`` is after restoring it)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    completed = progress.get("current", {}).get("completed") if isinstance(progress, Mapping) else None
+    return int(completed if completed is not None else checkpoint.get("epoch", 0))
+
+
+def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Path) -> str | None:
+    """A resume must leave ``trainer.max_epochs`` at least the epochs ``ckpt`` finished; returns a note for the
+    summary when none is left to train (the run is then only tested).
+
+    Raises:
+        ConfigError: ``max_epochs`` is below the finished epochs.
+    """
+    done = completed_epochs(checkpoint)
+    if max_epochs is None or int(max_epochs) < 0:
+        return None
+    if int(max_epochs) < done:
+        raise ConfigError(f"trainer.max_epochs={max_epochs} but ckpt_path='{ckpt}' has finished {done} epochs; "
+                          f"set trainer.max_epochs to more than {done} to train further")
+    if int(max_epochs) == done:
+        return (f"ckpt_path has finished all trainer.max_epochs={max_epochs} epochs: nothing was trained, the run was "
+                "only tested (set trainer.max_epochs higher to train further)")
+    return None
 
 
 def _corrupt(path: Path, err: BaseException) -> ConfigError:
@@ -126,10 +168,10 @@ def find_run_config(ckpt: Path, run_config: Any = None) -> Path:
     if run_config is not None:
         path = Path(str(run_config)).expanduser()
         if not path.is_file():
-            raise ConfigError(f"run_config='{run_config}' does not exist (looked at '{path.resolve()}'); "
+            raise ConfigError(f"run_config='{run_config}' does not exist (looked at '{path.absolute()}'); "
                               "give the training run's .hydra/config.yaml")
         return path
-    folder = ckpt.resolve().parent
+    folder = Path(os.path.abspath(ckpt)).parent  # as given: a symlink does not lead to another run's config
     candidates = [folder.parent / RUN_CONFIG] if folder.name == CHECKPOINT_DIR else []
     candidates.append(folder / RUN_CONFIG)
     for candidate in candidates:
@@ -170,6 +212,16 @@ class LoadedRun:
     epoch: int | None
     global_step: int | None
     model_cfg: Any = None
+
+    @property
+    def weights(self) -> str:
+        """Where the weights came from: the run's checkpoint, ``model.checkpoint`` (with the tensors loaded),
+        pretrained weights, or none."""
+        if self.ckpt_path is not None:
+            return f"'{self.ckpt_path}' (epoch {self.epoch}, step {self.global_step})"
+        from lsa_train.factory import weights_source
+
+        return weights_source(self.model_kwargs)
 
     @property
     def model_name(self) -> str:
@@ -214,22 +266,32 @@ def _has_target(node: Any) -> bool:
     return isinstance(node, DictConfig) and node.get("_target_") is not None
 
 
+def _only_target(node: Any) -> bool:
+    """A node that only names a ``_target_`` (``model._target_=...`` given to vouch for a run's class)."""
+    return _has_target(node) and set(node.keys()) == {"_target_"}
+
+
 def load_for_app(cfg: DictConfig) -> LoadedRun:
     """What ``lsa-evaluate``/``lsa-analyze`` work on: the run of ``cfg.ckpt_path``, or the pair
     ``cfg.model`` + ``cfg.data`` (``model=<name> data=<name>``, with ``model.checkpoint=<file>``).
 
+    Trust comes from this command line only (:func:`command_line_policy`).
+
     Raises:
         ConfigError: Both or neither given, or anything :func:`load_run` / the builders refuse.
     """
-    trust = bool(cfg.get("trust_checkpoint", False))
+    policy = command_line_policy(cfg)
     model_node, data_node = cfg.get("model"), cfg.get("data")
     if cfg.get("ckpt_path") is not None:
-        if _has_target(model_node) or _has_target(data_node):
+        if _has_target(model_node) and not _only_target(model_node):
             raise ConfigError(
                 "give either ckpt_path (a checkpoint of an lsa-train run, whose model and data are rebuilt) or "
                 "model=... data=... (any model; its weights with model.checkpoint=<file>), not both"
             )
-        return load_run(cfg.ckpt_path, cfg.get("run_config"), data_overrides(data_node), trust)
+        vouched = {group: str(node.get("_target_")) for group, node in (("model", model_node), ("data", data_node))
+                   if _has_target(node)}  # the run's own targets, given again to trust them
+        overrides = {k: v for k, v in data_overrides(data_node).items() if k != "_target_"}
+        return load_run(cfg.ckpt_path, cfg.get("run_config"), overrides, policy, vouched)
     missing = [group for group, node in (("model", model_node), ("data", data_node)) if not _has_target(node)]
     if missing:
         raise ConfigError(
@@ -240,11 +302,11 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
     data = OmegaConf.to_container(data_node, resolve=True)
     assert isinstance(data, dict)
     data = {k: v for k, v in data.items() if not (k in DATA_OVERRIDE_KEYS and v is None)}
-    app_cfg = OmegaConf.create({"model": model_node, "data": data, "trust_checkpoint": trust})
+    app_cfg = OmegaConf.create({"model": model_node, "data": data})
     validation.check_model_name(app_cfg.model)
     datamodule = builders.build_datamodule(app_cfg)
     prepare_data(datamodule)
-    model, kwargs = builders.build_model(app_cfg, datamodule)
+    model, kwargs = builders.build_model(app_cfg, datamodule, trust=policy.unpickle)
     model.eval()
     return LoadedRun(
         ckpt_path=None, run_dir=None, run_config_path=None, run_cfg=None, datamodule=datamodule, model=model,
@@ -260,26 +322,45 @@ def prepare_data(datamodule: Any) -> None:
 
 
 def load_run(
-    ckpt_path: Any, run_config: Any = None, data: Mapping[str, Any] | None = None, trust: bool = False
+    ckpt_path: Any,
+    run_config: Any = None,
+    data: Mapping[str, Any] | None = None,
+    trust: bool | TrustPolicy = False,
+    vouched: Mapping[str, str] | None = None,
 ) -> LoadedRun:
-    """Checks ``ckpt_path``, finds its run config, rebuilds datamodule and network, loads the weights.
+    """Checks ``ckpt_path``, finds its run config, checks the config's targets, rebuilds datamodule and
+    network, loads the weights.
 
     Args:
         ckpt_path: ``<run dir>/checkpoints/<name>.ckpt``.
         run_config: The run's ``.hydra/config.yaml`` if it is not next to the checkpoint.
         data: Overrides of the run's ``data`` config (``batch_size``, ``data_dir``, ...).
-        trust: Allow full unpickling of a checkpoint the safe loader refuses.
+        trust: The current command line's :class:`~lsa_train.trust.TrustPolicy` (or a plain flag: allow
+            full unpickling of a checkpoint the safe loader refuses). Never read from the run's config.
+        vouched: ``{group: target}`` given on the command line to trust the run's own ``<group>._target_``;
+            each must equal the run's (they name the run's classes, they do not replace them).
     """
+    policy = as_policy(trust)
     ckpt = check_ckpt_file(ckpt_path)
     config_path = find_run_config(ckpt, run_config)
     run_cfg = load_run_config(config_path)
-    checkpoint, safe = load_checkpoint(ckpt, trust)
+    for group, target in (vouched or {}).items():
+        saved = OmegaConf.select(run_cfg, f"{group}._target_", default=None, throw_on_missing=False)
+        if str(saved) != target:
+            raise ConfigError(
+                f"{group}._target_={target} was given with ckpt_path, but the run's config '{config_path}' has "
+                f"{group}._target_={saved}; with ckpt_path, a _target_ only vouches for the run's own class "
+                f"(give {group}._target_={saved} or trusted_targets=[...]), or give model=... data=... without "
+                "ckpt_path"
+            )
+    check_saved_targets(run_cfg, policy, config_path)  # before anything it names is imported
+    checkpoint, safe = load_checkpoint(ckpt, policy)
     if data:
         run_cfg.data = OmegaConf.merge(run_cfg.data, dict(data))
     validation.check_model_name(run_cfg.model)
     datamodule = builders.build_datamodule(run_cfg)
     prepare_data(datamodule)
-    model, kwargs = builders.build_model(run_cfg, datamodule)
+    model, kwargs = builders.build_model(run_cfg, datamodule, trust=policy.unpickle)
     load_weights(model, checkpoint["state_dict"], ckpt, config_path)
     model.eval()
     return LoadedRun(
@@ -349,13 +430,14 @@ def run_facts(run: LoadedRun) -> dict[str, Any]:
     """Facts about the evaluated run for reports (JSON-ready)."""
     data_name = type(run.datamodule).__name__
     if run.run_cfg is None:
-        return {"model": run.model_name, "data": data_name, "model_kwargs": run.model_kwargs,
+        return {"model": run.model_name, "data": data_name, "weights": run.weights, "model_kwargs": run.model_kwargs,
                 "weights_only_load": run.weights_only}
     setting = {
         "run_dir": str(run.run_dir),
         "run_config": str(run.run_config_path),
         "data": data_name,
         "model": run.model_name,
+        "weights": run.weights,
         "checkpoint_epoch": run.epoch,
         "checkpoint_global_step": run.global_step,
         "weights_only_load": run.weights_only,

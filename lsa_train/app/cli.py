@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from hydra.errors import HydraException
@@ -27,12 +28,25 @@ from lsa_train.app.errors import ConfigError, one_line
 #: Exceptions reported as configuration errors (exit code 2).
 CONFIG_ERRORS: tuple[type[BaseException], ...] = (ConfigError, HydraException, OmegaConfBaseException)
 
-_state: dict[str, Any] = {"task_started": False, "sweep_failure": None}
+_state: dict[str, Any] = {"task_started": False, "sweep_failure": None, "in_cli": False, "config_error": None}
 
 
 def mark_task_started() -> None:
     """Called by the task function: from now on an ``OSError`` is not about the run dir."""
     _state["task_started"] = True
+
+
+@contextmanager
+def config_errors_to_cli() -> Iterator[None]:
+    """Inside a task function run by :func:`run_cli`: a configuration error is handed to :func:`run_cli`
+    instead of being raised through Hydra (which would print a line of its own first), so that the user
+    sees one line. Outside :func:`run_cli` (a test calling the task) it is raised as usual."""
+    try:
+        yield
+    except CONFIG_ERRORS as err:
+        if not _state["in_cli"]:
+            raise
+        _state["config_error"] = err
 
 
 def report_sweep_failure(message: str) -> None:
@@ -54,25 +68,38 @@ def run_cli(entry: Callable[[], Any], prog: str) -> None:
     if user_full_error == "1":
         entry()
         return
-    _state["task_started"] = False
-    _state["sweep_failure"] = None
+    _state.update(task_started=False, sweep_failure=None, in_cli=True, config_error=None)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise instead of printing; we print one line
     try:
         entry()
+        if _state["config_error"] is not None:
+            raise _state["config_error"]
     except CONFIG_ERRORS as err:
-        _fail(prog, one_line(err) + _plugin_hint(str(err)), code=2)
+        _fail(prog, _better_override_message(prog, str(err)) or (one_line(err) + _plugin_hint(str(err))), code=2)
     except OSError as err:
         if _state["task_started"]:
             raise
         _fail(prog, f"cannot create the run directory ({err}); set hydra.run.dir / hydra.sweep.dir or "
                     "paths.log_dir to a writable folder", code=2)
     finally:
+        _state.update(in_cli=False, config_error=None)
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = user_full_error
     if _state["sweep_failure"]:
         _fail(prog, _state["sweep_failure"], code=1)
+
+
+def _better_override_message(prog: str, message: str) -> str | None:
+    """Hydra's "Could not override 'x.y'" for a key nothing would read if added: the nearest known key
+    instead of Hydra's ``+x.y`` hint (see :mod:`lsa_train.app.added_keys`)."""
+    if "Could not override" not in message:
+        return None
+    from lsa_train.app.added_keys import PROGRAM_CONFIGS, suggest_for_failed_override
+
+    overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    return suggest_for_failed_override(PROGRAM_CONFIGS.get(prog, ""), overrides, message)
 
 
 def _plugin_hint(message: str) -> str:

@@ -29,7 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lsa_train.app.checkpoint_loading import register_resolvers
-from lsa_train.app.cli import mark_task_started, run_cli
+from lsa_train.app.cli import config_errors_to_cli, mark_task_started, run_cli
 from lsa_train.app.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,11 @@ def evaluate(cfg: DictConfig) -> Any:
         ConfigError: Bad input (checkpoint, run config, values), reported in one line by :func:`main`.
     """
     from lsa_train.app import validation
+    from lsa_train.app.added_keys import check_added_keys
     from lsa_train.app.checkpoint_loading import load_for_app, resolve_device, torch_runtime
 
     started = time.perf_counter()
+    check_added_keys("evaluate", validation.hydra_task_overrides())
     check_config(cfg)
     out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
     device = resolve_device(cfg.device)
@@ -109,8 +111,11 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         extra_warnings.append(f"the run was trained with an {run.attack_norm()} attack; its eps={eps:g} is used "
                               "as a Linf budget here (set pgd.eps for a meaningful Linf evaluation)")
     aa_version = _autoattack_version(cfg, extra_warnings)
+    if run.weights.startswith("no weights"):
+        extra_warnings.append(f"{run.model_name} has no weights (no ckpt_path, model.checkpoint or pretrained "
+                              "weights): the evaluated network is randomly initialized")
     model = run.model.to(device)
-    log.info("evaluating %s (%s) on the %s split, eps=%g, device %s", run.model_name, run.ckpt_path, cfg.split,
+    log.info("evaluating %s (weights: %s) on the %s split, eps=%g, device %s", run.model_name, run.weights, cfg.split,
              eps, device)
     masking = cfg.masking
     report = evaluate_robustness(
@@ -191,8 +196,10 @@ def _pct(value: float | None) -> str:
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra task: evaluates and returns the PGD accuracy (for sweepers)."""
     mark_task_started()
-    report = evaluate(cfg)
-    return report.pgd_accuracy
+    with config_errors_to_cli():
+        report = evaluate(cfg)
+        return report.pgd_accuracy
+    return None
 
 
 def main() -> None:

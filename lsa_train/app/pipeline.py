@@ -10,6 +10,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,7 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, validation
 from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
+from lsa_train.app.resume import ResumePlan
+from lsa_train.app.resume import describe as describe_resume
 from lsa_train.app.schemas import MVLMode
+from lsa_train.trust import TrustPolicy
 from lsa_train.utils.runtime import torch_threads
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,12 @@ _EXPECTED_WARNINGS = (
 
 
 def run_training(
-    cfg: DictConfig, started: float, ckpt_path: str | None = None
+    cfg: DictConfig,
+    started: float,
+    ckpt_path: str | None = None,
+    policy: TrustPolicy | None = None,
+    resume: ResumePlan | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Seeds, sets determinism and threads, then builds (checking each object), fits, tests and reports.
 
@@ -40,20 +49,19 @@ def run_training(
         cfg: The composed config, its plain values already checked by :func:`lsa_train.app.train.train`.
         started: ``time.perf_counter()`` at the start of the run.
         ckpt_path: The checked checkpoint to resume from, if any.
+        policy: The command line's trust (``trust_checkpoint``); default: none.
+        resume: The resume of a run folder (``cfg`` is then its effective config), recorded before fitting.
+        notes: Lines for the run summary (what the run did differently from what a reader would assume).
     """
     _route_lightning_logs_to_root()
     if (cfg.get("extras") or {}).get("ignore_warnings", True):
         for pattern in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
-    return _train(cfg, started, ckpt_path)
-
-
-def _train(cfg: DictConfig, started: float, ckpt_path: str | None) -> tuple[dict[str, float], dict[str, Any]]:
-    objects = _build(cfg)
+    objects = _build(cfg, policy or TrustPolicy())
     threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
     with torch_threads(threads):
-        return _fit_test_report(cfg, objects, started, ckpt_path)
+        return _fit_test_report(cfg, objects, started, ckpt_path, policy or TrustPolicy(), resume, notes or [])
 
 
 #: ``torch_threads=auto``: models below this many parameters run on one CPU thread.
@@ -75,14 +83,19 @@ def resolve_torch_threads(setting: Any, model: torch.nn.Module) -> int | None:
 
 
 def _fit_test_report(
-    cfg: DictConfig, objects: dict[str, Any], started: float, ckpt_path: str | None
+    cfg: DictConfig, objects: dict[str, Any], started: float, ckpt_path: str | None, policy: TrustPolicy,
+    resume: ResumePlan | None, notes: list[str],
 ) -> tuple[dict[str, float], dict[str, Any]]:
     module, trainer, datamodule = objects["module"], objects["trainer"], objects["datamodule"]
 
     log.info("training %s on %s (%s, base loss %s)", builders.model_display_name(cfg.model), type(datamodule).__name__,
              module.attack, module.base_loss_name)
-    trusted = bool(cfg.get("trust_checkpoint", False))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trusted)
+    resumed = describe_resume(resume, Path(ckpt_path) if ckpt_path else None)
+    if resumed:
+        log.info(resumed)
+    if resume is not None and trainer.is_global_zero:
+        log.info("resume recorded in %s", resume.record())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not policy.unpickle)
     metrics = _floats(trainer.callback_metrics)
     final_mvl = list(module.mvl)
     mvl_callback = objects["mvl_callback"]
@@ -110,6 +123,9 @@ def _fit_test_report(
         "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
         "tested_checkpoint": best,
         "resumed_from": ckpt_path,
+        "resume": resume.summary() if resume is not None else None,
+        "resume_note": resumed,
+        "notes": list(notes),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -126,12 +142,12 @@ def _fit_test_report(
     return metrics, {**objects, "summary": summary}
 
 
-def _build(cfg: DictConfig) -> dict[str, Any]:
+def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
     """Builds every object, checking each as it is built; nothing is written to the run dir before the
     trainer starts."""
     datamodule = builders.build_datamodule(cfg)
     validation.check_dataset_available(datamodule)
-    model, model_kwargs = builders.build_model(cfg, datamodule)
+    model, model_kwargs = builders.build_model(cfg, datamodule, trust=policy.unpickle)
     validation.check_model_input(model, builders.model_display_name(cfg.model), datamodule.input_shape,
                                  datamodule.num_classes)
     mvl = cfg.regularizer.mvl

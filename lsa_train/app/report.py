@@ -91,6 +91,9 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows.append(("R&G score (sum of FGSM accuracies, %)", "n/a" if rg is None else f"{rg:.2f}"))
     rows.append(("final MVL", ", ".join(summary.get("mvl") or []) or "(none)"))
     rows.append(("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights")))
+    if summary.get("resume_note"):
+        rows.append(("resumed", str(summary["resume_note"])))
+    rows += [("note", str(note)) for note in summary.get("notes") or []]
     rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {summary.get('wall_time_s', 0):.1f}"))
     rows.append(("run dir", str(summary.get("run_dir"))))
     return rows

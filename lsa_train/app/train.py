@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import validation
-from lsa_train.app.cli import mark_task_started, run_cli
+from lsa_train.app.cli import config_errors_to_cli, mark_task_started, run_cli
 from lsa_train.app.errors import ConfigError, one_line
 from lsa_train.app.report import failure_summary, write_metrics_json
 
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Checks the config, trains, tests the best (else last) weights and writes the run summary.
+
+    With ``ckpt_path`` of a run folder, the run is resumed with its own config and this command line's
+    overrides on top (:mod:`lsa_train.app.resume`).
 
     Args:
         cfg: A config composed from ``lsa_train.conf`` (``train.yaml``).
@@ -49,22 +52,41 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ConfigError: A bad value, found before anything is trained or checkpointed.
     """
     started = time.perf_counter()
+    from lsa_train.app.added_keys import check_added_keys
+
+    check_added_keys("train", validation.hydra_task_overrides())  # +key that nothing reads: refused
     _apply_extras(cfg)
     # Plain-value checks first: answered before torch and Lightning load.
+    _check_plain_values(cfg)
+    # Then the ones that need torch, but not Lightning.
+    from lsa_train.app.checkpoint_loading import check_ckpt_path, check_resume_epochs, command_line_policy
+    from lsa_train.app.resume import plan_resume
+
+    policy = command_line_policy(cfg)  # trust comes from this command line, before any file is read
+    checked = check_ckpt_path(cfg.get("ckpt_path"), policy)
+    ckpt_path, resume, note = None, None, None
+    if checked is not None:
+        ckpt_path, checkpoint = checked
+        resume = plan_resume(cfg, ckpt_path, policy)
+        if resume is not None:  # the run's own config, this command line's overrides on top: checked again
+            cfg = resume.cfg
+            _check_plain_values(cfg)
+        note = check_resume_epochs(cfg.trainer.get("max_epochs"), checkpoint, ckpt_path)
+    validation.check_trainer_device(cfg.trainer)
+    validation.check_model_name(cfg.model)
+    from lsa_train.app.pipeline import run_training
+
+    return run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None, policy=policy, resume=resume,
+                        notes=[note] if note else [])
+
+
+def _check_plain_values(cfg: DictConfig) -> None:
+    """The checks of plain config values (no torch, no Lightning)."""
     validation.check_top_level(cfg)
     validation.check_output_dir(cfg.paths.output_dir)
     validation.check_loggers(cfg.get("logger"))
     validation.check_attack(cfg.attack)
     validation.check_regularizer(cfg.regularizer, cfg.attack)
-    # Then the ones that need torch, but not Lightning.
-    validation.check_trainer_device(cfg.trainer)
-    from lsa_train.app.checkpoint_loading import check_ckpt_path
-
-    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"), bool(cfg.get("trust_checkpoint", False)))
-    validation.check_model_name(cfg.model)
-    from lsa_train.app.pipeline import run_training
-
-    return run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
 
 def _apply_extras(cfg: DictConfig) -> None:
@@ -112,7 +134,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if multirun or not config_error:
             _record_failure(cfg, message)
         if not multirun:
-            raise
+            with config_errors_to_cli():  # one line on stderr, not Hydra's own line first
+                raise
+            return None
         log.error("job failed: %s", message, exc_info=not config_error)
         return math.nan
 

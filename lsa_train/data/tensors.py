@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from lsa_train.data.base import LSADataModule
 from lsa_train.data.splits import train_val_test_indices
 from lsa_train.data.statistics import Moments, given_statistics
+from lsa_train.trust import UntrustedFileError, read_torch_file
 
 #: File suffixes read by :class:`TensorDataModule`.
 SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".npz")
@@ -59,8 +60,12 @@ def load_arrays(path: Path) -> dict[str, torch.Tensor]:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 content: Any = {key: npz[key] for key in npz.files}
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # weights_only=True, TorchScript refused: lsa_train.trust
+            content = read_torch_file(path, what="tensor file")
+    except UntrustedFileError as err:  # a tensor file never needs unpickling: no trust switch here
+        script = "it is a TorchScript archive, whose loading runs code; save a dict of tensors"
+        reason = _reason(err.__cause__) if err.__cause__ is not None else script
+        raise ValueError(f"tensor file '{path}' could not be read safely: {reason}") from err
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
         raise ValueError(f"tensor file '{path}' could not be read safely: {_reason(err)}") from err
     if not isinstance(content, Mapping):

@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from torch import nn
 
 
@@ -53,10 +52,6 @@ def load_robustbench_model(
     Raises:
         ValueError: Package missing, unknown dataset, threat model or id (with the valid choices).
     """
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    if (major, minor) < (2, 6):
-        raise ValueError(f"RobustBench models need torch >= 2.6 here (torch.load defaults to weights_only=True "
-                         f"from 2.6; RobustBench does not pass it), found {torch.__version__}")
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0") not in ("", "0"):
         raise ValueError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: RobustBench would unpickle model files "
                          "with weights_only=False; unset it")

@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -76,6 +80,13 @@ def pretrained_statistics(name: str, weights: Any) -> tuple[list[float], list[fl
     transforms = member.transforms()
     mean, std = getattr(transforms, "mean", None), getattr(transforms, "std", None)
     return (list(mean), list(std)) if mean is not None and std is not None else None
+
+
+def weights_cache_file(member: Any) -> Path:
+    """Where torchvision's loader looks for the file of a weights enum member (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(member.url).path)
 
 
 @contextmanager
@@ -127,7 +138,14 @@ def create_torchvision_model(
             adapt_first_conv(model, in_channels, model_name=f"tv:{name}")
         return model
     with _safe_hub_loading():
-        model = torchvision.models.get_model(name, weights=member, progress=progress, **kwargs)
+        try:
+            model = torchvision.models.get_model(name, weights=member, progress=progress, **kwargs)
+        except (URLError, OSError) as err:  # offline, and the file is not in the cache
+            raise ValueError(
+                f"tv:{name} weights {member}: '{weights_cache_file(member)}' is not in torchvision's cache and could "
+                f"not be downloaded ({type(err).__name__}: {' '.join(str(err).split())[:120]}); put the file there "
+                "($TORCH_HOME/hub/checkpoints) or run once with network access"
+            ) from err
     new_layers = []
     pretrained_classes = len(member.meta.get("categories") or [])
     if pretrained_classes and pretrained_classes != num_classes:

@@ -85,7 +85,7 @@ def test_model_configs_instantiate(tmp_path: Path, name: str) -> None:
         return
     cfg = compose_train([f"model={name}", f"data={'cifar10' if big else 'digits'}"], tmp_path)
     dm = builders.build_datamodule(cfg)
-    model, kwargs = builders.build_model(cfg, dm)
+    model, kwargs = builders.build_model(cfg, dm, trust=False)
     assert kwargs["num_classes"] == dm.num_classes and kwargs["in_channels"] == dm.input_shape[0]
     with torch.inference_mode():
         validation.check_model_input(model, cfg.model.name, dm.input_shape, dm.num_classes)
@@ -93,7 +93,7 @@ def test_model_configs_instantiate(tmp_path: Path, name: str) -> None:
 
 def test_model_keys_from_data_can_be_overridden(tmp_path: Path) -> None:
     cfg = compose_train(["data=moons", "model=mlp_a", "model.hidden=16"], tmp_path)
-    model, kwargs = builders.build_model(cfg, builders.build_datamodule(cfg))
+    model, kwargs = builders.build_model(cfg, builders.build_datamodule(cfg), trust=False)
     assert kwargs["input_size"] is None and kwargs["in_channels"] == 2 and kwargs["mean"] is None
     assert model(torch.zeros(3, 2)).shape == (3, 2)
 
@@ -167,7 +167,7 @@ def test_speed_switches_reach_the_module(tmp_path: Path) -> None:
     cfg = compose_train(["model=cnn_b", "module.channels_last=true", "module.compile_model={backend: eager}"],
                         tmp_path)
     dm = builders.build_datamodule(cfg)
-    model, _ = builders.build_model(cfg, dm)
+    model, _ = builders.build_model(cfg, dm, trust=False)
     attack, base_loss = builders.build_attack(cfg)
     module = builders.build_module(cfg, model, attack, base_loss, builders.build_regularizer(cfg), dm.num_classes)
     assert module.channels_last and module.compile_kwargs == {"backend": "eager"}
@@ -238,7 +238,7 @@ def test_experiment_configs(tmp_path: Path, name: str) -> None:
     validation.check_regularizer(cfg.regularizer, cfg.attack)
     assert attack.eps == cfg.attack.eps
     if name.startswith(("moons", "digits")):  # the CPU ones: the model is built and checked too
-        model, _ = builders.build_model(cfg, dm)
+        model, _ = builders.build_model(cfg, dm, trust=False)
         validation.check_model_input(model, cfg.model.name, dm.input_shape, dm.num_classes)
     if name == "cifar10_preact_resnet18_pgd":
         assert cfg.attack.eps == pytest.approx(8 / 255) and cfg.attack.alpha == pytest.approx(2 / 255)

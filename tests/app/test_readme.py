@@ -224,8 +224,10 @@ def test_readme_command_runs_on_a_cpu(command: Command, folder: Path, tmp_path: 
     if command.program == "train":
         from lsa_train.app.train import train
 
-        metrics, _ = train(cfg)
-        assert metrics["test/acc_clean"] >= 0.0 and (tmp_path / "metrics.json").is_file()
+        metrics, objects = train(cfg)
+        run_dir = tmp_path if "ckpt_path=" not in command.text else folder / "logs" / "train" / "runs" / "first"
+        assert metrics["test/acc_clean"] >= 0.0 and (run_dir / "metrics.json").is_file()
+        assert objects["summary"]["run_dir"] == str(run_dir)  # a resume keeps writing to its run's folder
     elif command.program == "evaluate":
         from lsa_train.app.evaluate import evaluate
 

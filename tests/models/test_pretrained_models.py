@@ -97,3 +97,29 @@ def test_robustbench_model_from_its_model_dir(tmp_path: Path) -> None:
     assert torch.equal(model.state_dict()[first], source.state_dict()[first])
     with pytest.raises(ValueError, match="not in RobustBench's cifar10/Linf zoo"):
         load_robustbench_model("NoSuchModel2099", model_dir=tmp_path)
+
+
+def test_a_plain_torchvision_state_dict_fits_model_tv_with_pretrained_weights(torch_home: Path, tmp_path: Path) -> None:
+    from lsa_train.factory import build_model
+
+    cache_torchvision_weights(torch_home, "resnet18")
+    mine = torchvision.models.resnet18(num_classes=10).state_dict()  # the user's fine-tuned torchvision resnet18
+    torch.save(mine, tmp_path / "mine.pth")
+    node = {"_target_": "lsa_train.models.create_model", "name": "tv:resnet18", "weights": "DEFAULT",
+            "checkpoint": str(tmp_path / "mine.pth")}
+    model, shown = build_model(node, facts={"num_classes": 10, "in_channels": 3, "input_size": [32, 32]})
+    assert isinstance(model, NormalizedModel)
+    assert torch.equal(model.net.layer3[1].conv2.weight, mine["layer3.1.conv2.weight"])
+    assert shown["checkpoint_loaded"].endswith("122 of 122 tensors loaded into net")
+
+
+def test_torchvision_weights_offline_name_the_cache_file(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(ValueError, match=rf"'{expected}' is not in torchvision's cache and could not be downloaded"):
+        create_model("tv:resnet18", num_classes=10, weights="DEFAULT")

@@ -45,7 +45,11 @@ def test_every_layout_loads_the_same_weights(tmp_path: Path, layout: str) -> Non
         torch.jit.save(torch.jit.trace(source, torch.rand(1, 1, 8, 8)), path)
     target = _net()
     assert not _same(source, target)
-    report = load_weights(target, path)
+    if layout == "torchscript":  # loading TorchScript runs the code stored in it: only with trust
+        with pytest.raises(UntrustedFileError, match=r"TorchScript archive.*trust_checkpoint=true"):
+            load_weights(target, path)
+        assert not _same(source, target)
+    report = load_weights(target, path, trust=layout == "torchscript")
     assert report.complete
     assert _same(source, target)
 
@@ -99,3 +103,40 @@ def test_corrupt_and_missing_files_raise_one_line(tmp_path: Path) -> None:
     torch.save({"epoch": 1, "note": "no tensors"}, tmp_path / "empty.pt")
     with pytest.raises(ValueError, match="found no network weights"):
         load_weights(_net(), tmp_path / "empty.pt")
+
+
+def test_strict_false_refuses_a_file_that_fills_too_little_and_names_the_prefixes(tmp_path: Path) -> None:
+    other = nn.Sequential()
+    other.add_module("backbone", nn.Conv2d(1, 4, 3))
+    other.add_module("fc", nn.Linear(4, 3))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"set model.strict=false"):
+        load_weights(_net(), tmp_path / "other.pt")
+    target = _net()
+    before = [t.clone() for t in target.state_dict().values()]
+    with pytest.raises(ValueError, match=r"fills only 0 of the model's 4 tensors .*file's keys start with "
+                                         r"\['backbone', 'fc'\], the model's with \['0', '3'\]"):
+        load_weights(target, tmp_path / "other.pt", strict=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.state_dict().values(), strict=True))  # untouched
+    half = dict(_net().state_dict())
+    half.pop("3.weight")
+    torch.save(half, tmp_path / "most.pt")
+    report = load_weights(_net(), tmp_path / "most.pt", strict=False)
+    assert (report.loaded, report.total, report.missing) == (3, 4, ["3.weight"])
+    assert "3 of 4 tensors loaded (strict=false: 1 missing, 0 unexpected" in report.describe()
+
+
+def test_a_plain_state_dict_fills_the_network_inside_a_normalized_model(tmp_path: Path) -> None:
+    from lsa_train.models import Normalize, NormalizedModel
+
+    source = _net()
+    torch.save(source.state_dict(), tmp_path / "plain.pt")  # no net. prefix, no normalization statistics
+    wrapped = NormalizedModel(Normalize([0.5], [0.25]), _net())
+    report = load_weights(wrapped, tmp_path / "plain.pt")
+    assert report.complete and report.into == "net" and (report.loaded, report.total) == (4, 4)
+    assert _same(source, wrapped.net)
+    assert wrapped.normalize.mean.flatten().tolist() == [0.5]  # the statistics stay the config's
+    torch.save(wrapped.state_dict(), tmp_path / "wrapped.pt")  # our own wrapped model: every key, no redirect
+    again = NormalizedModel(Normalize([0.1], [0.2]), _net())
+    report = load_weights(again, tmp_path / "wrapped.pt")
+    assert report.into == "" and report.total == 6 and again.normalize.mean.flatten().tolist() == [0.5]

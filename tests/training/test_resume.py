@@ -57,7 +57,8 @@ def test_app_run_sigkilled_after_its_first_checkpoint_resumes_bit_identically(tm
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
-    resumed = run_app(tmp_path / "killed", f"ckpt_path={last}")
+    # the resume rebuilds the run from its saved config, which names the kill switch: drop it here
+    resumed = run_app(tmp_path / "killed", f"ckpt_path={last}", "+callbacks.kill=null")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(last, weights_only=True)

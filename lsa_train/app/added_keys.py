@@ -1,0 +1,130 @@
+"""Keys added on the command line (``+key=value``, ``++key=value``) must be read by something.
+
+Hydra refuses a typo'd key (``regularizer.lamda=0.5``) and suggests ``+regularizer.lamda=0.5``; following
+that hint would add a key nothing reads, and the run would silently use the default. Here a key added
+under a node the app reads key by key (the *closed* nodes: everything but the :data:`OPEN_NODES`, whose
+keys go to a constructor that refuses unknown ones or are the user's own classes' arguments) is refused
+with the nearest known key, and Hydra's own "Could not override" message gets the same suggestion instead
+of its ``+`` hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lsa_train.app.errors import ConfigError
+
+#: Per app (its config name), the top-level nodes whose keys may be added freely: a user class's
+#: arguments (``+model.width=16``), Lightning's Trainer/callback/logger arguments, constructor arguments
+#: that are checked when built, and Hydra's own.
+OPEN_NODES: dict[str, tuple[str, ...]] = {
+    "train": ("model", "data", "trainer", "callbacks", "logger", "module", "optimizer", "scheduler", "hydra",
+              "launcher", "hparams_search", "local"),
+    "evaluate": ("model", "data", "hydra"),
+    "analyze": ("model", "data", "hydra"),
+}
+#: The config name of each console program.
+PROGRAM_CONFIGS: dict[str, str] = {"lsa-train": "train", "lsa-evaluate": "evaluate", "lsa-analyze": "analyze"}
+_ABSENT = object()
+
+
+def _parse(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """``config_name`` composed with ``overrides`` (inside a running app, or on its own)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides=list(overrides))
+    with initialize_config_module("lsa_train.conf", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def _is_closed(config_name: str, key: str) -> bool:
+    return key.split(".", 1)[0] not in OPEN_NODES.get(config_name, ())
+
+
+def _paths(node: Any, prefix: str = "", depth: int = 3) -> list[str]:
+    """Dotted paths of the keys below ``node`` (``pgd.eps``), ``hydra`` left out."""
+    if not isinstance(node, DictConfig) or depth == 0:
+        return []
+    found = []
+    for key in node:
+        if str(key) == "hydra":
+            continue
+        path = f"{prefix}{key}"
+        found.append(path)
+        found += _paths(node._get_node(key), f"{path}.", depth - 1)
+    return found
+
+
+def _nearest(base: DictConfig, key: str) -> tuple[str, list[str]]:
+    """``did you mean ...`` text and the valid keys of the node ``key`` would be added to: a sibling with a
+    close name, else a key of that name elsewhere (``+eps`` on evaluate: ``pgd.eps``)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(base, parent, default=None) if parent else base
+    keys = [str(k) for k in node if str(k) != "hydra"] if isinstance(node, DictConfig) else []
+    prefix = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {prefix}{close[0]}?", keys
+    elsewhere = [p for p in _paths(base) if p.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return f"did you mean {' or '.join(elsewhere[:3])}?", keys
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
+    return (f"did you mean {prefix}{close[0]}?" if close else ""), keys
+
+
+def check_added_keys(config_name: str, overrides: Sequence[str]) -> None:
+    """Refuses ``+key``/``++key`` overrides that add a key nothing reads (under a closed node).
+
+    Args:
+        config_name: ``train``, ``evaluate`` or ``analyze``.
+        overrides: The command line's overrides (Hydra's task overrides).
+
+    Raises:
+        ConfigError: One line naming the override and the nearest known key.
+    """
+    parsed = _parse(overrides)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and _is_closed(config_name, o.key_or_group)]
+    if not added:
+        return
+    kept = [o.input_line for o in parsed if not (o.is_add() or o.is_force_add())]
+    base = _compose(config_name, kept)
+    for override in added:
+        key = override.key_or_group
+        if OmegaConf.select(base, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
+            continue  # ++ of a key that exists: a plain override
+        hint, keys = _nearest(base, key)
+        where = key.rpartition(".")[0] or "the top level"
+        raise ConfigError(
+            f"{override.input_line}: {where} has no key '{key.rpartition('.')[2]}', and nothing would read an added "
+            f"one (it would be ignored); {hint + ' ' if hint else ''}valid keys: {', '.join(keys)}"
+        )
+
+
+def suggest_for_failed_override(config_name: str, overrides: Sequence[str], message: str) -> str | None:
+    """For Hydra's "Could not override 'key'" under a closed node: the message with the nearest known key
+    instead of Hydra's ``+key`` hint (which would add a key nothing reads); ``None`` otherwise."""
+    import re
+
+    match = re.search(r"Could not override '([\w.\-]+)'", message)
+    if not match or not _is_closed(config_name, match.group(1)):
+        return None
+    key = match.group(1)
+    try:
+        kept = [o.input_line for o in _parse(overrides) if o.key_or_group != key]
+        hint, keys = _nearest(_compose(config_name, kept), key)
+    except Exception:  # a second composition problem: Hydra's own message stays
+        return None
+    return (f"Could not override '{key}': {key.rpartition('.')[0] or 'the top level'} has no key "
+            f"'{key.rpartition('.')[2]}'; {hint + ' ' if hint else ''}valid keys: {', '.join(keys)}")

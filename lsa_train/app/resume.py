@@ -1,0 +1,208 @@
+"""Resuming a training run from its folder: ``python -m lsa_train ckpt_path=<run>/checkpoints/last.ckpt``.
+
+The run's own config is the base (its ``.hydra/config.yaml``, or the effective config of its latest
+resume), not the default config: a resume continues the run that was asked for. This command line's
+overrides go on top (``trainer.max_epochs=40``, ``trainer=gpu``), and the run keeps writing to its
+folder (``hydra.run.dir`` is the run dir, see :mod:`lsa_train.app.run_dirs`). Each resume records its
+effective config and overrides in ``<run>/.hydra/resumes/<date>_<time>/``; the run's original
+``.hydra/config.yaml`` is never rewritten.
+
+The saved config is data (:mod:`lsa_train.trust`): every ``_target_`` of the effective config must be
+one of the project's own or vouched for on this command line, and ``trust_checkpoint`` /
+``trusted_targets`` come from this command line only. What defines the trained network cannot change on
+a resume: a group choice other than those of :data:`RESUMABLE_GROUPS` that differs from the run's, or a
+changed ``model.*`` value, is refused in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lsa_train.app import run_dirs, validation
+from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.trust import TRUST_CHECKPOINT_KEY, TRUSTED_TARGETS_KEY, TrustPolicy
+
+log = logging.getLogger(__name__)
+
+#: Config groups a resume may switch: where and how the run continues, not what it trains.
+RESUMABLE_GROUPS: tuple[str, ...] = ("trainer", "callbacks", "logger", "paths", "launcher", "hydra")
+#: Keys that always come from this command line, never from the saved config.
+COMMAND_LINE_KEYS: tuple[str, ...] = ("ckpt_path", TRUST_CHECKPOINT_KEY, TRUSTED_TARGETS_KEY)
+#: Node whose values define the trained network.
+_MODEL = "model"
+
+
+@dataclass
+class ResumePlan:
+    """A resume of the run in ``run_dir``: the effective config and where it came from."""
+
+    cfg: DictConfig
+    run_dir: Path
+    base_config: Path
+    overrides: list[str]
+    switched_groups: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> Path:
+        """Writes ``<run>/.hydra/resumes/<date>_<time>/{config,overrides}.yaml`` (atomically); returns the folder."""
+        from lsa_train.utils.io import atomic_write_text
+
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        folder = self.run_dir / run_dirs.RESUMES_DIR / stamp
+        suffix = 1
+        while folder.exists():
+            folder = self.run_dir / run_dirs.RESUMES_DIR / f"{stamp}_{suffix}"
+            suffix += 1
+        folder.mkdir(parents=True)
+        atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(self.cfg))
+        atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(self.overrides))))
+        return folder
+
+    def summary(self) -> dict[str, Any]:
+        """Facts for ``metrics.json`` / ``report.md``."""
+        return {"run_dir": str(self.run_dir), "base_config": str(self.base_config), "overrides": self.overrides,
+                "switched_groups": dict(self.switched_groups)}
+
+
+def latest_config(run_dir: Path) -> Path:
+    """The config a resume of ``run_dir`` starts from: its latest resume's, else ``.hydra/config.yaml``."""
+    resumes = sorted((run_dir / run_dirs.RESUMES_DIR).glob("*/config.yaml"))
+    return resumes[-1] if resumes else run_dir / run_dirs.RUN_CONFIG
+
+
+def saved_choices(run_dir: Path) -> dict[str, str | None]:
+    """The run's config-group choices (``hydra.runtime.choices`` of ``.hydra/hydra.yaml``); ``{}`` if absent."""
+    path = run_dir / run_dirs.HYDRA_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        node = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default=None)
+    except Exception:  # a broken record is a missing one: group switches are then refused
+        return {}
+    return {str(k): (None if v is None else str(v)) for k, v in (node or {}).items()}
+
+
+def _current_groups() -> set[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
+
+
+def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumePlan | None:
+    """The effective config of resuming the run of ``ckpt``; ``None`` when ``ckpt`` is not in a run
+    folder with a saved config (then the command line's config is used, and the summary says so).
+
+    Args:
+        cli_cfg: The config composed from this command line.
+        ckpt: The checked checkpoint path.
+        policy: This command line's trust policy.
+
+    Raises:
+        ConfigError: A foreign ``_target_``, an unreadable saved config, or an override that would change
+            what the run trains.
+    """
+    from lsa_train.app.checkpoint_loading import check_saved_targets, load_run_config
+
+    run_dir = run_dirs.checkpoint_run_dir(ckpt)
+    if run_dir is None:
+        return None
+    base = latest_config(run_dir)
+    cfg = load_run_config(base)
+    overrides = validation.hydra_task_overrides()
+    switched = _apply_overrides(cfg, cli_cfg, overrides, run_dir)
+    with open_dict(cfg):
+        for key in COMMAND_LINE_KEYS:
+            cfg[key] = cli_cfg.get(key)
+        cfg.paths.output_dir = str(run_dir)
+    check_saved_targets(cfg, policy, base)  # what will be instantiated, before anything is imported
+    return ResumePlan(cfg=cfg, run_dir=run_dir, base_config=base, overrides=list(overrides),
+                      switched_groups=switched)
+
+
+def _apply_overrides(cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict[str, str]:
+    """Applies this command line's ``overrides`` to the saved ``cfg``; returns the switched groups."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # Hydra parsed them once already; this is a guard
+        raise ConfigError(f"cannot read the overrides {overrides}: {one_line(err)}") from err
+    groups = _current_groups()
+    choices = saved_choices(run_dir)
+    switched: dict[str, str] = {}
+    for override in parsed:
+        key = override.key_or_group
+        if key in COMMAND_LINE_KEYS or key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        if key in groups:
+            _switch_group(cfg, cli_cfg, key, override.value(), choices, run_dir, switched)
+        elif override.is_delete():
+            _delete(cfg, key)
+        else:
+            _set_value(cfg, key, override.value(), run_dir)
+    return switched
+
+
+def _switch_group(
+    cfg: DictConfig, cli_cfg: DictConfig, group: str, choice: Any, choices: dict[str, str | None], run_dir: Path,
+    switched: dict[str, str],
+) -> None:
+    saved = choices.get(group)
+    if group in choices and str(choice) == str(saved):
+        return  # the run's own choice, repeated
+    if group in RESUMABLE_GROUPS and group in cli_cfg:
+        with open_dict(cfg):
+            cfg[group] = OmegaConf.create(OmegaConf.to_container(cli_cfg[group], resolve=False))
+        switched[group] = str(choice)
+        return
+    record = run_dir / run_dirs.HYDRA_CONFIG
+    was = f"{group}={saved}" if group in choices else f"a {group} that '{record}' does not record"
+    raise ConfigError(
+        f"{group}={choice}: ckpt_path resumes the run in '{run_dir}', trained with {was}; a resume keeps what the "
+        f"run trains (only {', '.join(RESUMABLE_GROUPS[:4])} can switch): drop {group}={choice}, or leave out "
+        "ckpt_path to start a new run"
+    )
+
+
+def _set_value(cfg: DictConfig, key: str, value: Any, run_dir: Path) -> None:
+    if key == _MODEL or key.startswith(_MODEL + "."):
+        current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if _plain(current) != _plain(value):
+            raise ConfigError(
+                f"{key}={value}: ckpt_path resumes the run in '{run_dir}', whose {key} is {_plain(current)!r}; "
+                "a resume keeps the trained network: drop the override, or leave out ckpt_path to start a new run"
+            )
+        return
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+
+
+def _delete(cfg: DictConfig, key: str) -> None:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if isinstance(parent, DictConfig) and leaf in parent:
+        with open_dict(parent):
+            del parent[leaf]
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+
+
+def describe(plan: ResumePlan | None, ckpt: Path | None) -> str | None:
+    """One line for the run summary: what a resume was based on."""
+    if ckpt is None:
+        return None
+    if plan is None:
+        return (f"resumed from '{ckpt}', which is not in a run folder with a saved config: the config of this "
+                "command line was used")
+    switched = ", ".join(f"{g}={c}" for g, c in plan.switched_groups.items())
+    base = os.path.relpath(plan.base_config, plan.run_dir)
+    return (f"resumed the run in '{plan.run_dir}' from '{ckpt}' with its config '{base}'"
+            + (f" and {switched}" if switched else ""))

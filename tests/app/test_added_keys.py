@@ -1,0 +1,52 @@
+"""A key added with ``+`` that nothing reads is refused with the nearest known key (issue 20, item 6): a typo
+followed through Hydra's "use +key" hint must not train with the default and no word."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from apptest_utils import compose_train
+
+from lsa_train.app.added_keys import check_added_keys
+from lsa_train.app.errors import ConfigError
+from lsa_train.app.train import main, train
+
+
+@pytest.mark.parametrize(("override", "hint"), [
+    ("+regularizer.lamda=0.5", "did you mean regularizer.lambda?"),
+    ("+regularizer.mvl.etaa=2", "did you mean regularizer.mvl.eta?"),
+    ("+awp.gama=0.01", "did you mean awp.gamma?"),
+    ("++seeed=3", "did you mean seed?"),
+])
+def test_an_added_key_nothing_reads_is_refused_before_training(override: str, hint: str, tmp_path: Path) -> None:
+    cfg = compose_train(["trainer=debug", override], tmp_path)
+    with pytest.raises(ConfigError, match="nothing would read an added one") as info:
+        train(cfg)
+    assert hint in str(info.value) and override in str(info.value)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_added_arguments_of_open_nodes_and_forced_existing_keys_pass() -> None:
+    check_added_keys("train", ["model=custom", "model._target_=my.Net", "+model.width=16", "++trainer.max_epochs=2",
+                               "+callbacks.kill._target_=k.Kill", "++regularizer.lambda=0.3", "+data.extra=1"])
+    check_added_keys("evaluate", ["+data.extra=1", "++pgd.steps=3"])
+
+
+def test_evaluate_and_analyze_name_the_key_elsewhere() -> None:
+    with pytest.raises(ConfigError, match=r"\+eps=0.2: the top level has no key 'eps'.*did you mean pgd.eps\?"):
+        check_added_keys("evaluate", ["+eps=0.2"])
+    with pytest.raises(ConfigError, match=r"did you mean num_samples\?"):
+        check_added_keys("analyze", ["+num_sample=10"])
+
+
+def test_hydras_append_hint_becomes_the_nearest_key(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["lsa-train", "regularizer.lamda=0.5"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("lsa-train: error: Could not override 'regularizer.lamda'")
+    assert "did you mean regularizer.lambda?" in line and "+regularizer.lamda" not in line
