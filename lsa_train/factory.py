@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -118,9 +119,13 @@ def data_facts(datamodule: Any) -> dict[str, Any]:
         return dict(datamodule.model_kwargs())
     name = type(datamodule).__name__
     num_classes = getattr(datamodule, "num_classes", None)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if num_classes is None:
         raise ValueError(f"data module {name} has no num_classes attribute (an int >= 1); add one, "
                          "or set model.num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"data module {name} has num_classes={num_classes!r} ({type(num_classes).__name__}); "
+                         "expected an integer >= 1")
+    num_classes = datamodule.num_classes = int(num_classes)  # a numpy integer becomes a plain int
     shape = getattr(datamodule, "input_shape", None)
     if shape is None:
         datamodule.setup("fit")

@@ -18,7 +18,14 @@ from lsa_train.analysis.measures import (
 )
 from lsa_train.analysis.mvl import select_mvl
 from lsa_train.analysis.plots import plot_layer_curves
-from lsa_train.analysis.probes import Probe, ProbeSelectionError, list_probes, select_probes
+from lsa_train.analysis.probes import (
+    Probe,
+    ProbeCoverageWarning,
+    ProbeSelectionError,
+    list_probes,
+    select_probes,
+    select_probes_and_notes,
+)
 from lsa_train.analysis.results import LSAResult
 from lsa_train.analysis.sweep import PAPER_PERTURBATIONS, analyze_perturbations
 
@@ -29,6 +36,7 @@ __all__ = [
     "MVLHistoryTable",
     "Probe",
     "ProbeCapture",
+    "ProbeCoverageWarning",
     "ProbeSelectionError",
     "analyze",
     "analyze_perturbations",
@@ -46,4 +54,5 @@ __all__ = [
     "relative_error",
     "select_mvl",
     "select_probes",
+    "select_probes_and_notes",
 ]

@@ -57,11 +57,26 @@ LEARNABLE_TYPES: tuple[type[nn.Module], ...] = (
 #: Named probe sets accepted by :func:`select_probes`.
 PROBE_SETS = ("activations", "learnable")
 
+#: Autograd node names (without the ``Backward<n>`` suffix) of activation functions: such a node that is
+#: not the output of an activation module is an activation applied as a function (``F.relu`` in forward).
+FUNCTIONAL_ACTIVATION_NODES = frozenset({
+    "Relu", "Gelu", "Silu", "Elu", "Celu", "LeakyRelu", "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Mish",
+    "Hardswish", "Hardsigmoid", "Prelu", "PreluKernel", "RreluWithNoise", "LogSigmoid", "Threshold",
+})
+
 ProbeSpec = str | Sequence[str] | Sequence[nn.Module] | None
+
+
+#: Largest probe list spelled out as an example in the coverage note.
+_EXAMPLE_NAMES = 6
 
 
 class ProbeSelectionError(ValueError):
     """Raised when a probe specification matches nothing or names something unknown."""
+
+
+class ProbeCoverageWarning(UserWarning):
+    """The default activation probes miss part of the network (activations applied as functions)."""
 
 
 @dataclass(frozen=True)
@@ -81,26 +96,145 @@ class Probe:
     index: int
 
 
-def _forward_calls(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, int]]:
-    """Runs one forward and returns ``(module_name, call)`` for every module call, in order."""
+@dataclass
+class _DryRun:
+    """What one dry forward saw: every module call in order and, when traced, the autograd graph.
+
+    Attributes:
+        calls: ``(module_name, call)`` for every module call, in forward order.
+        nodes: For each call whose output is a tensor with a ``grad_fn``, that node (traced runs only).
+        outputs: The ``grad_fn`` nodes of the model's output tensors (traced runs only).
+    """
+
+    calls: list[tuple[str, int]]
+    nodes: dict[tuple[str, int], object]
+    outputs: list[object]
+
+
+def _forward_calls(model: nn.Module, example_input: torch.Tensor, trace: bool = False) -> _DryRun:
+    """Runs one forward in eval mode and records every module call, in order.
+
+    With ``trace`` the forward runs with autograd on (the input made to require grad, so that a
+    frozen model is traced too) and each call's output node is kept; if that forward fails, it is
+    run again untraced.
+    """
     names = {module: name for name, module in model.named_modules()}
     counts: dict[str, int] = {}
-    calls: list[tuple[str, int]] = []
+    run = _DryRun([], {}, [])
 
-    def record(module: nn.Module, _inputs: object, _output: object) -> None:
+    def record(module: nn.Module, _inputs: object, output: object) -> None:
         name = names.get(module)
         if name is None:
             return
         counts[name] = counts.get(name, 0) + 1
-        calls.append((name, counts[name]))
+        run.calls.append((name, counts[name]))
+        node = getattr(output, "grad_fn", None) if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            run.nodes[(name, counts[name])] = node
 
     handle = nn.modules.module.register_module_forward_hook(record)
     try:
-        with eval_mode(model), torch.no_grad():
-            model(example_input)
+        with eval_mode(model):
+            if trace:
+                try:
+                    with torch.enable_grad():
+                        traced = example_input.detach()
+                        if traced.is_floating_point():
+                            traced = traced.requires_grad_(True).clone()  # a non-leaf: in-place ops stay legal
+                        output = model(traced)
+                    run.outputs = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+                    return run
+                except RuntimeError:
+                    counts.clear()
+                    run = _DryRun([], {}, [])
+            with torch.no_grad():
+                model(example_input)
     finally:
         handle.remove()
-    return calls
+    return run
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    """The tensors in a model output (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _node_kind(node: object) -> str:
+    """``ReluBackward0`` -> ``Relu``."""
+    return re.sub(r"Backward\d*$", "", type(node).__name__)
+
+
+def _layers_behind(start: object, learnable: dict[object, str], stop: set[object]) -> set[str]:
+    """The learnable layers whose outputs reach ``start`` through no other learnable layer (nor a ``stop``
+    node): a walk back through the autograd graph from ``start``."""
+    found: set[str] = set()
+    seen: set[object] = set()
+    pending = [next_node for next_node, _ in getattr(start, "next_functions", ())]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in learnable:
+            found.add(learnable[node])
+            continue
+        if node in stop:
+            continue
+        pending.extend(next_node for next_node, _ in getattr(node, "next_functions", ()))
+    return found
+
+
+def _unprobed_layers(model: nn.Module, run: _DryRun, selected: Sequence[Probe]) -> list[str]:
+    """Conv/linear layers that feed an activation applied as a function and no probed activation module.
+
+    The autograd graph of the traced dry forward is walked back from every activation node (ReLU, GELU,
+    ...) that is not the output of a probed module, up to the nearest conv/linear outputs.
+    """
+    modules = dict(model.named_modules())
+    multi = {name for name, call in run.calls if call > 1}
+    learnable: dict[object, str] = {}
+    for (name, call), node in run.nodes.items():
+        if isinstance(modules[name], LEARNABLE_TYPES):
+            learnable.setdefault(node, f"{name}:{call}" if name in multi else name)
+    probed = {run.nodes[(p.module_name, p.call)] for p in selected if (p.module_name, p.call) in run.nodes}
+    functional: list[object] = []
+    seen: set[object] = set()
+    pending = list(run.outputs)
+    while pending:  # every node of the graph, from the outputs back
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node not in probed and _node_kind(node) in FUNCTIONAL_ACTIVATION_NODES:
+            functional.append(node)
+        pending.extend(next_node for next_node, _ in getattr(node, "next_functions", ()))
+    behind_functional: set[str] = set()
+    for node in functional:
+        behind_functional |= _layers_behind(node, learnable, probed)
+    covered: set[str] = set()
+    for node in probed:
+        covered |= _layers_behind(node, learnable, probed)
+    order = list(dict.fromkeys(learnable.values()))
+    return [name for name in order if name in behind_functional - covered]
+
+
+def _coverage_note(model: nn.Module, missing: Sequence[str], selected: Sequence[Probe]) -> str:
+    """The warning for :func:`select_probes` when activation probes miss ``missing``."""
+    modules = list(dict.fromkeys(p.module_name for p in selected))
+    names = [*modules, *missing]
+    example = f", e.g. probes={names}" if len(names) <= _EXAMPLE_NAMES else ""
+    return (
+        f"{type(model).__name__}: {len(missing)} conv/linear layer(s) feed activations applied as functions "
+        f"(F.relu etc. in forward) and have no activation probe after them, so they are never MVL candidates: "
+        f"{_short_list(missing)}; probe them with probes='learnable' (every conv/linear output) or a list of "
+        f"module-name patterns that names them besides the activation modules{example}"
+    )
 
 
 def _split_call(pattern: str) -> tuple[str, int | None]:
@@ -164,7 +298,7 @@ def select_probes(
     example_input: torch.Tensor,
     probes: ProbeSpec = "activations",
 ) -> list[Probe]:
-    """Selects probes in forward order.
+    """Selects probes in forward order (see :func:`select_probes_and_notes`), warning each note.
 
     Args:
         model: The network; it is put back in its original train/eval mode.
@@ -181,6 +315,31 @@ def select_probes(
 
     Raises:
         ProbeSelectionError: Unknown probe set, bad pattern, or nothing matched.
+
+    Warns:
+        ProbeCoverageWarning: The notes of :func:`select_probes_and_notes`: with the default
+            ``"activations"``, a model without activation modules (probed at its conv/linear outputs
+            instead), or conv/linear layers whose activations are functions and so have no probe.
+    """
+    selected, notes = select_probes_and_notes(model, example_input, probes)
+    for note in notes:
+        warnings.warn(note, ProbeCoverageWarning, stacklevel=2)
+    return selected
+
+
+def select_probes_and_notes(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    probes: ProbeSpec = "activations",
+) -> tuple[list[Probe], list[str]]:
+    """:func:`select_probes` without warnings: the probes, and what a user should know about them.
+
+    The notes (one line each) concern the default ``"activations"`` set, which finds activation
+    *modules*: a model whose activations are all functions (``F.relu`` in ``forward``) is probed at its
+    conv/linear outputs instead; a model with some activation modules and some functional activations
+    is probed at the modules only, and the conv/linear layers that feed a functional activation and no
+    probed one (found in the autograd graph of the dry forward) are named, with how to probe them.
+    Explicit sets and patterns give no notes.
     """
     patterns: list[tuple[str, int | None]] = []
     spec = probes
@@ -189,7 +348,9 @@ def select_probes(
         spec = [base for base, _ in patterns]
     module_set = _validate_spec(model, spec)
     modules = dict(model.named_modules())
-    calls = _forward_calls(model, example_input)
+    default = spec in (None, "activations") and not patterns
+    run = _forward_calls(model, example_input, trace=default)
+    calls = run.calls
     multi = {name for name, call in calls if call > 1}
     selected: list[Probe] = []
     for module_name, call in calls:
@@ -207,21 +368,20 @@ def select_probes(
         if keep:
             name = f"{module_name}:{call}" if module_name in multi else module_name
             selected.append(Probe(name=name, module_name=module_name, call=call, index=len(selected)))
-    if not selected and spec in (None, "activations") and not patterns:
+    if not selected and default:
         # activations applied as functions (F.relu in forward) leave no activation module to hook
-        fallback = select_probes(model, example_input, "learnable")
-        warnings.warn(
+        fallback, _ = select_probes_and_notes(model, example_input, "learnable")
+        return fallback, [
             f"{type(model).__name__} has no activation modules (functional activations?): probing the "
-            f"{len(fallback)} conv/linear outputs instead (probes='learnable'); pass module-name patterns to choose",
-            stacklevel=2,
-        )
-        return fallback
+            f"{len(fallback)} conv/linear outputs instead (probes='learnable'); pass module-name patterns to choose"
+        ]
     if not selected:
         kinds = sorted({type(m).__name__ for m in model.modules()})
         raise ProbeSelectionError(
             f"no probe matched {probes!r} in {type(model).__name__}; module types present: {kinds}"
         )
-    return selected
+    missing = _unprobed_layers(model, run, selected) if default else []
+    return selected, [_coverage_note(model, missing, selected)] if missing else []
 
 
 def list_probes(model: nn.Module, example_input: torch.Tensor, probes: ProbeSpec = "activations") -> list[str]:

@@ -77,9 +77,11 @@ def write_feature_maps(
     results: Mapping[str, Any],
     probes: list[Any] | None,
     out_dir: Path,
+    class_names: Sequence[str] | None = None,
 ) -> list[Path]:
     """Perturbs the first ``feature_map_samples`` samples anew with the adversarial perturbation (its
-    eps, ``cfg.seed``) and writes one grid per probe (``probes``, else that perturbation's MVL)."""
+    eps, ``cfg.seed``) and writes one grid per probe (``probes``, else that perturbation's MVL); labels and
+    predictions in the titles are ``class_names`` (the data's, e.g. the image folder's class folders)."""
     from lsa_train.analysis import plot_feature_maps
     from lsa_train.perturbations import perturb
 
@@ -93,6 +95,7 @@ def write_feature_maps(
     return plot_feature_maps(
         model, clean, perturbed, out_dir / FEATURE_MAP_DIR, probes=probes if probes is not None else result,
         labels=labels, num_samples=count, num_channels=int(cfg.feature_map_channels), perturbation=name,
+        class_names=None if class_names is None else list(class_names),
     )
 
 

@@ -148,6 +148,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
                      cfg.num_samples)
         model = run.model.to(device)
         map_probes = analysis_figures.named_feature_map_probes(cfg, model, x[:1].to(device))
+        notes = probe_notes(model, x[:1].to(device), settings["probes"])
         log.info("analysing %s (weights: %s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.weights,
                  x.shape[0], cfg.split, eps, settings["probes"])
         try:
@@ -158,15 +159,46 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         except (ValueError, KeyError) as err:  # unknown perturbation, probe pattern or measure
             raise ConfigError(f"analysis settings {settings} / perturbations={list(cfg.perturbations)}: "
                               f"{one_line(err)}") from err
+        class_names = data_class_names(datamodule)
         feature_maps = (analysis_figures.write_feature_maps(cfg, model, x.to(device), y.to(device), results,
-                                                            map_probes, out_dir) if cfg.feature_maps else [])
+                                                            map_probes, out_dir, class_names)
+                        if cfg.feature_maps else [])
     facts = {**run_facts(run), "eps": eps, "num_samples": int(x.shape[0]), "split": str(cfg.split),
              "device": str(device), **settings}
-    files = write_outputs(results, out_dir, facts, _log_scale(cfg.log_scale, results), feature_maps)
+    if class_names is not None:
+        facts["classes"] = short_names(class_names)
+    files = write_outputs(results, out_dir, facts, _log_scale(cfg.log_scale, results), feature_maps, notes)
     facts["wall_time_s"] = round(time.perf_counter() - started, 2)
-    print_mvl(results, out_dir)
+    print_mvl(results, out_dir, notes)
     log.info("analysis written to %s (%.1f s)", out_dir, facts["wall_time_s"])
     return {"results": results, "eps": eps, "settings": facts, "files": files}
+
+
+def probe_notes(model: Any, example: Any, probes: Any) -> list[str]:
+    """What the probes of ``probes`` miss (see :func:`~lsa_train.analysis.probes.select_probes_and_notes`),
+    logged, for ``analysis.md``; a bad spec gives none here (the analysis itself reports it)."""
+    from lsa_train.analysis.probes import select_probes_and_notes
+
+    spec = OmegaConf.to_container(probes) if OmegaConf.is_config(probes) else probes
+    try:
+        notes = select_probes_and_notes(model, example, spec)[1]
+    except ValueError:
+        return []
+    for note in notes:
+        log.warning("%s", note)
+    return notes
+
+
+def data_class_names(datamodule: Any) -> list[str] | None:
+    """The data's class names (``class_names[k]`` for label ``k``), or ``None`` when it names none."""
+    names = getattr(datamodule, "class_names", None)
+    return None if names is None else [str(n) for n in names]
+
+
+def short_names(names: Sequence[str], limit: int = 10) -> str:
+    """``"cat, dog, eel"``, or the first ``limit`` names and how many there are."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} classes)" if len(names) > limit else "")
 
 
 def print_probes(model: Any, example: Any, probes: Any) -> list[str]:
@@ -250,6 +282,7 @@ def write_outputs(
     facts: Mapping[str, Any],
     log_scale: bool,
     feature_maps: Sequence[Path] = (),
+    notes: Sequence[str] = (),
 ) -> dict:
     """Writes the per-perturbation CSVs, the combined CSV, JSON, figures and Markdown (which links the
     ``feature_maps`` already written); returns the paths."""
@@ -261,7 +294,8 @@ def write_outputs(
         files[f"csv_{name}"] = out_dir / f"lsa_{name}.csv"
         result.to_csv(files[f"csv_{name}"])
     files["csv"] = atomic_write_text(out_dir / ANALYSIS_FILES["csv"], combined_csv(results))
-    payload = {"settings": dict(facts), "results": {name: r.to_dict() for name, r in results.items()}}
+    payload = {"settings": dict(facts), "notes": list(notes),
+               "results": {name: r.to_dict() for name, r in results.items()}}
     files["json"] = atomic_write_text(out_dir / ANALYSIS_FILES["json"], json.dumps(payload, indent=1, default=str))
     title = f"LSA of {facts.get('model')} (eps={facts.get('eps')}, {facts.get('num_samples')} samples)"
     files["plot"] = plot_layer_curves(dict(results), out_dir / ANALYSIS_FILES["plot"], title=title,
@@ -269,13 +303,15 @@ def write_outputs(
     files["distribution"] = analysis_figures.write_distribution(results, out_dir, log_scale=False)
     files["feature_maps"] = list(feature_maps)
     extra = analysis_figures.figures_markdown(out_dir, files["distribution"], files["feature_maps"])
+    if notes:
+        extra += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     files["markdown"] = atomic_write_text(out_dir / ANALYSIS_FILES["markdown"],
                                           analysis_markdown(results, facts, ANALYSIS_FILES["plot"], extra) + "\n")
     return files
 
 
-def print_mvl(results: Mapping[str, Any], out_dir: Path) -> None:
-    """Prints the MVL of each perturbation as a rich table."""
+def print_mvl(results: Mapping[str, Any], out_dir: Path, notes: Sequence[str] = ()) -> None:
+    """Prints the MVL of each perturbation as a rich table, then the ``notes`` (one per line)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -287,6 +323,8 @@ def print_mvl(results: Mapping[str, Any], out_dir: Path) -> None:
                       f"{float(result.probe_means.max()):.4g}")
     console = Console()
     console.print(table)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"written to {out_dir}")
 
 

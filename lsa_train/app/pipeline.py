@@ -125,11 +125,12 @@ def _fit_test_report(
         "resumed_from": ckpt_path,
         "resume": resume.summary() if resume is not None else None,
         "resume_note": resumed,
-        "notes": list(notes),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "model_kwargs": objects["model_kwargs"],
+        "class_names": _class_names(datamodule),
+        "notes": [*notes, *objects["notes"]],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
@@ -152,9 +153,12 @@ def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
                                  datamodule.num_classes)
     mvl = cfg.regularizer.mvl
     mode = MVLMode(mvl.mode)
+    notes: list[str] = []
     if mode is not MVLMode.none:
         layers = mvl.layers if mode is MVLMode.fixed else None
-        validation.check_mvl_layers(model, datamodule.input_shape, mvl.probes, layers)
+        notes = validation.check_mvl_layers(model, datamodule.input_shape, mvl.probes, layers)
+    for note in notes:
+        log.warning("%s", note)
     attack, base_loss = builders.build_attack(cfg)
     parts = builders.build_regularizer(cfg)
     module = builders.build_module(cfg, model, attack, base_loss, parts, datamodule.num_classes)
@@ -168,6 +172,7 @@ def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
     return {
         "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,
         "mvl_callback": parts.callback, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
+        "notes": notes,
     }
 
 
@@ -181,6 +186,12 @@ def _route_lightning_logs_to_root() -> None:
     for handler in list(lightning_logger.handlers):
         if type(handler) is logging.StreamHandler:
             lightning_logger.removeHandler(handler)
+
+
+def _class_names(datamodule: Any) -> list[str] | None:
+    """The data's class names (``class_names[k]`` for label ``k``), ``None`` for data that names none."""
+    names = getattr(datamodule, "class_names", None)
+    return None if names is None else [str(n) for n in names]
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

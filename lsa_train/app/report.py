@@ -93,7 +93,6 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows.append(("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights")))
     if summary.get("resume_note"):
         rows.append(("resumed", str(summary["resume_note"])))
-    rows += [("note", str(note)) for note in summary.get("notes") or []]
     rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {summary.get('wall_time_s', 0):.1f}"))
     rows.append(("run dir", str(summary.get("run_dir"))))
     return rows
@@ -113,6 +112,7 @@ def write_report_md(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
         lines += [f"| {h.get('epoch')} | {h.get('step')} | {', '.join(h.get('mvl') or []) or '(none)'} |"
                   for h in history]
     lines += _history_figure_lines(run_dir, summary.get("mvl_history_files") or {})
+    lines += _notes_lines(summary.get("notes") or [])
     lines += ["", "Accuracies are on the test split; the R&G score sums the FGSM accuracies over the grid",
               "(Khalooei et al.). FGSM alone can overstate robustness: compare with the PGD row.", ""]
     return atomic_write_text(Path(run_dir) / REPORT_FILE, "\n".join(lines))
@@ -136,8 +136,16 @@ def _history_figure_lines(run_dir: str | Path, files: Mapping[str, str]) -> list
     return lines
 
 
+def _notes_lines(notes: Sequence[str]) -> list[str]:
+    """``report.md``'s notes: what the run did that the user may not have asked for (e.g. probes that miss
+    layers), one bullet each."""
+    if not notes:
+        return []
+    return ["", "## Notes", "", *(f"- {note}" for note in notes)]
+
+
 def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
-    """Prints the summary table with rich."""
+    """Prints the summary table with rich, then the run's notes (``summary["notes"]``), one per line."""
     console = console or Console()
     table = Table(title="LSA training summary", show_header=True, header_style="bold")
     table.add_column("metric")
@@ -145,3 +153,5 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
     for name, value in summary_rows(summary):
         table.add_row(name, value)
     console.print(table)
+    for note in summary.get("notes") or []:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

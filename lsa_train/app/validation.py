@@ -295,15 +295,22 @@ def check_model_input(model: nn.Module, name: str, input_shape: Sequence[int], n
         )
 
 
-def check_mvl_layers(model: nn.Module, input_shape: Sequence[int], probes: Any, layers: Sequence[Any] | None) -> None:
-    """The probe spec matches the model, and fixed MVL layers exist among its probes."""
+def check_mvl_layers(
+    model: nn.Module, input_shape: Sequence[int], probes: Any, layers: Sequence[Any] | None
+) -> list[str]:
+    """The probe spec matches the model, and fixed MVL layers exist among its probes.
+
+    Returns:
+        What the user should know about the probes (one line each, for the run summary): e.g. the
+        conv/linear layers that the default activation probes miss because their activations are functions.
+    """
     import torch
 
-    from lsa_train.analysis.probes import select_probes
+    from lsa_train.analysis.probes import select_probes_and_notes
 
     spec = OmegaConf.to_container(probes) if isinstance(probes, ListConfig) else probes
     try:
-        found = select_probes(model, torch.zeros(1, *input_shape), spec)
+        found, notes = select_probes_and_notes(model, torch.zeros(1, *input_shape), spec)
     except ValueError as err:
         raise ConfigError(f"regularizer.mvl.probes={_show(probes)}: {one_line(err)}") from err
     names = [p.name for p in found]
@@ -316,3 +323,4 @@ def check_mvl_layers(model: nn.Module, input_shape: Sequence[int], probes: Any, 
                 )
         elif str(item) not in names:
             raise ConfigError(f"regularizer.mvl.layers names probe {item!r}, which the model lacks; probes: {names}")
+    return [note.replace("probes=", "regularizer.mvl.probes=") for note in notes]

@@ -2,13 +2,66 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import numbers
+import os
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+#: ``num_workers="auto"``: at most this many loader processes.
+MAX_AUTO_WORKERS = 4
+
+
+def log_on_rank_zero(logger: logging.Logger, message: str, *args: Any) -> None:
+    """``logger.info(message, *args)`` on the global rank-0 process only (one line per run under DDP)."""
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        logger.info(message, *args)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_num_workers(cpus: int | None = None) -> int:
+    """``num_workers="auto"``: ``min(4, cpus - 1)`` loader processes, leaving one core to the training
+    process (0, loading in the training process, on a 1-core machine)."""
+    cpus = available_cpus() if cpus is None else cpus
+    return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
+
+
+def resolve_loader_settings(num_workers: int | str, pin_memory: bool | str) -> tuple[int, bool]:
+    """``num_workers`` and ``pin_memory`` with ``"auto"`` resolved for this machine.
+
+    ``num_workers="auto"`` is :func:`auto_num_workers`; ``pin_memory="auto"`` pins only when CUDA is
+    available (pinned memory speeds up host-to-GPU copies and is useless, with a warning, without a GPU).
+
+    Raises:
+        ValueError: Anything but an integer ``>= 0`` or ``"auto"`` for ``num_workers``, or a bool or
+            ``"auto"`` for ``pin_memory``.
+    """
+    if isinstance(num_workers, str) and num_workers.lower() == "auto":
+        workers = auto_num_workers()
+    elif isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0 or 'auto', got {num_workers!r}")
+    else:
+        workers = int(num_workers)
+    if isinstance(pin_memory, str) and pin_memory.lower() == "auto":
+        pin = torch.cuda.is_available()
+    elif isinstance(pin_memory, bool):
+        pin = pin_memory
+    else:
+        raise ValueError(f"pin_memory must be true, false or 'auto', got {pin_memory!r}")
+    return workers, pin
 
 
 class LSADataModule(L.LightningDataModule):
@@ -27,8 +80,9 @@ class LSADataModule(L.LightningDataModule):
 
     Args:
         batch_size: Training batch size.
-        num_workers: DataLoader worker processes (0: load in the main process).
-        pin_memory: Passed to the DataLoaders.
+        num_workers: DataLoader worker processes (0: load in the main process), or ``"auto"``:
+            ``min(4, CPU cores - 1)`` (:func:`auto_num_workers`).
+        pin_memory: Passed to the DataLoaders; ``"auto"``: only when CUDA is available.
         persistent_workers: Keep workers alive between epochs; only effective if ``num_workers > 0``.
         val_fraction: Fraction of the training pool held out for validation, in ``(0, 1)``;
             the split is seeded by ``seed`` (validation size ``ceil(val_fraction * pool)``).
@@ -47,12 +101,18 @@ class LSADataModule(L.LightningDataModule):
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """``class_names[k]`` names label ``k`` (feature-map titles, reports): the ids ``"0"`` .. ``"K-1"``
+        unless the data names its classes (image folders, the torchvision datasets)."""
+        return tuple(str(k) for k in range(self.num_classes))
+
     def __init__(
         self,
         *,
         batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         persistent_workers: bool = False,
         val_fraction: float = 0.1,
         seed: int = 313,
@@ -63,14 +123,17 @@ class LSADataModule(L.LightningDataModule):
         _check_positive_int("batch_size", batch_size)
         if eval_batch_size is not None:
             _check_positive_int("eval_batch_size", eval_batch_size)
-        if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        workers, pin = resolve_loader_settings(num_workers, pin_memory)
+        if "auto" in (str(num_workers).lower(), str(pin_memory).lower()):
+            log_on_rank_zero(log, "data loaders: %d worker processes (num_workers=%s, %d CPU cores), pin_memory=%s "
+                             "(pin_memory=%s, CUDA %s)", workers, num_workers, available_cpus(), pin, pin_memory,
+                             "available" if torch.cuda.is_available() else "not available")
         if not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.num_workers = workers
+        self.pin_memory = pin
         self.persistent_workers = bool(persistent_workers)
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from lsa_train.data.base import LSADataModule
+from lsa_train.data.base import LSADataModule, log_on_rank_zero
 from lsa_train.data.splits import TransformSubset, train_val_test_indices
 from lsa_train.data.statistics import Moments, given_statistics
 
@@ -26,6 +27,18 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 #: What PIL raises for a file it cannot identify or decode.
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+#: Class names listed in the log line of :class:`ImageFolderDataModule` (then ``...``).
+_LOGGED_CLASSES = 20
+
+#: Largest value of a signed 32-bit integer: the range of PIL's mode ``I`` read from 32-bit files.
+_INT32_MAX = 2**31 - 1
+
+log = logging.getLogger(__name__)
+
+
+class ImageValuesError(ValueError):
+    """A readable grey image whose values have no ``[0, 1]`` reading (negative integers, floats outside)."""
+
 
 def is_image_file(path: str) -> bool:
     """An image extension (any case) and not a hidden file (e.g. macOS ``._name.png`` resource forks)."""
@@ -36,11 +49,69 @@ def _is_grey(mode: str) -> bool:
     return mode in _GREY_MODES or mode.startswith("I;")
 
 
+def is_high_depth(mode: str) -> bool:
+    """PIL modes of grey images with more than 8 bits: ``I;16*`` (16-bit), ``I`` (32-bit int), ``F`` (float)."""
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
+def integer_range(image: Image.Image) -> int:
+    """The value that maps to 1.0 for an integer grey image (modes ``I;16*`` and ``I``).
+
+    ``I;16*``: 65535. ``I`` holds 32-bit signed integers, but PIL also reads 16-bit files into it
+    (PGM/PPM with a maxval above 255, scaled by PIL to 0..65535; PNG in older Pillow versions), so
+    the range follows the file's bit depth: 65535 for those, ``2**bits - 1`` for a TIFF of at most 16
+    bits per sample, and ``2**31 - 1`` (the mode's range) for 32-bit files.
+    """
+    if image.mode.startswith("I;16"):
+        return 65535
+    if image.format in ("PNG", "PPM"):
+        return 65535
+    bits = None
+    if image.format == "TIFF":
+        sample_bits = getattr(image, "tag_v2", {}).get(258)  # BitsPerSample
+        bits = int(sample_bits[0] if isinstance(sample_bits, tuple) else sample_bits) if sample_bits else None
+    return 2**bits - 1 if bits is not None and bits <= 16 else _INT32_MAX
+
+
+def unit_pixels(image: Image.Image, path: str) -> np.ndarray:
+    """A high-depth grey image as float32 ``(H, W)`` in ``[0, 1]``: integers divided by their range
+    (:func:`integer_range`), floats (mode ``F``) as they are.
+
+    Raises:
+        ImageValuesError: Negative integers, or float values outside ``[0, 1]`` or not finite (one line
+            naming the path; such images have no range that says what 1.0 is).
+    """
+    if image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            raise ImageValuesError(f"float image '{path}' has NaN or infinite pixels")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageValuesError(
+                f"float image '{path}' has values in [{low:.4g}, {high:.4g}]; float (mode F) images are read as "
+                "they are and must lie in [0, 1]: scale them, or save 8-bit or 16-bit images"
+            )
+        return pixels
+    values = np.asarray(image).astype(np.float64)
+    if values.size and float(values.min()) < 0:
+        raise ImageValuesError(
+            f"integer image '{path}' (mode {image.mode}) has negative values (min {float(values.min()):g}); "
+            "grey images must be unsigned: save 8-bit or 16-bit images, or floats in [0, 1]"
+        )
+    return (values / integer_range(image)).astype(np.float32)
+
+
 class ImageLoader:
     """Opens an image file as a PIL image in ``mode`` (``"L"`` or ``"RGB"``); picklable for workers.
 
+    8-bit images are converted with PIL (``ToTensor`` then divides by 255). 16-bit, 32-bit and float
+    grey images (:func:`is_high_depth`) are scaled to ``[0, 1]`` by :func:`unit_pixels`: in ``"L"`` mode
+    they become float images (mode ``F``, which ``ToTensor`` keeps as they are, so no precision is
+    lost); in ``"RGB"`` mode they are rounded to 8 bits and replicated to three channels.
+
     Raises:
-        ValueError: The file is not a readable image (one line naming the path).
+        ValueError: The file is not a readable image, or its values have no [0, 1] reading (one line
+            naming the path).
     """
 
     def __init__(self, mode: str) -> None:
@@ -49,9 +120,16 @@ class ImageLoader:
     def __call__(self, path: str) -> Image.Image:
         try:
             with Image.open(path) as image:
-                return image.convert(self.mode)
+                if not is_high_depth(image.mode):
+                    return image.convert(self.mode)
+                pixels = unit_pixels(image, path)
+        except ImageValuesError:
+            raise
         except _IMAGE_ERRORS as err:
             raise ValueError(f"unreadable image '{path}': {err}") from err
+        if self.mode == "L":
+            return Image.fromarray(pixels, mode="F")
+        return Image.fromarray(np.rint(pixels * 255.0).astype(np.uint8), mode="L").convert(self.mode)
 
 
 class ClassImageFolder(datasets.ImageFolder):
@@ -78,15 +156,20 @@ class ImageFolderDataModule(LSADataModule):
     too (``test_fraction``, split first), seeded and stratified by class.
 
     Inputs are float32 ``(C, S, S)`` in ``[0, 1]`` (``ToTensor``). ``C`` comes from the images: 1 when
-    every image is grey (PIL modes ``1``, ``L``, ``I``, ``F``), else 3 (all converted to RGB);
-    ``channels`` overrides it. With ``input_size`` each image is resized (shorter side to ``S``,
+    every image is grey (PIL modes ``1``, ``L``, ``I;16``, ``I``, ``F``), else 3 (all converted to RGB);
+    ``channels`` overrides it. 8-bit images are divided by 255; 16-bit grey images (``I;16``, and
+    16-bit PGM files, which PIL reads as ``I``) by 65535; 32-bit integer images (``I``) by ``2**31 - 1``
+    (negative values are refused); float images (``F``, e.g. TIFF) are taken as they are and must lie
+    in ``[0, 1]`` (see :func:`unit_pixels`). With ``input_size`` each image is resized (shorter side to ``S``,
     antialiased) and center-cropped to ``S x S``; without it all images must share one size
     ``(H, W)``. ``mean``/``std`` (per channel, over all pixels of the training split after resizing,
     no augmentation) are computed in ``__init__`` unless given; a constant channel gets std 1.
 
     Everything the app needs before training is read in ``__init__``: the folder layout, the class
-    list, every image's header (mode and size) and, unless ``mean``/``std`` are given, every
-    training image. Bad data raises there, in one line naming the path.
+    list, every image of every split (decoded once, so that a truncated file fails here, even with
+    ``mean``/``std`` given) and, unless ``mean``/``std`` are given, the training images' statistics.
+    Bad data raises there, in one line naming the path. The classes found and the images of each
+    split are logged (rank 0).
 
     Args:
         root: Folder holding ``train/`` (and optionally ``val/``, ``test/``); relative to the working directory.
@@ -102,13 +185,14 @@ class ImageFolderDataModule(LSADataModule):
         **kwargs: Common arguments of :class:`~lsa_train.data.base.LSADataModule`.
 
     Attributes:
-        classes: Class folder names; ``classes[k]`` has label ``k``.
+        classes: Class folder names; ``classes[k]`` has label ``k`` (also :attr:`class_names`).
         split_sources: For each split, ``"folder"`` or ``"train"`` (split off ``train/``).
 
     Raises:
         FileNotFoundError: ``root`` or ``root/train`` is not a directory.
         ValueError: A bad argument, fewer than 2 class folders, a class folder without images, a class
-            folder in ``val/``/``test/`` that ``train/`` lacks, an unreadable image, images of
+            folder in ``val/``/``test/`` that ``train/`` lacks, an unreadable (e.g. truncated) image, a float
+            image outside ``[0, 1]`` or an integer image with negative values, images of
             different sizes without ``input_size``, or an impossible stratified split.
     """
 
@@ -155,7 +239,26 @@ class ImageFolderDataModule(LSADataModule):
         self._folders = folders
         self._indices = self._split(folders)
         self.split_sources = {split: "folder" if split in folders else "train" for split in SPLITS}
+        self._log_layout()
         self.mean, self.std = self._statistics(mean, std)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class folder names: ``class_names[k]`` has label ``k``."""
+        return tuple(self.classes)
+
+    def _log_layout(self) -> None:
+        """One log line: the classes found and the images of each split, with where each split comes from."""
+        shown = ", ".join(self.classes[:_LOGGED_CLASSES])
+        if len(self.classes) > _LOGGED_CLASSES:
+            shown += ", ..."
+        sizes = self.split_sizes()
+        splits = ", ".join(
+            f"{split} {sizes[split]}" + ("" if self.split_sources[split] == "folder" else " (split off train/)")
+            for split in SPLITS
+        )
+        log_on_rank_zero(log, "image folder '%s': %d classes (%s); images per split: %s", self.root,
+                         self.num_classes, shown, splits)
 
     # -- layout -----------------------------------------------------------------------------
     def _find_classes(self) -> list[str]:
@@ -201,7 +304,12 @@ class ImageFolderDataModule(LSADataModule):
 
     @staticmethod
     def _read_headers(folders: dict[str, ClassImageFolder]) -> tuple[set[str], dict[tuple[int, int], str]]:
-        """Every image's PIL mode and size from its header; one example path per ``(H, W)``."""
+        """Every image's PIL mode and size; one example path per ``(H, W)``.
+
+        Every file of every split is also decoded once (JPEGs at 1/8 scale, which still reads all of
+        the file), so that a truncated or corrupt image fails here, not in the middle of training; the
+        values of 16-bit, 32-bit and float grey images are checked as :func:`unit_pixels` reads them.
+        """
         modes: set[str] = set()
         sizes: dict[tuple[int, int], str] = {}
         for folder in folders.values():
@@ -210,6 +318,13 @@ class ImageFolderDataModule(LSADataModule):
                     with Image.open(path) as image:
                         modes.add(image.mode)
                         sizes.setdefault((image.height, image.width), path)
+                        if is_high_depth(image.mode):
+                            unit_pixels(image, path)
+                        else:
+                            image.draft(image.mode, (1, 1))  # JPEG: decode at the smallest scale
+                            image.load()
+                except ImageValuesError:
+                    raise
                 except _IMAGE_ERRORS as err:
                     raise ValueError(f"unreadable image '{path}': {err}") from err
         return modes, sizes

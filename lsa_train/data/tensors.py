@@ -24,6 +24,13 @@ SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".npz")
 #: Array keys: inputs and labels, and the optional separate test split.
 KEYS: tuple[str, ...] = ("x", "y", "x_test", "y_test")
 
+#: Axis orders of 4-D inputs (``layout``): ``auto`` is NCHW, refusing arrays that look channels-last.
+LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc")
+
+#: ``auto`` layout: a 4-D array with more channels than this and a width of at most this looks
+#: channels-last (``(N, 32, 32, 3)`` is not 32 channels of 32x3 images).
+_MAX_PLAIN_CHANNELS = 4
+
 #: Samples per chunk of the statistics pass (bounds the float64 copy of uint8 data).
 _CHUNK = 4096
 
@@ -93,6 +100,22 @@ def load_arrays(path: Path) -> dict[str, torch.Tensor]:
     return arrays
 
 
+def _is_class_count(value: object) -> bool:
+    """An integer >= 2: a Python int, a numpy integer or a 0-d integer tensor (not a bool)."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    try:
+        return int(value) == value and int(value) >= 2  # type: ignore[call-overload]
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _few(values: Sequence[int], limit: int = 8) -> str:
+    """``{3, 7}``, or the first ``limit`` values and how many there are."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return "{" + shown + (f", ... ({len(values)} in all)" if len(values) > limit else "") + "}"
+
+
 class ScaledTensorDataset(Dataset):
     """``(x[i] as float32 in [0, 1], y[i])`` pairs; uint8 inputs are divided by 255 per item (kept small in memory).
 
@@ -117,6 +140,12 @@ class TensorDataModule(LSADataModule):
 
     ``x`` is ``(N, C, H, W)`` images or ``(N, D)`` vectors, uint8 (divided by 255) or float
     (must lie in ``[0, 1]``; stored as float32); ``y`` is ``(N,)`` integer class ids in ``[0, K)``.
+    Channels-last images ``(N, H, W, C)`` are read with ``layout="nhwc"``; with the default
+    ``"auto"`` an array that looks channels-last (more than 4 "channels" and a width of at most 4,
+    e.g. ``(N, 32, 32, 3)``) is refused with the transpose to apply, and ``"nchw"`` takes any 4-D
+    array as it is. Without ``num_classes`` the labels must be the ids ``0..K-1`` with every id
+    present (labels ``{3, 7}`` are refused with how to remap them); a given ``num_classes`` allows
+    ids without samples.
     ``x_test``/``y_test``, when present, are the test split (same per-sample shape); otherwise
     ``test_fraction`` of the samples is split off first. ``val_fraction`` of the rest is the
     validation split; both splits are seeded and stratified by class.
@@ -129,17 +158,21 @@ class TensorDataModule(LSADataModule):
     Args:
         path: A ``.pt``/``.pth`` file (a dict of tensors, read with ``torch.load(weights_only=True)``)
             or a ``.npz`` file (read with ``allow_pickle=False``); relative to the working directory.
-        num_classes: ``K``; ``None`` takes ``max(y) + 1`` over both splits.
+        num_classes: ``K`` (an int or a numpy/torch integer); ``None`` takes ``max(y) + 1`` over both
+            splits, every id in ``0..K-1`` having at least one sample.
         val_fraction: Validation fraction of the non-test samples.
         test_fraction: Test fraction of the samples, used when the file has no ``x_test``.
         mean: Per-channel (images) or per-feature (vectors) mean, in ``[0, 1]`` units (give with ``std``).
         std: Matching standard deviations, all ``> 0``.
+        layout: Axis order of 4-D inputs: ``"auto"`` (``(N, C, H, W)``, refusing arrays that look
+            channels-last), ``"nchw"`` or ``"nhwc"`` (transposed to ``(N, C, H, W)`` on load).
         **kwargs: Common arguments of :class:`~lsa_train.data.base.LSADataModule`.
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
         ValueError: Unreadable file, missing keys, bad shapes or dtypes, mismatched lengths,
-            ``x`` outside ``[0, 1]``, labels outside ``[0, K)``, or an impossible stratified split
+            ``x`` outside ``[0, 1]``, channels-last images without ``layout="nhwc"``, labels outside
+            ``[0, K)`` or (without ``num_classes``) not ``0..K-1``, or an impossible stratified split
             (one line naming the file).
     """
 
@@ -153,16 +186,19 @@ class TensorDataModule(LSADataModule):
         test_fraction: float = 0.2,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        layout: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(val_fraction=val_fraction, **kwargs)
-        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes
-                                        or num_classes < 2):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        if num_classes is not None and not _is_class_count(num_classes):
             raise ValueError(f"num_classes must be an integer >= 2 or None (from the labels), got {num_classes!r}")
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
         self.path = Path(path).expanduser().absolute()
         self.test_fraction = float(test_fraction)
+        self.layout = layout
         arrays = load_arrays(self.path)
         x, y = self._inputs(arrays["x"], "x"), self._labels(arrays["y"], "y", arrays["x"])
         test = None
@@ -197,6 +233,7 @@ class TensorDataModule(LSADataModule):
             raise ValueError(
                 f"{where}: {key} has shape {tuple(x.shape)}; expected (N, C, H, W) images or (N, D) vectors, N >= 1"
             )
+        x = self._channels_first(x, key)
         if x.dtype == torch.uint8:
             return x
         if not x.is_floating_point():
@@ -209,6 +246,26 @@ class TensorDataModule(LSADataModule):
             raise ValueError(
                 f"{where}: {key} has values outside [0, 1] (min {lo:.4g}, max {hi:.4g}); "
                 "scale float inputs to [0, 1] or store uint8 (divided by 255)"
+            )
+        return x
+
+    def _channels_first(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        """``x`` in ``(N, C, H, W)`` order per :attr:`layout` (vectors pass through)."""
+        where = f"tensor file '{self.path}'"
+        shape = tuple(x.shape)
+        if x.ndim == 2:
+            if self.layout != "auto":
+                raise ValueError(f"{where}: layout={self.layout!r} applies to 4-D images, but {key} has shape "
+                                 f"{shape} (vectors); remove it (layout=auto)")
+            return x
+        if self.layout == "nhwc":
+            return x.permute(0, 3, 1, 2).contiguous()
+        if self.layout == "auto" and shape[1] > _MAX_PLAIN_CHANNELS and shape[3] <= _MAX_PLAIN_CHANNELS:
+            raise ValueError(
+                f"{where}: {key} has shape {shape}, which looks channels-last (N, H, W, C); store "
+                f"{key}.transpose(0, 3, 1, 2) (numpy; torch: permute) or set layout=nhwc (data.layout=nhwc) to read "
+                f"it as {shape[3]}-channel {shape[1]}x{shape[2]} images (layout=nchw: {shape[1]} channels of "
+                f"{shape[2]}x{shape[3]})"
             )
         return x
 
@@ -235,6 +292,16 @@ class TensorDataModule(LSADataModule):
             )
         if k < 2:
             raise ValueError(f"tensor file '{self.path}': labels give {k} class; need at least 2")
+        if num_classes is None:
+            present = torch.unique(labels)
+            if len(present) < k:
+                absent = sorted(set(range(k)) - set(present.tolist()))
+                raise ValueError(
+                    f"tensor file '{self.path}': the labels are not the class ids 0..{k - 1}: "
+                    f"{len(present)} distinct labels {_few(present.tolist())}, no sample of "
+                    f"{_few(absent)}; remap them to 0..{len(present) - 1} (y = np.unique(y, return_inverse=True)[1]) "
+                    f"or set num_classes={k} (data.num_classes={k}) to keep these ids with empty classes"
+                )
         return k
 
     def _statistics(

@@ -101,6 +101,18 @@ class TorchvisionDataModule(LSADataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.download = bool(download)
         self.augment = bool(augment)
+        self._class_names: tuple[str, ...] | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's class names (torchvision's ``classes``; read from the files for CIFAR, so the ids
+        until :meth:`setup`); SVHN's are its digits."""
+        if self._class_names is not None:
+            return self._class_names
+        names = getattr(self.spec.cls, "classes", None)  # MNIST and Fashion-MNIST name them on the class
+        if isinstance(names, list | tuple) and len(names) == self.num_classes:
+            return tuple(str(n) for n in names)
+        return super().class_names
 
     # -- files ------------------------------------------------------------------------------
     def expected_files(self) -> list[Path]:
@@ -179,6 +191,9 @@ class TorchvisionDataModule(LSADataModule):
     def _build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         self.check_available()
         full_train = self._open(train=True)
+        names = getattr(full_train, "classes", None)
+        if isinstance(names, list | tuple) and len(names) == self.num_classes:
+            self._class_names = tuple(str(n) for n in names)
         test = self._open(train=False, transform=self.eval_transform())
         train_idx, val_idx = split_indices(len(full_train), self.val_fraction, self.seed)  # type: ignore[arg-type]
         train = TransformSubset(full_train, train_idx, self.train_transform())

@@ -83,7 +83,12 @@ class AdversarialWeightPerturbation:
         return [name for name, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
 
     def proxy_for(self, model: nn.Module) -> nn.Module:
-        """The proxy copy of ``model`` with the model's current parameters and buffers and mode."""
+        """The proxy copy of ``model`` with the model's current parameters, buffers and modes.
+
+        Each submodule's train/eval flag is copied, not just the root's: a frozen BatchNorm (eval, running
+        statistics) or a Dropout in eval inside a training model stays so in the proxy, so that the
+        perturbation is the gradient of the function the model computes.
+        """
         proxy = self._proxy
         first = next(model.parameters())
         if proxy is None or next(proxy.parameters()).device != first.device:
@@ -93,7 +98,8 @@ class AdversarialWeightPerturbation:
             self._proxy = proxy
         with torch.no_grad():
             proxy.load_state_dict(model.state_dict())
-        proxy.train(model.training)
+        for proxy_module, module in zip(proxy.modules(), model.modules(), strict=True):
+            proxy_module.training = module.training
         return proxy
 
     def perturbation(self, model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> dict[str, torch.Tensor]:

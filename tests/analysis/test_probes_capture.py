@@ -258,3 +258,53 @@ def test_functional_activations_fall_back_to_learnable_probes_with_a_warning() -
     with pytest.warns(UserWarning, match="no activation modules .* probing the 2 conv/linear outputs"):
         names = list_probes(_FunctionalNet(), torch.zeros(1, 1, 8, 8))
     assert names == ["conv", "fc"]
+
+
+class _HalfFunctionalNet(nn.Module):
+    """GELU modules, and one ReLU applied as a function after ``conv2``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, 3, padding=1)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 8 * 8, 8)
+        self.act2 = nn.GELU()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.conv1(x))
+        x = torch.nn.functional.relu(self.bn2(self.conv2(x)))
+        return self.head(self.act2(self.fc(x.flatten(1))))
+
+
+def test_layers_behind_functional_activations_are_named_with_how_to_probe_them() -> None:
+    from lsa_train.analysis.probes import list_probes
+
+    model, x = _HalfFunctionalNet(), torch.zeros(1, 1, 8, 8)
+    with pytest.warns(UserWarning) as caught:
+        names = list_probes(model, x)
+    assert names == ["act1", "act2"]  # conv2's output is never a candidate
+    (note,) = [str(w.message) for w in caught]
+    from lsa_train.analysis.probes import ProbeCoverageWarning, select_probes_and_notes
+
+    assert caught[0].category is ProbeCoverageWarning
+    assert "_HalfFunctionalNet: 1 conv/linear layer(s) feed activations applied as functions" in note
+    assert "never MVL candidates: conv2;" in note and "probes='learnable'" in note
+    assert "e.g. probes=['act1', 'act2', 'conv2']" in note
+    assert list_probes(model, x, ["act1", "act2", "conv2"]) == ["act1", "conv2", "act2"]  # the hint works
+    assert select_probes_and_notes(model, x, "learnable")[1] == []  # an explicit choice: no note
+    selected, notes = select_probes_and_notes(model, x)
+    assert [p.name for p in selected] == names and notes == [note]
+    assert model.training  # the traced dry forward leaves the mode and no gradients behind
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_models_whose_activations_are_all_modules_get_no_coverage_note(cnn: nn.Module) -> None:
+    from lsa_train.analysis.probes import select_probes_and_notes
+    from lsa_train.models import create_model
+
+    resnet = create_model("resnet18", num_classes=10, in_channels=3, input_size=(32, 32))
+    for model, x in ((cnn, torch.zeros(1, 1, 8, 8)), (resnet, torch.zeros(1, 3, 32, 32))):
+        assert select_probes_and_notes(model, x)[1] == []  # residual adds, BN and in-place ReLUs: all covered

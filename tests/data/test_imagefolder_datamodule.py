@@ -260,3 +260,125 @@ def test_check_available_notices_a_removed_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no longer exists") as info:
         dm.check_available()
     assert str(paths[3]) in str(info.value)
+
+
+# -- high-depth grey images, truncated files, class names, loader settings ----------------------------
+def _write_pgm16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit binary PGM (maxval 65535), which PIL reads in mode ``I``."""
+    height, width = values.shape
+    path.write_bytes(f"P5\n{width} {height}\n65535\n".encode() + values.astype(">u2").tobytes())
+
+
+def test_16_bit_32_bit_and_float_grey_images_are_scaled_by_their_range(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    expected: dict[str, np.ndarray] = {}
+    for name in CLASSES:
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            path = tmp_path / "train" / name / f"{i}.png"
+            values = rng.integers(0, 65536, (6, 6), dtype=np.uint16)
+            values[0, 0] = 1000  # far above 255: clipped to white (1.0) if read as 8 bits
+            Image.fromarray(values).save(path)  # mode I;16
+            expected[str(path)] = values.astype(np.float64) / 65535
+        pgm = tmp_path / "train" / name / "pgm.pgm"
+        values = rng.integers(0, 65536, (6, 6)).astype(np.int64)
+        _write_pgm16(pgm, values)
+        expected[str(pgm)] = values / 65535
+        tif32 = tmp_path / "train" / name / "int32.tif"
+        values = rng.integers(0, 2**31 - 1, (6, 6)).astype(np.int32)
+        Image.fromarray(values).save(tif32)  # mode I, 32 bits per sample: the int32 range
+        expected[str(tif32)] = values.astype(np.float64) / (2**31 - 1)
+        tif_f = tmp_path / "train" / name / "float.tif"
+        values = rng.random((6, 6)).astype(np.float32)
+        Image.fromarray(values).save(tif_f)  # mode F, in [0, 1]: as it is
+        expected[str(tif_f)] = values.astype(np.float64)
+    assert {Image.open(p).mode for p in expected} == {"I;16", "I", "F"}
+    dm = small(tmp_path, augment=False)
+    assert dm.input_shape == (1, 6, 6)
+    folder = dm._folders["train"]
+    transform = dm.eval_transform()
+    for path, _ in folder.samples:
+        x = transform(folder.loader(path))
+        assert x.dtype == torch.float32 and x.shape == (1, 6, 6)
+        assert np.allclose(x[0].numpy(), expected[path], atol=1e-6), path
+    # the statistics pass reads the same scaled values
+    train = np.stack([expected[folder.samples[i][0]] for i in dm._indices["train"][1]])
+    assert dm.mean == pytest.approx((train.mean(),), abs=1e-5)
+    # in an RGB folder the 16-bit image is rounded to 8 bits, not clipped
+    write_images(tmp_path / "rgb" / "train", mode="RGB")
+    sixteen = tmp_path / "rgb" / "train" / "cat" / "sixteen.png"
+    Image.fromarray(np.full((12, 12), 32896, dtype=np.uint16)).save(sixteen)  # 32896 / 65535 * 255 = 128.0
+    rgb = small(tmp_path / "rgb")
+    assert rgb.input_shape == (3, 12, 12)
+    assert torch.equal(rgb.eval_transform()(rgb._folders["train"].loader(str(sixteen))), torch.full((3, 12, 12),
+                                                                                                    128 / 255))
+
+
+def test_float_images_outside_the_unit_interval_and_negative_integers_are_refused(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+    bad = tmp_path / "train" / "cat" / "hdr.tif"
+    Image.fromarray(np.full((12, 12), 3.5, dtype=np.float32)).save(bad)
+    message = _one_line_error(ValueError, tmp_path)
+    assert f"float image '{bad}' has values in [3.5, 3.5]" in message and "must lie in [0, 1]" in message
+    bad.unlink()
+    negative = tmp_path / "train" / "dog" / "signed.tif"
+    Image.fromarray(np.full((12, 12), -7, dtype=np.int32)).save(negative)
+    message = _one_line_error(ValueError, tmp_path)
+    assert f"integer image '{negative}' (mode I) has negative values" in message
+
+
+def test_a_truncated_image_fails_at_setup_even_with_given_statistics(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", mode="RGB")
+    write_images(tmp_path / "test", mode="RGB", n=2, seed=4)
+    for name, save in (("cut.png", "PNG"), ("cut.jpg", "JPEG")):
+        whole = tmp_path / name
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(whole, save)
+        cut = tmp_path / "test" / "dog" / name  # in the test split: never read by a statistics pass
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        message = _one_line_error(ValueError, tmp_path, mean=[0.5] * 3, std=[0.25] * 3)
+        assert f"unreadable image '{cut}'" in message and "truncated" in message
+        cut.unlink()
+    assert small(tmp_path, mean=[0.5] * 3, std=[0.25] * 3).split_sizes()["test"] == 6
+
+
+def test_class_names_and_the_log_of_classes_and_split_sizes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from lsa_train.data import DigitsDataModule, MoonsDataModule
+
+    write_images(tmp_path / "train")
+    with caplog.at_level("INFO", logger="lsa_train.data.imagefolder"):
+        dm = small(tmp_path)
+    assert dm.class_names == CLASSES
+    assert (f"image folder '{tmp_path}': 3 classes (cat, dog, eel); images per split: train 10, "
+            "val 4 (split off train/), test 4 (split off train/)") in caplog.text
+    assert DigitsDataModule().class_names == tuple("0123456789")
+    assert MoonsDataModule().class_names == ("0", "1")
+
+
+def test_loader_settings_follow_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lsa_train.data.base as base
+
+    write_images(tmp_path / "train")
+    with initialize_config_module("lsa_train.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data=imagefolder", f"data.root={tmp_path}", "data.val_fraction=0.25",
+                                          "data.test_fraction=0.2"])
+        cifar = compose("train", overrides=["data=cifar10"])
+    assert cfg.data.num_workers == "auto" and cfg.data.pin_memory == "auto" and cifar.data.num_workers == "auto"
+    monkeypatch.setattr(base, "available_cpus", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dm = instantiate(cfg.data)
+    assert (dm.num_workers, dm.pin_memory) == (1, False)  # a 2-core machine without a GPU
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 1 and not loader.pin_memory
+    assert (instantiate(cifar.data).num_workers, instantiate(cifar.data).pin_memory) == (1, False)
+    monkeypatch.setattr(base, "available_cpus", lambda: 32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (instantiate(cfg.data).num_workers, instantiate(cfg.data).pin_memory) == (4, True)
+    monkeypatch.setattr(base, "available_cpus", lambda: 1)
+    assert instantiate(cfg.data).num_workers == 0
+    explicit = small(tmp_path, num_workers=3, pin_memory=False)  # an explicit setting is kept
+    assert (explicit.num_workers, explicit.pin_memory) == (3, False)
+    for kwargs, match in (({"num_workers": "many"}, "num_workers must be an integer >= 0 or 'auto', got 'many'"),
+                          ({"pin_memory": "yes"}, "pin_memory must be true, false or 'auto', got 'yes'")):
+        with pytest.raises(ValueError, match=match):
+            small(tmp_path, **kwargs)

@@ -55,10 +55,10 @@ def test_pt_float_vectors_with_a_test_split(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 5, generator=g, dtype=torch.float64), torch.arange(40) % 2
     x[:, 4] = 0.5  # a constant feature: std 1, so normalization only centres it
-    x_test, y_test = torch.rand(7, 5, generator=g), torch.tensor([0, 1, 0, 1, 0, 1, 3])
+    x_test, y_test = torch.rand(7, 5, generator=g), torch.tensor([0, 1, 0, 1, 0, 1, 2])
     torch.save({"x": x, "y": y, "x_test": x_test, "y_test": y_test}, tmp_path / "d.pt")
     dm = TensorDataModule(tmp_path / "d.pt", val_fraction=0.25, batch_size=8)
-    assert dm.num_classes == 4  # max over both splits + 1
+    assert dm.num_classes == 3  # max over both splits + 1
     assert dm.input_shape == (5,) and dm.split_sizes() == {"train": 30, "val": 10, "test": 7}
     assert len(dm.mean) == 5 and dm.std[4] == 1.0 and dm.mean[4] == pytest.approx(0.5)
     kwargs = dm.model_kwargs()
@@ -67,8 +67,8 @@ def test_pt_float_vectors_with_a_test_split(tmp_path: Path) -> None:
     test_x, test_y = _all(dm.test_set)
     assert torch.equal(test_x, x_test) and torch.equal(test_y, y_test)
     assert _all(dm.train_set)[0].dtype == torch.float32
-    same = TensorDataModule(tmp_path / "d.pt", val_fraction=0.25, num_classes=5)
-    assert same.num_classes == 5 and same.split_sizes() == dm.split_sizes()
+    same = TensorDataModule(tmp_path / "d.pt", val_fraction=0.25, num_classes=np.int64(5))  # ids 3, 4 unused
+    assert same.num_classes == 5 and type(same.num_classes) is int and same.split_sizes() == dm.split_sizes()
 
 
 def test_split_is_seeded(tmp_path: Path) -> None:
@@ -178,3 +178,62 @@ def test_impossible_stratified_split_and_bad_statistics(tmp_path: Path) -> None:
         TensorDataModule(tmp_path / "b.npz", mean=[0.5] * 3, std=[0.2, 0.0, 0.2])
     given = TensorDataModule(tmp_path / "b.npz", mean=[0.5] * 3, std=[0.25] * 3)
     assert given.mean == (0.5, 0.5, 0.5) and given.std == (0.25, 0.25, 0.25)
+
+
+def test_channels_last_images_are_refused_with_the_transpose_or_read_with_layout_nhwc(tmp_path: Path) -> None:
+    x, y = images_u8()
+    np.savez(tmp_path / "a.npz", x=x.transpose(0, 2, 3, 1).copy(), y=y)  # (N, 6, 6, 3)
+    message = _error(tmp_path / "a.npz")
+    assert "(30, 6, 6, 3), which looks channels-last" in message and "x.transpose(0, 3, 1, 2)" in message
+    assert "data.layout=nhwc" in message
+    nhwc = TensorDataModule(tmp_path / "a.npz", layout="nhwc")
+    nchw = TensorDataModule(tmp_path / "a.npz", layout="nchw")  # taken as it is: 6 channels of 6x3
+    assert nhwc.input_shape == (3, 6, 6) and nchw.input_shape == (6, 6, 3)
+    np.savez(tmp_path / "b.npz", x=x, y=y)
+    plain = TensorDataModule(tmp_path / "b.npz")
+    nhwc.setup()
+    plain.setup()
+    assert torch.equal(_all(nhwc.train_set)[0], _all(plain.train_set)[0])  # the same images, same splits
+    np.savez(tmp_path / "c.npz", x=x.transpose(0, 2, 3, 1).copy(), y=y, x_test=x[:4], y_test=y[:4])
+    assert "x_test has shape (4, 3, 6, 6)" not in _error(tmp_path / "c.npz", layout="nhwc")  # both transposed
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((30, 5)), y=y)
+    assert "layout='nhwc' applies to 4-D images" in _error(tmp_path / "d.npz", layout="nhwc")
+    with pytest.raises(ValueError, match=r"layout must be one of \['auto', 'nchw', 'nhwc'\], got 'hwc'"):
+        TensorDataModule(tmp_path / "b.npz", layout="hwc")
+
+
+def test_labels_that_are_not_the_ids_0_to_k_minus_1_are_refused_unless_num_classes_is_given(tmp_path: Path) -> None:
+    x, _ = images_u8(20)
+    y = np.where(np.arange(20) % 2 == 0, 3, 7)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    message = _error(tmp_path / "a.npz")
+    assert "not the class ids 0..7: 2 distinct labels {3, 7}, no sample of {0, 1, 2, 4, 5, 6}" in message
+    assert "np.unique(y, return_inverse=True)[1]" in message and "data.num_classes=8" in message
+    kept = TensorDataModule(tmp_path / "a.npz", num_classes=8)  # explicit: empty classes allowed
+    assert kept.num_classes == 8
+
+
+def test_numpy_integer_num_classes_is_accepted_by_the_data_and_the_model_builder(tmp_path: Path) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lsa_train.factory import data_facts
+
+    x, y = images_u8()
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    assert TensorDataModule(tmp_path / "a.npz", num_classes=np.int32(3)).num_classes == 3
+    with pytest.raises(ValueError, match="integer >= 2"):
+        TensorDataModule(tmp_path / "a.npz", num_classes=np.bool_(True))
+
+    class Own(L.LightningDataModule):  # a user's data module whose class count came from numpy
+        num_classes = np.unique(y).size  # numpy.int64
+        input_shape = (3, 6, 6)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(TensorDataset(torch.rand(4, 3, 6, 6), torch.zeros(4, dtype=torch.long)))
+
+    facts = data_facts(Own())
+    assert facts["num_classes"] == 3 and type(facts["num_classes"]) is int
+    Own.num_classes = 2.5  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"has num_classes=2.5 \(float\); expected an integer >= 1"):
+        data_facts(Own())

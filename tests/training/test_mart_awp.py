@@ -195,6 +195,31 @@ def test_awp_updates_batchnorm_statistics_once_per_step_and_keeps_the_proxy_out_
     assert module.awp is not None and module.awp._proxy is not None
 
 
+def test_awp_proxy_copies_each_layers_mode_so_a_frozen_batchnorm_stays_frozen():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1.0, 1.0)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.train()
+    net[1].eval()  # a frozen BatchNorm (running statistics) while the rest trains
+    net[3].eval()  # and a Dropout switched off
+    awp = AdversarialWeightPerturbation(0.05)
+    proxy = awp.proxy_for(net)
+    assert [m.training for m in proxy.modules()] == [m.training for m in net.modules()]
+    net.train()  # the next step's modes are copied anew
+    assert [m.training for m in awp.proxy_for(net).modules()] == [True] * len(list(net.modules()))
+    net[1].eval()
+    net[3].eval()
+
+    x, y = _batch()
+    diffs = awp.perturbation(net, lambda m: F.cross_entropy(m(x), y))
+    # by hand, on the model itself in its own modes: the perturbation's gradient comes from that function
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), [net[0].weight, net[4].weight])
+    for name, g, w in (("0.weight", grads[0], net[0].weight), ("4.weight", grads[1], net[4].weight)):
+        assert torch.allclose(diffs[name], 0.05 * w.detach().norm() * g / g.norm(), atol=1e-6), name
+
+
 def test_awp_with_trades_mart_and_the_lsa_term_under_bf16(tmp_path):
     for attack, loss in ((TRADESAttack(eps=0.1, steps=2), "trades"), (MARTAttack(eps=0.1, steps=2), "mart")):
         L.seed_everything(0, verbose=False)
