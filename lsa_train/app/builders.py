@@ -128,6 +128,7 @@ def build_regularizer(cfg: DictConfig) -> RegularizerParts:
                 perturbation=str(mvl_cfg.perturbation),
                 eta=None if mvl_cfg.top_k is not None else mvl_cfg.eta,
                 top_k=mvl_cfg.top_k,
+                min_layers=int(mvl_cfg.min_layers),
                 fixed=layers if mode is MVLMode.fixed else None,
                 measure=str(reg.measure),
                 plot=bool(mvl_cfg.plot),

@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, validation
@@ -99,13 +100,14 @@ def _fit_test_report(
     metrics = _floats(trainer.callback_metrics)
     final_mvl = list(module.mvl)
     mvl_callback = objects["mvl_callback"]
-    # trainer.test(ckpt_path=best) restores the callbacks' state of the best epoch: keep the whole run's
+    # trainer.test(ckpt_path=best) restores the module's and the callbacks' state of the best epoch: keep the
+    # whole run's MVL history, LSA-term counts and checkpoint paths
     history = list(mvl_callback.history) if mvl_callback is not None else []
-    checkpoint = trainer.checkpoint_callback
-    best = getattr(checkpoint, "best_model_path", "") or None
-    best_score = getattr(checkpoint, "best_model_score", None)
-    if best_score is not None and getattr(checkpoint, "monitor", None):
-        metrics[f"{checkpoint.monitor}_best"] = float(best_score)
+    lsa_term = module.lsa_term_usage()
+    best_callback, last = checkpoint_files(trainer)
+    best = (best_callback.best_model_path or None) if best_callback is not None else None
+    if best_callback is not None and best_callback.best_model_score is not None:
+        metrics[f"{best_callback.monitor}_best"] = float(best_callback.best_model_score)
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     metrics.update(_floats(trainer.callback_metrics))
@@ -116,11 +118,12 @@ def _fit_test_report(
         "test_pgd_steps": getattr(module.test_attack, "steps", None),
         "mvl": final_mvl,
         "mvl_history": history,
+        "lsa_term": lsa_term,
         "mvl_history_files": (
             {k: str(v) for k, v in mvl_callback.history_files(trainer).items()} if mvl_callback is not None else {}
         ),
         "best_checkpoint": best,
-        "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
+        "last_checkpoint": last,
         "tested_checkpoint": best,
         "resumed_from": ckpt_path,
         "resume": resume.summary() if resume is not None else None,
@@ -143,6 +146,23 @@ def _fit_test_report(
     return metrics, {**objects, "summary": summary}
 
 
+def checkpoint_files(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, str | None]:
+    """The trainer's best-epoch checkpoint callback (the first ``ModelCheckpoint`` with a monitor) and the
+    path of its last-epoch checkpoint.
+
+    The last-epoch file is the one a ``ModelCheckpoint`` without a monitor rewrites every epoch (``last.ckpt``
+    in ``conf/callbacks/last_checkpoint.yaml``), else a ``save_last`` file (``last_model_path``), which a
+    monitored ``ModelCheckpoint`` only rewrites in epochs that improve its monitor; ``None`` when no
+    checkpoint was written.
+    """
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    best = next((cb for cb in callbacks if cb.monitor is not None), None)
+    every_epoch = [cb.best_model_path for cb in callbacks if cb.monitor is None and cb.best_model_path]
+    saved_last = [cb.last_model_path for cb in callbacks if cb.last_model_path]
+    last = (every_epoch or saved_last or [None])[0]
+    return best, last
+
+
 def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
     """Builds every object, checking each as it is built; nothing is written to the run dir before the
     trainer starts."""
@@ -156,7 +176,9 @@ def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
     notes: list[str] = []
     if mode is not MVLMode.none:
         layers = mvl.layers if mode is MVLMode.fixed else None
-        notes = validation.check_mvl_layers(model, datamodule.input_shape, mvl.probes, layers)
+        eta_rule = mode in (MVLMode.auto, MVLMode.once) and mvl.top_k is None
+        notes = validation.check_mvl_layers(model, datamodule.input_shape, mvl.probes, layers,
+                                            min_layers=int(mvl.min_layers) if eta_rule else 0)
     for note in notes:
         log.warning("%s", note)
     attack, base_loss = builders.build_attack(cfg)

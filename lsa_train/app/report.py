@@ -90,10 +90,31 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     rg = summary.get("rg_score")
     rows.append(("R&G score (sum of FGSM accuracies, %)", "n/a" if rg is None else f"{rg:.2f}"))
     rows.append(("final MVL", ", ".join(summary.get("mvl") or []) or "(none)"))
-    rows.append(("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights")))
+    if summary.get("lsa_term") is not None:
+        rows.append(("LSA term active (training steps)", lsa_term_text(summary["lsa_term"])))
     if summary.get("resume_note"):
         rows.append(("resumed", str(summary["resume_note"])))
     rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {summary.get('wall_time_s', 0):.1f}"))
+    return rows
+
+
+def lsa_term_text(usage: Mapping[str, Any]) -> str:
+    """On what share of the training steps the LSA term was in the loss (see
+    :meth:`lsa_train.training.LSARegularizedModule.lsa_term_usage`)."""
+    if not usage.get("configured"):
+        return "off by configuration (lambda 0)"
+    active, steps = int(usage.get("active_steps") or 0), int(usage.get("training_steps") or 0)
+    if not steps:
+        return "no training steps"
+    text = f"{100.0 * active / steps:.1f}% of {steps} steps"
+    return text if active == steps else f"{text} (MVL empty on {steps - active})"
+
+
+def path_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(name, path)`` rows of what the next command needs: the tested and last checkpoints, the run dir."""
+    rows = [("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights"))]
+    if summary.get("last_checkpoint"):
+        rows.append(("last checkpoint", str(summary["last_checkpoint"])))
     rows.append(("run dir", str(summary.get("run_dir"))))
     return rows
 
@@ -106,6 +127,7 @@ def write_report_md(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
         lines += [", ".join(f"**{k}**: `{v}`" for k, v in setting.items()), ""]
     lines += ["| metric | value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in summary_rows(summary)]
+    lines += [f"| {name} | `{value}` |" for name, value in path_rows(summary)]
     history = summary.get("mvl_history") or []
     if history:
         lines += ["", "## MVL refreshes", "", "| epoch | step | MVL |", "|---:|---:|---|"]
@@ -145,7 +167,9 @@ def _notes_lines(notes: Sequence[str]) -> list[str]:
 
 
 def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
-    """Prints the summary table with rich, then the run's notes (``summary["notes"]``), one per line."""
+    """Prints the summary table with rich, then the checkpoint and run-dir paths as plain lines, whole
+    (a table cell would cut them at the terminal's width, and they are what the next command needs), then the
+    run's notes (``summary["notes"]``), one per line."""
     console = console or Console()
     table = Table(title="LSA training summary", show_header=True, header_style="bold")
     table.add_column("metric")
@@ -153,5 +177,7 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
     for name, value in summary_rows(summary):
         table.add_row(name, value)
     console.print(table)
+    for name, path in path_rows(summary):
+        console.print(f"{name}: {path}", soft_wrap=True, markup=False, highlight=False)
     for note in summary.get("notes") or []:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

@@ -174,6 +174,9 @@ class MVLConf:
             module-name patterns.
         eta: Algorithm 1 cut-off (``auto``/``once``; ignored when ``top_k`` is set).
         top_k: Keep the ``k`` most vulnerable probes instead of the ``eta`` rule.
+        min_layers: With the ``eta`` rule, keep at least this many probes (the most vulnerable when fewer
+            pass the cut-off); 0 lets the rule select nothing, which turns the LSA term off until the next
+            refresh.
         layers: The fixed MVL (``mode=fixed``): probe indices or names, e.g. ``[2]``.
         every_n_epochs: Re-analysis period of ``mode=auto``.
         num_samples: Size of the held-out analysis subset.
@@ -188,6 +191,7 @@ class MVLConf:
     probes: Any = "activations"
     eta: float | None = 1.0
     top_k: int | None = None
+    min_layers: int = 1
     layers: list[Any] | None = None
     every_n_epochs: int = 1
     num_samples: int = 64

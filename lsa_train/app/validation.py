@@ -196,6 +196,10 @@ def check_regularizer(regularizer: DictConfig, attack: DictConfig) -> None:
             raise ConfigError(f"regularizer.mvl.top_k={mvl.top_k} must be an integer >= 1 (or null to use eta)")
         if mvl.top_k is None and (mvl.eta is None or not mvl.eta >= 0):
             raise ConfigError(f"regularizer.mvl.eta={mvl.eta} must be a number >= 0 (or set regularizer.mvl.top_k)")
+        if mvl.min_layers < 0:
+            raise ConfigError(
+                f"regularizer.mvl.min_layers={mvl.min_layers} must be an integer >= 0 (0 allows an empty MVL)"
+            )
     if mvl.every_n_epochs < 1:
         raise ConfigError(f"regularizer.mvl.every_n_epochs={mvl.every_n_epochs} must be an integer >= 1")
     if mvl.num_samples < 1:
@@ -296,9 +300,10 @@ def check_model_input(model: nn.Module, name: str, input_shape: Sequence[int], n
 
 
 def check_mvl_layers(
-    model: nn.Module, input_shape: Sequence[int], probes: Any, layers: Sequence[Any] | None
+    model: nn.Module, input_shape: Sequence[int], probes: Any, layers: Sequence[Any] | None, min_layers: int = 0
 ) -> list[str]:
-    """The probe spec matches the model, and fixed MVL layers exist among its probes.
+    """The probe spec matches the model, fixed MVL layers exist among its probes, and there are at least
+    ``min_layers`` (``regularizer.mvl.min_layers`` of the eta rule) probes.
 
     Returns:
         What the user should know about the probes (one line each, for the run summary): e.g. the
@@ -314,6 +319,10 @@ def check_mvl_layers(
     except ValueError as err:
         raise ConfigError(f"regularizer.mvl.probes={_show(probes)}: {one_line(err)}") from err
     names = [p.name for p in found]
+    if min_layers > len(names):
+        raise ConfigError(
+            f"regularizer.mvl.min_layers={min_layers} exceeds the model's {len(names)} {_show(probes)} probes: {names}"
+        )
     for item in layers or []:
         if isinstance(item, int) and not isinstance(item, bool):
             if not 0 <= item < len(names):

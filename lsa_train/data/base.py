@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
+from lsa_train.data.seeding import SeededSamples, SeededShuffleSampler
+
 log = logging.getLogger(__name__)
 
 #: ``num_workers="auto"``: at most this many loader processes.
@@ -84,6 +86,8 @@ class LSADataModule(L.LightningDataModule):
             ``min(4, CPU cores - 1)`` (:func:`auto_num_workers`).
         pin_memory: Passed to the DataLoaders; ``"auto"``: only when CUDA is available.
         persistent_workers: Keep workers alive between epochs; only effective if ``num_workers > 0``.
+            With workers, persistent or not, training samples are augmented from per-sample seeds
+            (:mod:`lsa_train.data.seeding`): resuming from a checkpoint is exact.
         val_fraction: Fraction of the training pool held out for validation, in ``(0, 1)``;
             the split is seeded by ``seed`` (validation size ``ceil(val_fraction * pool)``).
         seed: Seed of the splits, of the training shuffle order and of :meth:`analysis_subset`.
@@ -174,8 +178,9 @@ class LSADataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The training shuffle generator's state (saved in Lightning checkpoints).
 
-        Each epoch's shuffle order and loader seed are drawn from this generator, so a resumed run
-        must continue from its state at the checkpoint, not from a freshly seeded one.
+        Each epoch's shuffle order and loader seed (with workers: the epoch's augmentation seed, see
+        :mod:`lsa_train.data.seeding`) are drawn from this generator, so a resumed run must continue from
+        its state at the checkpoint, not from a freshly seeded one.
         """
         if self._train_generator is None:
             return {}
@@ -197,17 +202,33 @@ class LSADataModule(L.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
+        """A DataLoader of ``dataset``; for training, shuffled by the saved shuffle generator.
+
+        With workers, the training samples are augmented from per-sample seeds that the shuffle generator
+        hands out (:mod:`lsa_train.data.seeding`), so a resumed run is exact with persistent workers too.
+        Every loader with workers then draws its workers' base seed (used for nothing) from a generator of
+        its own: a persistent loader draws it once, at its first epoch, which a resumed run replays at
+        another epoch; drawn from the global generator, it would shift the training's random numbers.
+        """
         if dataset is None:
             raise ValueError(f"{type(self).__name__}: the splits are not built; call setup() first")
+        loaded, sampler, generator = dataset, None, self._train_generator if train else None
+        if self.num_workers > 0:
+            generator = torch.Generator().manual_seed(self.seed)
+            if train:
+                assert self._train_generator is not None
+                loaded = SeededSamples(dataset)
+                sampler = SeededShuffleSampler(len(dataset), self._train_generator)  # type: ignore[arg-type]
         return DataLoader(
-            dataset,
+            loaded,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=(self.drop_last or self._last_batch_is_single(dataset)) if train else False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            generator=self._train_generator if train else None,
+            generator=generator,
         )
 
     def _last_batch_is_single(self, dataset: Dataset) -> bool:

@@ -50,6 +50,10 @@ class MVLRefreshCallback(Callback):
             perturbation keeps its own norm (``pgd``: Linf, ``pgd_l2``: L2). The norm is logged.
         eta: Algorithm 1 cut-off (ignored if ``top_k`` or ``fixed`` is given).
         top_k: Keep the ``k`` most vulnerable probes.
+        min_layers: With the ``eta`` rule, keep at least this many probes (the most vulnerable ones
+            when fewer pass the cut-off; the refresh says so in the log). The default 1 keeps the LSA
+            term on: the eta rule alone can select nothing, and the term then silently stops. 0 allows
+            an empty MVL (the module then trains without the term until the next refresh).
         fixed: A fixed MVL (indices or names); the analysis still runs and is logged.
         measure: Comparison measure for the analysis.
         plot: Write the per-layer figure of every refresh (``lsa_<tag>.png``) and the MVL-over-the-run
@@ -80,6 +84,7 @@ class MVLRefreshCallback(Callback):
         top_k: int | None = None,
         fixed: Sequence[int | str] | None = None,
         measure: str = "relative_error",
+        min_layers: int = 1,
         plot: bool = True,
         dirpath: str | Path | None = None,
         attack_kwargs: dict[str, Any] | None = None,
@@ -89,7 +94,8 @@ class MVLRefreshCallback(Callback):
             raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs}")
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
-        check_mvl_rule(None if top_k is not None else eta, top_k)
+        check_mvl_rule(None if top_k is not None else eta, top_k, min_layers)
+        self.min_layers = int(min_layers)
         self.every_n_epochs = int(every_n_epochs)
         self.num_samples = int(num_samples)
         self.perturbation = perturbation
@@ -152,7 +158,14 @@ class MVLRefreshCallback(Callback):
             by_name = {p.name: p.index for p in probes}
             mvl = [by_name[name] for name in module.mvl]
         else:
-            mvl = select_mvl(cm, eta=self.eta, top_k=self.top_k)
+            mvl = select_mvl(cm, eta=self.eta, top_k=self.top_k, min_layers=self.min_layers)
+            by_rule = select_mvl(cm, eta=self.eta) if self.top_k is None else mvl
+            if len(by_rule) < len(mvl):
+                rank_zero_info(
+                    f"[LSA] epoch {trainer.current_epoch}: eta={self.eta} selects {len(by_rule)} of {cm.shape[1]} "
+                    f"probes; keeping the {len(mvl)} most vulnerable (min_layers={self.min_layers}; "
+                    "min_layers=0 allows an empty MVL)"
+                )
         result = LSAResult(
             probe_names=[p.name for p in probes],
             cm=cm,

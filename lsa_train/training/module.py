@@ -240,6 +240,8 @@ class LSARegularizedModule(L.LightningModule):
         self._mvl: list[Probe] = []
         self._warned_empty_mvl = False
         self._checked_first_batch = False
+        self._steps_with_term = 0  # training steps whose loss had the LSA term (lambda > 0, non-empty MVL)
+        self._training_steps = 0
         self.save_hyperparameters(
             ignore=["model", "attack", "regularizer", "optimizer", "scheduler", "val_attack", "test_attack", "awp"]
         )
@@ -339,6 +341,8 @@ class LSARegularizedModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         mvl = self._active_mvl(x)
+        self._training_steps += 1
+        self._steps_with_term += bool(mvl)
         needs_adv = self.base_loss_name != "normal" and not isinstance(self.attack, NoAttack)
         x_adv = self.attack(self.fast_model, x, y) if needs_adv else None
         if x_adv is not None and self.awp is not None and self.awp.active(self.current_epoch):
@@ -477,6 +481,23 @@ class LSARegularizedModule(L.LightningModule):
             self._warned_empty_mvl = True
         return self._mvl
 
+    def lsa_term_usage(self) -> dict[str, Any]:
+        """On how many training steps the LSA term was part of the loss, over the whole run (resumes included).
+
+        Returns:
+            ``configured``: whether the term is on at all (``False`` for ``regularizer=None`` or all gammas 0:
+            "off by configuration"); ``active_steps``: steps with a non-empty MVL; ``training_steps``: all
+            training steps (batches) so far; ``active_fraction``: their ratio (``None`` before any step).
+            Loading a checkpoint restores the counts of the training that led to it.
+        """
+        steps = self._training_steps
+        return {
+            "configured": self.regularizer is not None,
+            "active_steps": self._steps_with_term,
+            "training_steps": steps,
+            "active_fraction": self._steps_with_term / steps if steps else None,
+        }
+
     # -- evaluation ----------------------------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -546,6 +567,7 @@ class LSARegularizedModule(L.LightningModule):
             "mvl": self.mvl,
             "probes": [p.name for p in self.probes or []],
             "awp": self.awp.as_dict() if self.awp is not None else None,
+            "lsa_term_steps": [self._steps_with_term, self._training_steps],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -554,3 +576,5 @@ class LSARegularizedModule(L.LightningModule):
             self.probes = None
             self._mvl = []
             self._mvl_spec = list(state["mvl"])
+            with_term, steps = state.get("lsa_term_steps", (0, 0))
+            self._steps_with_term, self._training_steps = int(with_term), int(steps)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class RNGStateCallback(Callback):
@@ -24,24 +25,67 @@ class RNGStateCallback(Callback):
     state: the data modules' shuffle generator in :meth:`lsa_train.data.LSADataModule.state_dict`.
     :class:`~lsa_train.training.LSARegularizedModule` adds this callback itself when the Trainer
     has none, and the app's ``callbacks=default`` config lists it.
+
+    Under multi-process training (DDP) every process has generators of its own, and only rank 0
+    writes the checkpoint: :meth:`state_dict` gathers every rank's states (a collective call, made
+    on all ranks, as Lightning does when it saves a checkpoint) and stores them under ``"ranks"``;
+    :meth:`load_state_dict` gives each rank its own. Data-loader workers seed their augmentation
+    per sample from the data module's saved generator (:mod:`lsa_train.data.seeding`).
     """
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "python": random.getstate(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        """This process's states at the top level (rank 0's in a DDP checkpoint), plus every rank's under
+        ``"ranks"`` (a list indexed by global rank) when several processes train."""
+        state = _rng_state()
+        if _world_size() > 1:
+            ranks: list[Any] = [None] * _world_size()
+            torch.distributed.all_gather_object(ranks, state)
+            state = {**state, "ranks": ranks}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        random.setstate(state_dict["python"])
-        np.random.set_state(_numpy_state_from_plain(state_dict["numpy"]))
-        torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        """Restores this process's states: its own rank's entry when the checkpoint has one per rank."""
+        ranks = state_dict.get("ranks")
+        world_size, rank = _world_size(), _rank()
+        if world_size > 1 and (ranks is None or len(ranks) != world_size):
+            saved = "one process" if ranks is None else f"{len(ranks)} processes"
+            rank_zero_warn(
+                f"RNGStateCallback: the checkpoint holds the random states of {saved}, the run has {world_size}: "
+                "ranks without a saved state take rank 0's, so this resume is not exact"
+            )
+        if ranks is not None and rank < len(ranks):
+            state_dict = ranks[rank]
+        _set_rng_state(state_dict)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _rng_state() -> dict[str, Any]:
+    """The Python, NumPy, torch CPU (and initialized CUDA) generator states of this process."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # NumPy's state holds an ndarray, which ``torch.load(weights_only=True)`` refuses; store a tensor.

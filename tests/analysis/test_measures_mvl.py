@@ -82,12 +82,25 @@ def test_top_k_returns_sorted_largest():
     assert select_mvl(cm, top_k=4) == [0, 1, 2, 3]
 
 
+def test_min_layers_fills_an_eta_selection_with_the_most_vulnerable_probes():
+    cm = torch.tensor([[0.0, 0.25, 1.0, 0.0], [0.0, 0.25, 0.5, 0.5]])  # means 0, 0.25, 0.75, 0.25 (exact)
+    assert select_mvl(cm, eta=5.0) == []  # Algorithm 1 alone keeps nothing
+    assert select_mvl(cm, eta=5.0, min_layers=1) == [2]
+    assert select_mvl(cm, eta=5.0, min_layers=2) == [1, 2]  # tie of probes 1 and 3 at 0.25: the earlier
+    assert select_mvl(cm, eta=1.0, min_layers=1) == [2]  # enough pass the cut-off: nothing added
+    assert select_mvl(cm, eta=0.0, min_layers=0) == [2]
+    same = torch.tensor([[0.3, 0.3], [0.1, 0.1]])  # two probes with equal CMs: no probe is above the mean
+    assert select_mvl(same, eta=0.0) == [] and select_mvl(same, eta=0.0, min_layers=1) == [0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"eta": -0.5}, "eta must be >= 0, got -0.5"),
         ({"eta": None, "top_k": 0}, "top_k must be an integer >= 1, got 0"),
         ({"eta": None, "top_k": 9}, "top_k=9 exceeds the number of probes \\(4\\)"),
+        ({"eta": 9.0, "min_layers": 5}, "min_layers=5 exceeds the number of probes \\(4\\)"),
+        ({"eta": 1.0, "min_layers": -1}, "min_layers must be an integer >= 0, got -1"),
     ],
 )
 def test_mvl_rule_errors(kwargs, message):

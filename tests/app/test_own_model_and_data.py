@@ -94,3 +94,39 @@ def test_a_model_yaml_of_the_user_through_config_dir(workspace: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["model_kwargs"] == {"in_channels": 1, "num_classes": 3, "width": 4}
+
+
+TWIN_RELU_NET = """
+from torch import nn
+
+
+class TwinReLUNet(nn.Module):
+    \"\"\"Two activation probes with the same CM: `again` gets a non-negative tensor and changes nothing.\"\"\"
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.again = nn.ReLU()
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.again(self.act(self.conv(x))).mean(dim=(2, 3)))
+"""
+
+
+def test_the_lsa_term_stays_on_when_the_eta_rule_selects_no_probe(workspace: Path) -> None:
+    # with two probes of equal CM, no probe is above the mean: Algorithm 1 (eta 0.25) selects none
+    (workspace / "code" / "twin_relu.py").write_text(TWIN_RELU_NET)
+    run_dir = workspace / "run_twin_relu"
+    result = run(["lsa_train", "model=custom", "model._target_=twin_relu.TwinReLUNet", "trainer.max_epochs=2",
+                  "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1",
+                  "regularizer.mvl.num_samples=8", "regularizer.mvl.plot=false", "attack.steps=2", "logger=none",
+                  f"hydra.run.dir={run_dir}"], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert [entry["mvl"] for entry in summary["mvl_history"]] == [["act"], ["act"]]  # kept: the most vulnerable
+    assert summary["lsa_term"] == {"configured": True, "active_steps": 6, "training_steps": 6, "active_fraction": 1.0}
+    assert "eta=0.25 selects 0 of 2 probes; keeping the 1 most vulnerable" in result.stderr + result.stdout
+    assert "| LSA term active (training steps) | 100.0% of 6 steps |" in (run_dir / "report.md").read_text()
+    assert "LSA term active" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
 
 from lsa_train.app import cli
 from lsa_train.app.errors import ConfigError, config_section, one_line
-from lsa_train.app.report import build_summary, write_metrics_json, write_report_md
+from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
 from lsa_train.app.schemas import PGDConf
 from lsa_train.app.sweep_summary import SweepSummaryCallback, collect_jobs
 
@@ -53,6 +55,28 @@ def test_report_files(tmp_path: Path) -> None:
     loaded = json.loads((tmp_path / "metrics.json").read_text())
     assert loaded["fgsm"] == {"0": 0.9, "0.1": 0.6} and loaded["bad"] is None and loaded["rg_score"] == 150.0
     assert "| PGD-20 accuracy at eps=0.1 (%) | 50.00 |" in report and "| R&G score" in report and "relu1" in report
+
+
+def test_summary_prints_long_paths_whole_and_states_the_lsa_term_usage(tmp_path: Path) -> None:
+    run_dir = tmp_path / ("a_run_folder_name_long_enough_to_pass_the_width_of_the_terminal_" * 2)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    usage = {"configured": True, "active_steps": 5, "training_steps": 8, "active_fraction": 0.625}
+    summary = build_summary(metrics={}, eps_grid=[], run_dir=run_dir,
+                            info={"tested_checkpoint": str(run_dir / "checkpoints" / "epoch_003.ckpt"),
+                                  "last_checkpoint": str(last), "lsa_term": usage})
+    out = io.StringIO()
+    print_summary(summary, Console(file=out, width=80))
+    printed = out.getvalue()
+    assert f"last checkpoint: {last}\n" in printed and f"run dir: {run_dir}\n" in printed
+    assert f"tested checkpoint: {run_dir / 'checkpoints' / 'epoch_003.ckpt'}\n" in printed
+    assert "62.5% of 8 steps (MVL empty on 3)" in printed
+    run_dir.mkdir()
+    report = write_report_md(run_dir, summary).read_text()
+    assert f"| last checkpoint | `{last}` |" in report
+    assert "| LSA term active (training steps) | 62.5% of 8 steps (MVL empty on 3) |" in report
+    summary["lsa_term"] = {"configured": False, "active_steps": 0, "training_steps": 8, "active_fraction": 0.0}
+    assert "| LSA term active (training steps) | off by configuration (lambda 0) |" in write_report_md(
+        run_dir, summary).read_text()
 
 
 def test_report_links_the_mvl_history(tmp_path: Path) -> None:

@@ -144,6 +144,8 @@ def test_missing_optimized_metric_names_the_choices() -> None:
         (["model=tv", "model.name=tv:alexnet"], r"model tv:alexnet cannot take"),
         (["regularizer.mvl.mode=fixed", "regularizer.mvl.layers=[9]"], r"index 9"),
         (["regularizer.mvl.probes=[nothing*]"], r"nothing"),
+        (["regularizer.mvl.min_layers=-1"], r"regularizer\.mvl\.min_layers=-1 must be an integer >= 0"),
+        (["regularizer.mvl.min_layers=5"], r"regularizer\.mvl\.min_layers=5 exceeds the model's 4 activations probes"),
         (["attack=none"], r"regularizer=none"),
         (["torch_threads=0"], r"torch_threads=0"),
         (["optimizer.lr=-1"], r"optimizer=adam: Invalid learning rate: -1"),

@@ -159,6 +159,32 @@ def test_augmentation_switch(tmp_path: Path) -> None:
     assert all(d.shape == (1, 12, 12) for d in draws) and any(not torch.equal(d, x_eval) for d in draws)
 
 
+def test_augmentation_with_persistent_workers_resumes_from_the_saved_state(tmp_path: Path) -> None:
+    write_images(tmp_path / "train")
+
+    def batches(loader: torch.utils.data.DataLoader) -> list[torch.Tensor]:
+        return [torch.cat([x.flatten(1), y[:, None].float()], 1) for x, y in loader]
+
+    workers = {"num_workers": 2, "persistent_workers": True, "augment": True, "crop_padding": 4}
+    uninterrupted = small(tmp_path, **workers)
+    loader = uninterrupted.train_dataloader()
+    first = batches(loader)
+    state = uninterrupted.state_dict()  # what an epoch-end checkpoint holds
+    second = batches(loader)  # the same workers, their generators one epoch further
+    resumed = small(tmp_path, **workers)
+    resumed.setup()
+    resumed.load_state_dict(state)
+    assert all(map(torch.equal, batches(resumed.train_dataloader()), second))
+    # every sample is augmented from its own seed: the worker count does not matter either
+    one_worker = small(tmp_path, num_workers=1, persistent_workers=False, augment=True, crop_padding=4)
+    assert all(map(torch.equal, batches(one_worker.train_dataloader()), first))
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))  # and the augmentation is random
+    # a loader with workers draws its workers' base seed from a generator of its own, not the global one
+    before = torch.get_rng_state()
+    batches(resumed.val_dataloader())
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_given_statistics_are_used_and_checked(tmp_path: Path) -> None:
     write_images(tmp_path / "train", mode="RGB")
     dm = small(tmp_path, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2])

@@ -25,6 +25,34 @@ def relu_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
+def twin_relu_mlp() -> nn.Module:
+    """Two activation probes with the same CM (the second ReLU gets a non-negative tensor and changes
+    nothing): neither is above the mean, so the eta rule alone selects no probe."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_the_default_refresh_keeps_the_lsa_term_on_when_eta_selects_nothing(tmp_path, loaders):
+    module = LSARegularizedModule(twin_relu_mlp(), attack=PGD(eps=0.1, steps=2))  # its own MVLRefreshCallback
+    trainer = trainer_for(tmp_path, [], max_epochs=2, enable_checkpointing=False)
+    trainer.fit(module, *loaders)
+    refresh = next(cb for cb in trainer.callbacks if isinstance(cb, MVLRefreshCallback))
+    assert [entry["mvl"] for entry in refresh.history] == [["1"], ["1"]]  # the most vulnerable (tie: the first)
+    assert refresh.min_layers == 1
+    # 192 samples / batch 32 = 6 steps per epoch, each with the term in its loss
+    assert module.lsa_term_usage() == {"configured": True, "active_steps": 12, "training_steps": 12,
+                                       "active_fraction": 1.0}
+    # min_layers=0: Algorithm 1 alone, an empty MVL and a term that never ran, which the usage states
+    module = LSARegularizedModule(twin_relu_mlp(), attack=PGD(eps=0.1, steps=2))
+    trainer = trainer_for(tmp_path, [MVLRefreshCallback(min_layers=0, plot=False)], max_epochs=1,
+                          enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="the MVL is empty"):
+        trainer.fit(module, *loaders)
+    assert module.mvl == [] and module.lsa_term_usage()["active_fraction"] == 0.0
+    module = LSARegularizedModule(twin_relu_mlp(), attack=PGD(eps=0.1, steps=2), regularizer=None)
+    assert module.lsa_term_usage()["configured"] is False
+
+
 def test_refresh_follows_the_cm(tmp_path, loaders):
     model = relu_mlp()
     module = LSARegularizedModule(model, attack=PGD(eps=0.1, steps=2), regularizer=LayerwiseRegularizer(0.1))

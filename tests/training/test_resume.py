@@ -71,3 +71,17 @@ def test_app_run_sigkilled_after_its_first_checkpoint_resumes_bit_identically(tm
     full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     resumed_metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert resumed_metrics["acc_pgd"] == full_metrics["acc_pgd"]
+
+
+# -- DDP: every rank resumes its own random state --------------------------------------------------
+@pytest.mark.slow
+def test_ddp_resume_restores_each_ranks_own_random_state(tmp_path):
+    script = Path(__file__).with_name("ddp_rng_script.py")
+    for mode in ("full", "resume"):  # two epochs; then epoch 1 again from epoch 0's checkpoint
+        result = subprocess.run([sys.executable, str(script), str(tmp_path), mode], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    full = [json.loads((tmp_path / f"full{rank}.json").read_text()) for rank in (0, 1)]
+    resumed = [json.loads((tmp_path / f"resume{rank}.json").read_text()) for rank in (0, 1)]
+    assert full[0]["1"] != full[1]["1"]  # the ranks' generators differ: rank 0's state is wrong for rank 1
+    assert [r["1"] for r in resumed] == [r["1"] for r in full]
