@@ -3,8 +3,11 @@
 Rebuilds the data and network of a training run from ``<run>/.hydra/config.yaml`` and loads the weights
 of ``ckpt_path``, or builds ``model=<name>`` for ``data=<name>`` (weights from ``model.checkpoint``), and
 evaluates on the test split, streaming over batches: clean accuracy, the FGSM
-sweep with the paper's R&G score, PGD-k, AutoAttack (on ``autoattack.n_samples`` samples) and the
-gradient-masking checks (their warnings head the report). Writes ``report.md``, ``metrics.json``,
+sweep with the paper's R&G score, PGD-k, AutoAttack (on ``autoattack.n_samples`` samples; by default the
+whole split up to 2,000 points), with ``adaptive=true`` the attacks that know the defense
+(:mod:`lsa_train.app.adaptive_setup`), with ``transfer_from=<run>`` a transfer attack, the worst case per
+sample over every attack run (the headline robust accuracy) and the gradient-masking checks (their
+warnings head the report). Writes ``report.md``, ``metrics.json``,
 ``metrics.csv`` and ``accuracy_vs_eps.png`` into the run dir of this evaluation, by default
 ``<train run>/eval/<date>_<time>/`` (``logs/evaluate/runs/<date>_<time>/`` when the checkpoint is
 not in a ``checkpoints/`` folder).
@@ -13,6 +16,7 @@ Examples:
     python -m lsa_train.app.evaluate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     lsa-evaluate ckpt_path=<ckpt> pgd.steps=50 pgd.restarts=5 autoattack.n_samples=1000
     lsa-evaluate ckpt_path=<ckpt> autoattack.enabled=false data.eval_batch_size=512 device=cuda
+    lsa-evaluate ckpt_path=<LR run ckpt> adaptive=true transfer_from=<base run ckpt>
     lsa-evaluate model=custom model._target_=my_nets.SmallCNN model.checkpoint=cnn.pt data=imagefolder \
         data.root=<dir> pgd.eps=0.03
 """
@@ -28,6 +32,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from lsa_train.app import adaptive_setup
 from lsa_train.app.checkpoint_loading import register_resolvers
 from lsa_train.app.cli import config_errors_to_cli, mark_task_started, run_cli
 from lsa_train.app.errors import ConfigError
@@ -64,8 +69,11 @@ def check_config(cfg: DictConfig) -> None:
     if aa.enabled:
         if str(aa.version) not in _AA_VERSIONS:
             raise ConfigError(f"autoattack.version={aa.version} is invalid; choose one of {list(_AA_VERSIONS)}")
-        if aa.n_samples is not None and int(aa.n_samples) < 1:
-            raise ConfigError(f"autoattack.n_samples={aa.n_samples} must be an integer >= 1")
+        n = aa.n_samples
+        if n is not None and n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"autoattack.n_samples={n} must be an integer >= 1, auto (all samples up to 2000, "
+                              "else 200) or null (all)")
+    adaptive_setup.check_config(cfg)
 
 
 def evaluate(cfg: DictConfig) -> Any:
@@ -117,6 +125,8 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
     model = run.model.to(device)
     log.info("evaluating %s (weights: %s) on the %s split, eps=%g, device %s", run.model_name, run.weights, cfg.split,
              eps, device)
+    example = next(iter(loader))[0].to(device)
+    adaptive = adaptive_setup.build(cfg, run, model, example, eps)
     masking = cfg.masking
     report = evaluate_robustness(
         model, loader, eps,
@@ -125,18 +135,24 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         pgd_restarts=int(cfg.pgd.restarts),
         autoattack_version=aa_version,
         autoattack_attacks=list(cfg.autoattack.attacks) if cfg.autoattack.attacks else None,
-        autoattack_samples=None if cfg.autoattack.n_samples is None else int(cfg.autoattack.n_samples),
+        autoattack_samples=_aa_samples(cfg.autoattack.n_samples),
+        extra_attacks=adaptive.attacks, skipped_attacks=adaptive.skipped,
         masking_checks=bool(masking.enabled),
         masking_kwargs={k: masking[k] for k in ("tol", "square_queries", "square_max_samples", "large_eps",
                                                   "large_eps_max_acc", "drop_min_eps") if k in masking},
         seed=int(cfg.seed), device=device,
         max_samples=None if cfg.max_samples is None else int(cfg.max_samples),
         model_name=run.model_name, checkpoint=run.ckpt_path,
-        metadata={**run_facts(run), "split": str(cfg.split), "device": str(device)},
+        metadata={**run_facts(run), "split": str(cfg.split), "device": str(device), **adaptive.facts},
     )
     report.warnings.extend(extra_warnings)
     report.metadata["wall_time_s"] = round(time.perf_counter() - started, 2)
     return report
+
+
+def _aa_samples(value: Any) -> int | str | None:
+    """``autoattack.n_samples``: an integer, ``"auto"`` or ``None`` (see :func:`check_config`)."""
+    return value if value is None or value == "auto" else int(value)
 
 
 def _autoattack_version(cfg: DictConfig, warnings: list[str]) -> str | None:
@@ -157,7 +173,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lsa_train.evaluation.report import masking_summary, metric_label
+    from lsa_train.evaluation.report import WORST_CASE_SCOPE, masking_summary, metric_label, worst_case_label
+    from lsa_train.evaluation.worst_case import WorstCase, describe
 
     table = Table(title=f"LSA robustness evaluation ({report.model_name}, {report.n_samples} samples)",
                   header_style="bold")
@@ -165,6 +182,11 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_column("value", justify="right")
     pct = _pct
     table.add_row("clean accuracy (%)", pct(report.clean_accuracy))
+    if report.worst_case_accuracy is not None:
+        table.add_row(f"[bold]{worst_case_label(report.worst_case)} (%)[/]",
+                      f"[bold]{pct(report.worst_case_accuracy)}[/]")
+        for name, entry in report.attacks.items():
+            table.add_row(f"  {name} ({entry['n_samples']} samples) (%)", pct(entry["accuracy"]))
     for eps, acc in report.fgsm_sweep.items():
         table.add_row(f"FGSM accuracy at eps={eps:g} (%)", pct(acc))
     rg = report.rg_score
@@ -180,6 +202,12 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_row("output dir", str(out_dir))
     console = Console()
     console.print(table)
+    if report.worst_case:
+        for line in describe(WorstCase.from_dict(report.worst_case)):
+            console.print(f"worst case: {line}", soft_wrap=True, markup=False)
+        console.print(f"worst case: {WORST_CASE_SCOPE}", soft_wrap=True, markup=False)
+    for name, reason in report.skipped_attacks.items():
+        console.print(f"not run: {name}: {reason}", soft_wrap=True, markup=False)
     for warning in report.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     lines = masking_summary(report.masking, report.warnings)

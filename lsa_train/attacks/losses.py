@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -9,6 +10,24 @@ from torch import Tensor
 def cross_entropy_per_sample(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of every sample, shape ``(N,)``."""
     return F.cross_entropy(logits, labels, reduction="none")
+
+
+def margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Carlini-Wagner margin of every sample, shape ``(N,)``: ``max_{i != y} z_i - z_y``.
+
+    Positive exactly when the sample is misclassified; ascending it pushes the best other logit
+    above the true one without the saturation of the cross-entropy (Carlini & Wagner, 2017).
+
+    Args:
+        logits: Logits, shape ``(N, K)`` with ``K >= 2``.
+        labels: True classes, shape ``(N,)``, int64.
+    """
+    if logits.shape[1] < 2:
+        raise ValueError(f"the margin loss needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    is_true = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
+    best_other = logits.masked_fill(is_true, float("-inf")).amax(dim=1)
+    return best_other - true_logit
 
 
 def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:

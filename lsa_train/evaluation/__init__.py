@@ -12,9 +12,18 @@ Example:
     >>> gradient_masking_checks(model, test_loader, 0.3, fgsm_sweep=sweep, pgd_acc=pgd)  # [] if no symptom
     >>> report = evaluate_robustness(model, test_loader, eps=0.3, autoattack_version="standard")
     >>> report.write_all("outputs/eval")                       # report.md, metrics.json/csv, PNG
+    >>> attacks = adaptive_attacks(0.3, probes=mvl_probes, transfer_source=base_model)  # know the defense
+    >>> report = evaluate_robustness(model, test_loader, eps=0.3, extra_attacks=attacks)
+    >>> report.worst_case_accuracy                             # correct clean and under every attack
 """
 
-from lsa_train.evaluation.autoattack import AUTOATTACK_ATTACKS, AUTOATTACK_VERSIONS, autoattack_accuracy
+from lsa_train.evaluation.adaptive import DEFAULT_KAPPAS, FeaturePGD, NamedAttack, TransferAttack, adaptive_attacks
+from lsa_train.evaluation.autoattack import (
+    AUTOATTACK_ATTACKS,
+    AUTOATTACK_VERSIONS,
+    autoattack_accuracy,
+    autoattack_sample_count,
+)
 from lsa_train.evaluation.evaluate import evaluate_robustness
 from lsa_train.evaluation.masking import (
     MaskingCheckResult,
@@ -34,22 +43,32 @@ from lsa_train.evaluation.robustness import (
     attack_accuracy,
     clean_accuracy,
     clean_counts,
+    correct_mask,
     fgsm_sweep,
     pgd_accuracy,
     rg_score,
 )
 from lsa_train.evaluation.utils import collect_samples, eval_mode
+from lsa_train.evaluation.worst_case import AttackOutcome, WorstCase, worst_case
 
 __all__ = [
     "AUTOATTACK_ATTACKS",
     "AUTOATTACK_VERSIONS",
+    "DEFAULT_KAPPAS",
     "PAPER_EPS_GRID",
     "REPORT_FILES",
+    "AttackOutcome",
     "EvaluationReport",
+    "FeaturePGD",
     "MaskingCheckResult",
+    "NamedAttack",
     "PairedAccuracy",
+    "TransferAttack",
+    "WorstCase",
+    "adaptive_attacks",
     "attack_accuracy",
     "autoattack_accuracy",
+    "autoattack_sample_count",
     "check_blackbox_vs_whitebox",
     "check_fgsm_monotone",
     "check_large_eps",
@@ -57,6 +76,7 @@ __all__ = [
     "clean_accuracy",
     "clean_counts",
     "collect_samples",
+    "correct_mask",
     "eval_mode",
     "evaluate_robustness",
     "fgsm_sweep",
@@ -66,4 +86,5 @@ __all__ = [
     "rg_score",
     "run_masking_checks",
     "square_vs_pgd",
+    "worst_case",
 ]

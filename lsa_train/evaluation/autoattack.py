@@ -37,6 +37,10 @@ AUTOATTACK_VERSIONS: tuple[str, ...] = ("standard", "plus", "rand", "custom")
 AUTOATTACK_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 #: Norm names of the reference implementation, by lower-case spelling.
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+#: ``n_samples="auto"``: AutoAttack runs on every evaluated sample when there are at most this many ...
+AUTO_ALL_UP_TO = 2000
+#: ... and on the first this many otherwise.
+AUTO_FALLBACK = 200
 #: The reference implementation's logger (its progress messages and its sanity-check warnings).
 _AA_LOGGER = "auto-attack"
 
@@ -75,11 +79,44 @@ def _skipped_for_classes(attacks: Sequence[str], n_classes: int) -> dict[str, st
     return skipped
 
 
-def _track_per_attack(adversary: Any, model: nn.Module, fooled: dict[str, int]) -> None:
+class _PerSampleTracker:
+    """Mirrors the reference loop to learn which samples each attack broke first.
+
+    ``run_standard_evaluation`` runs each attack on the samples still robust, in index order, in
+    batches (``robust_flags.nonzero()`` taken once when the attack starts); the wrapped ``perturb``
+    only sees those batches, so the tracker hands out the same indices in the same order. The result
+    is checked against the final robust mask (see :func:`autoattack_accuracy`).
+    """
+
+    def __init__(self, clean_correct: Tensor) -> None:
+        self.robust = clean_correct.clone()
+        self.broken_by: dict[str, Tensor] = {}
+        self._attack: str | None = None
+        self._queue = torch.empty(0, dtype=torch.long)
+        self._position = 0
+
+    def next_indices(self, name: str, count: int) -> Tensor:
+        if name != self._attack:  # a new attack starts on the samples robust so far
+            self._attack, self._queue, self._position = name, self.robust.nonzero().flatten(), 0
+        indices = self._queue[self._position : self._position + count]
+        self._position += count
+        return indices
+
+    def record(self, name: str, indices: Tensor, broken: Tensor) -> None:
+        mask = self.broken_by.setdefault(name, torch.zeros_like(self.robust))
+        hit = indices[broken.cpu()] if indices.numel() == broken.numel() else indices[:0]
+        mask[hit] = True
+        self.robust[hit] = False
+
+
+def _track_per_attack(
+    adversary: Any, model: nn.Module, fooled: dict[str, int], tracker: _PerSampleTracker | None = None
+) -> None:
     """Wraps the reference attacks' ``perturb`` to count, per attack, the samples it fools.
 
     AutoAttack runs each attack on the samples still robust, so ``fooled[name]`` is the number
-    of samples first broken by ``name``. One extra forward pass per attacked batch.
+    of samples first broken by ``name`` (and ``tracker``, if given, learns which). One extra forward
+    pass per attacked batch.
     """
 
     def name_of(kind: str, attack: Any) -> str:
@@ -97,8 +134,10 @@ def _track_per_attack(adversary: Any, model: nn.Module, fooled: dict[str, int]) 
             x_adv = original(x, y, *args, **kwargs)
             if y is not None:
                 with torch.no_grad():
-                    broken = int((model(x_adv).argmax(dim=1) != y.to(x_adv.device)).sum().item())
-                fooled[name] = fooled.get(name, 0) + broken
+                    broken = model(x_adv).argmax(dim=1) != y.to(x_adv.device)
+                fooled[name] = fooled.get(name, 0) + int(broken.sum().item())
+                if tracker is not None:
+                    tracker.record(name, tracker.next_indices(name, int(x.shape[0])), broken)
             return x_adv
 
         attack.perturb = perturb
@@ -106,6 +145,38 @@ def _track_per_attack(adversary: Any, model: nn.Module, fooled: dict[str, int]) 
     for kind, attr in (("apgd", "apgd"), ("apgd-t", "apgd_targeted"), ("fab", "fab"), ("square", "square")):
         if hasattr(adversary, attr):
             wrap(kind, getattr(adversary, attr))
+
+
+def autoattack_sample_count(setting: int | str | None, n_evaluated: int) -> int:
+    """How many of the ``n_evaluated`` samples AutoAttack runs on.
+
+    Args:
+        setting: An integer ``>= 1`` (the first that many), ``None`` (all) or ``"auto"`` (all when
+            ``n_evaluated <= AUTO_ALL_UP_TO``, else the first :data:`AUTO_FALLBACK`).
+        n_evaluated: The samples evaluated (after any ``max_samples``).
+
+    Raises:
+        ValueError: Any other setting.
+    """
+    if setting is None:
+        return n_evaluated
+    if isinstance(setting, str):
+        if setting.lower() != "auto":
+            raise ValueError(f"n_samples must be an integer >= 1, null or 'auto', got {setting!r}")
+        return n_evaluated if n_evaluated <= AUTO_ALL_UP_TO else min(AUTO_FALLBACK, n_evaluated)
+    if isinstance(setting, bool) or int(setting) != setting or setting < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, null or 'auto', got {setting!r}")
+    return min(int(setting), n_evaluated)
+
+
+def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """``(n,)`` bool on the CPU: ``model`` classifies ``x`` correctly, in batches of ``batch_size``."""
+    masks = []
+    with torch.no_grad():
+        for lo in range(0, x.shape[0], batch_size):
+            logits = model(x[lo : lo + batch_size].to(device))
+            masks.append((logits.argmax(dim=1) == y[lo : lo + batch_size].to(device)).cpu())
+    return torch.cat(masks)
 
 
 def autoattack_accuracy(
@@ -158,7 +229,10 @@ def autoattack_accuracy(
         ``"per_attack"`` (``{attack: robust accuracy after it}``, cumulative, in run order),
         ``"attacks"`` (the attacks run), ``"skipped"`` (``{attack: reason}``), ``"warnings"``
         (pyautoattack's sanity-check warnings, e.g. zero gradients), ``"n_samples"``, ``"eps"``,
-        ``"norm"``, ``"version"``, ``"seed"`` and ``"seconds"``.
+        ``"norm"``, ``"version"``, ``"seed"`` and ``"seconds"``; for per-sample bookkeeping also
+        ``"robust_mask"`` (``(n,)`` bool on the CPU: correct clean and under every attack) and
+        ``"broken_by"`` (``{attack: (n,) bool}``, the samples each attack broke first; ``None`` if the
+        reference loop could not be followed sample by sample, which is then logged).
 
     Raises:
         ImportError: If ``pyautoattack`` is not installed.
@@ -225,7 +299,9 @@ def autoattack_accuracy(
         adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, n_classes - 1)
         if square_queries is not None:
             adversary.square.n_queries = int(square_queries)
-        _track_per_attack(adversary, attacked, fooled)
+        clean_mask = _correct(attacked, x, y, batch_size, device)  # the reference's own first pass, batched alike
+        tracker = _PerSampleTracker(clean_mask)
+        _track_per_attack(adversary, attacked, fooled, tracker)
         aa_logger.addHandler(collector)
         if stream is not None:
             aa_logger.addHandler(stream)
@@ -237,15 +313,8 @@ def autoattack_accuracy(
                 x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
             else:
                 x_adv = x
-            robust, clean = 0, 0
-            with torch.no_grad():
-                for lo in range(0, x.shape[0], batch_size):
-                    xb = x[lo : lo + batch_size].to(device)
-                    yb = y[lo : lo + batch_size].to(device)
-                    xa = x_adv[lo : lo + batch_size].to(device)
-                    ok = attacked(xb).argmax(dim=1) == yb
-                    clean += int(ok.sum().item())
-                    robust += int((ok & (attacked(xa).argmax(dim=1) == yb)).sum().item())
+            robust_mask = clean_mask & _correct(attacked, x_adv, y, batch_size, device)
+            robust, clean = int(robust_mask.sum()), int(clean_mask.sum())
         finally:
             aa_logger.removeHandler(collector)
             if stream is not None:
@@ -254,6 +323,12 @@ def autoattack_accuracy(
             aa_logger.propagate = previous_propagate
             sys.settrace(previous_trace)
 
+    broken_by: dict[str, Tensor] | None = {a: tracker.broken_by.get(a, torch.zeros_like(clean_mask))
+                                           for a in adversary.attacks_to_run}
+    if not torch.equal(tracker.robust, robust_mask):
+        logger.warning("AutoAttack: the per-attack sample bookkeeping disagrees with the final robust mask; "
+                       "the samples are credited to AutoAttack as a whole")
+        broken_by = None
     n = int(x.shape[0])
     per_attack: dict[str, float] = {}
     remaining = clean
@@ -265,6 +340,8 @@ def autoattack_accuracy(
     return {
         "robust_accuracy": robust / n,
         "clean_accuracy": clean / n,
+        "robust_mask": robust_mask,
+        "broken_by": broken_by,
         "per_attack": per_attack,
         "attacks": list(adversary.attacks_to_run),
         "skipped": skipped,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lsa_train.evaluation.autoattack import autoattack_accuracy
+from lsa_train.evaluation.adaptive import NamedAttack
+from lsa_train.evaluation.autoattack import autoattack_accuracy, autoattack_sample_count
 from lsa_train.evaluation.masking import CHECKS, run_masking_checks
 from lsa_train.evaluation.report import EvaluationReport
-from lsa_train.evaluation.robustness import PAPER_EPS_GRID, clean_counts, fgsm_sweep, pgd_accuracy
+from lsa_train.evaluation.robustness import PAPER_EPS_GRID, correct_mask, fgsm_sweep, pgd_attack
 from lsa_train.evaluation.utils import Batches, collect_samples, require_reiterable, resolve_device
+from lsa_train.evaluation.worst_case import AttackOutcome, worst_case
 
 
 def evaluate_robustness(
@@ -27,7 +30,9 @@ def evaluate_robustness(
     pgd_restarts: int = 1,
     autoattack_version: str | None = None,
     autoattack_attacks: list[str] | None = None,
-    autoattack_samples: int | None = 1000,
+    autoattack_samples: int | str | None = 1000,
+    extra_attacks: Sequence[NamedAttack] = (),
+    skipped_attacks: Mapping[str, str] | None = None,
     masking_checks: bool = True,
     masking_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -37,7 +42,12 @@ def evaluate_robustness(
     checkpoint: str | Path | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> EvaluationReport:
-    """Clean accuracy, FGSM sweep + R&G score, Linf PGD, optional AutoAttack and masking checks.
+    """Clean accuracy, FGSM sweep + R&G score, Linf PGD, optional AutoAttack, further attacks, the
+    worst case per sample over every attack, and the masking checks.
+
+    The worst case (:func:`~lsa_train.evaluation.worst_case.worst_case`) counts a sample as robust only
+    if it is correct clean and under PGD, AutoAttack and every ``extra_attacks`` entry; it is computed on
+    the samples every attack ran on (AutoAttack may run on fewer), and the report says how many.
 
     Args:
         model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``, inputs in ``[0, 1]``.
@@ -51,7 +61,12 @@ def evaluate_robustness(
             or ``"custom"`` (with ``autoattack_attacks``).
         autoattack_attacks: Attacks for ``autoattack_version="custom"``.
         autoattack_samples: AutoAttack runs on the first this many samples (it needs them in
-            memory at once). Default: ``1000``.
+            memory at once); ``None`` for all; ``"auto"``: all when at most
+            :data:`~lsa_train.evaluation.autoattack.AUTO_ALL_UP_TO` samples are evaluated, else
+            :data:`~lsa_train.evaluation.autoattack.AUTO_FALLBACK`. Default: ``1000``.
+        extra_attacks: Further attacks (e.g. :func:`~lsa_train.evaluation.adaptive.adaptive_attacks`),
+            each run on every evaluated sample and joining the worst case.
+        skipped_attacks: ``{attack: why it did not run}``, stated in the report.
         masking_checks: Run :func:`~lsa_train.evaluation.masking.run_masking_checks`. Default: ``True``.
         masking_kwargs: Extra keyword arguments for the masking checks (``tol``, ``square_queries``, ...).
         seed: Seed of PGD, Square and AutoAttack. Default: ``0``.
@@ -67,10 +82,9 @@ def evaluate_robustness(
     require_reiterable(batches, "evaluate_robustness")
     device = resolve_device(model, device)
     common: dict[str, Any] = {"device": device, "max_samples": max_samples}
-    correct, n_samples = clean_counts(model, batches, **common)
-    if n_samples == 0:
-        raise ValueError("the data yielded no samples")
-    clean = correct / n_samples
+    clean_mask, labels = correct_mask(model, batches, **common)
+    n_samples = int(clean_mask.numel())
+    clean = int(clean_mask.sum()) / n_samples
     sweep = fgsm_sweep(model, batches, eps_grid, **common)
     pgd_settings = {
         "eps": float(eps),
@@ -80,9 +94,14 @@ def evaluate_robustness(
         "norm": "linf",
         "seed": seed,
     }
-    pgd = pgd_accuracy(
-        model, batches, eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common
-    )
+    all_samples = torch.arange(n_samples)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    pgd_mask = _run_attack(model, batches, pgd_attack(eps, pgd_alpha, pgd_steps, pgd_restarts, seed=seed),
+                           labels, "PGD", common)
+    pgd = int(pgd_mask.sum()) / n_samples
+    seconds["pgd"] = time.perf_counter() - started
+    outcomes = [AttackOutcome("pgd", pgd_mask, all_samples, pgd_settings)]
 
     warnings: list[str] = []
     other: dict[str, float] = {}
@@ -113,14 +132,36 @@ def evaluate_robustness(
     aa_acc: float | None = None
     aa_settings: dict[str, Any] = {}
     if autoattack_version is not None:
-        limit = autoattack_samples if max_samples is None else min(max_samples, autoattack_samples or max_samples)
+        limit = autoattack_sample_count(autoattack_samples, n_samples)
         x, y = collect_samples(batches, limit)
+        if not torch.equal(y, labels[: y.shape[0]]):
+            raise ValueError(_ORDER_MESSAGE.format(what="AutoAttack"))
         aa_settings = autoattack_accuracy(
             model, x, y, eps, "Linf", autoattack_version, attacks=autoattack_attacks, seed=seed, device=device
         )
+        seconds["autoattack"] = aa_settings["seconds"]
         aa_acc = aa_settings.pop("robust_accuracy")
+        aa_mask, broken_by = aa_settings.pop("robust_mask"), aa_settings.pop("broken_by")
+        aa_settings["n_samples_setting"] = autoattack_samples
+        outcomes.append(AttackOutcome("autoattack", aa_mask, torch.arange(aa_mask.numel()),
+                                      _outcome_settings(aa_settings), accuracy=aa_acc, broken_by=broken_by))
         warnings += [f"AutoAttack: {message}" for message in aa_settings.get("warnings", [])]
 
+    for named in extra_attacks:
+        if named.name in {o.name for o in outcomes}:
+            raise ValueError(f"attack name {named.name!r} is taken; give the extra attacks other names")
+        started = time.perf_counter()
+        mask = _run_attack(model, batches, named.attack, labels, named.name, common)
+        seconds[named.name] = time.perf_counter() - started
+        outcomes.append(AttackOutcome(named.name, mask, all_samples, dict(named.settings)))
+
+    case = worst_case(clean_mask, outcomes)
+    attacks = {
+        o.name: {"accuracy": o.own_accuracy, "n_samples": o.n_samples,
+                 "accuracy_on_common": case.accuracy_on_common[o.name], "settings": dict(o.settings),
+                 "seconds": round(seconds[o.name], 2)}
+        for o in outcomes
+    }
     info = dict(metadata or {})
     if masking_settings:
         info["masking_checks"] = masking_settings
@@ -138,4 +179,30 @@ def evaluate_robustness(
         other_metrics=other,
         metadata=info,
         masking=masking,
+        worst_case_accuracy=case.accuracy,
+        attacks=attacks,
+        worst_case=case.to_dict(),
+        skipped_attacks=dict(skipped_attacks or {}),
     )
+
+
+_ORDER_MESSAGE = (
+    "the data came in another order for {what} than for the clean pass; the worst case per sample needs the "
+    "same order on every pass (a test/val loader without shuffling)"
+)
+
+
+def _run_attack(
+    model: nn.Module, batches: Batches, attack: Any, labels: torch.Tensor, name: str, common: Mapping[str, Any]
+) -> torch.Tensor:
+    """``(n,)`` bool: the attack's adversarial inputs classified correctly, in the clean pass's order."""
+    mask, seen = correct_mask(model, batches, attack, **common)
+    if not torch.equal(seen, labels):
+        raise ValueError(_ORDER_MESSAGE.format(what=name))
+    return mask
+
+
+def _outcome_settings(aa_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The AutoAttack parameters worth listing beside its number."""
+    keys = ("eps", "norm", "version", "attacks", "seed", "n_samples_setting")
+    return {key: aa_settings[key] for key in keys if key in aa_settings}

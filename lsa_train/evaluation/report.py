@@ -16,6 +16,7 @@ from typing import Any
 
 from lsa_train.evaluation.plotting import plot_accuracy_vs_eps
 from lsa_train.evaluation.robustness import rg_score
+from lsa_train.evaluation.worst_case import WorstCase, describe
 from lsa_train.utils.io import atomic_write_text
 
 #: Prefix of the gradient-masking warnings (:data:`lsa_train.evaluation.masking.PREFIX`).
@@ -26,8 +27,13 @@ METRIC_LABELS: dict[str, str] = {
     "pgd_accuracy_on_square_samples": "PGD accuracy on the Square samples (masking check c)",
 }
 
+#: What the worst case leaves out, said under it in the report.
+WORST_CASE_SCOPE = (
+    "A sample counts as robust only if it is correct clean and every attack above failed on it; "
+    "the FGSM sweep and the masking checks' attacks are not part of the worst case."
+)
 #: Version of the JSON layout written by :meth:`EvaluationReport.to_json`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: File names written by :meth:`EvaluationReport.write_all`, by key.
 REPORT_FILES: dict[str, str] = {
     "markdown": "report.md",
@@ -77,6 +83,13 @@ class EvaluationReport:
         metadata: Free-form extra information (data set, seed, time, ...), JSON-serializable.
         masking: Which gradient-masking checks ran: ``{"run": [labels], "skipped": {label:
             reason}}``; ``None`` when the checks were not run at all.
+        worst_case_accuracy: The headline robust accuracy: the fraction of the samples every attack
+            saw that are correct clean and under every attack; ``None`` if not computed.
+        attacks: One entry per attack in run order: ``{"accuracy", "n_samples",
+            "accuracy_on_common", "settings", "seconds"}`` (its own number, on its own samples).
+        worst_case: :meth:`lsa_train.evaluation.worst_case.WorstCase.to_dict`: the common samples,
+            whether the attacks saw the same ones, and which attack broke the samples lost.
+        skipped_attacks: ``{attack: why it did not run}``.
     """
 
     clean_accuracy: float
@@ -92,6 +105,10 @@ class EvaluationReport:
     other_metrics: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     masking: dict[str, Any] | None = None
+    worst_case_accuracy: float | None = None
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    worst_case: dict[str, Any] = field(default_factory=dict)
+    skipped_attacks: dict[str, str] = field(default_factory=dict)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -159,6 +176,12 @@ class EvaluationReport:
                     "unit": "fraction",
                 }
             )
+        if self.worst_case_accuracy is not None:
+            rows.append({"metric": "worst_case_accuracy", "attack": "all", "eps": self.pgd_settings.get("eps", ""),
+                         "value": self.worst_case_accuracy, "unit": "fraction"})
+        for name, entry in self.attacks.items():
+            rows.append({"metric": "attack_accuracy", "attack": name, "eps": entry.get("settings", {}).get("eps", ""),
+                         "value": entry["accuracy"], "unit": "fraction"})
         for name, value in self.other_metrics.items():
             rows.append({"metric": name, "attack": "", "eps": "", "value": value, "unit": "fraction"})
         rows.append({"metric": "n_warnings", "attack": "", "eps": "", "value": len(self.warnings), "unit": "count"})
@@ -190,6 +213,8 @@ class EvaluationReport:
         rg = self.rg_score
         lines += ["## Summary", "", "| Metric | Value |", "|---|---|"]
         lines.append(f"| Clean accuracy | {_pct(self.clean_accuracy)} |")
+        if self.worst_case_accuracy is not None:
+            lines.append(f"| **{worst_case_label(self.worst_case)}** | **{_pct(self.worst_case_accuracy)}** |")
         if rg is not None:
             grid = ", ".join(f"{e:g}" for e in self.fgsm_sweep)
             lines.append(f"| R&G score (FGSM, eps in {{{grid}}}) | {rg:.2f} |")
@@ -211,8 +236,35 @@ class EvaluationReport:
             lines += ["## AutoAttack, robust accuracy after each attack", "", "| attack | accuracy |", "|---|---|"]
             lines += [f"| {name} | {_pct(acc)} |" for name, acc in per_attack.items()]
             lines.append("")
+        lines += self._attack_lines()
         lines += ["## Gradient-masking checks", "", *masking_summary(self.masking, self.warnings), ""]
         return "\n".join(lines)
+
+    def _attack_lines(self) -> list[str]:
+        """The per-attack table under the worst case, what it covers, and the attacks not run."""
+        if not self.attacks and not self.skipped_attacks:
+            return []
+        lines = ["## Attacks and the worst case per sample", ""]
+        if self.attacks:
+            n_common = self.worst_case.get("n_samples", "?")
+            lines += [f"| attack | accuracy | samples | on the {n_common} common samples | first broke | "
+                      "broke alone | seconds | settings |", "|---|---|---|---|---|---|---|---|"]
+            first = dict(self.worst_case.get("first_broken_by", {}))
+            only = dict(self.worst_case.get("only_broken_by", {}))
+            for name, entry in self.attacks.items():
+                credited = sum(n for key, n in first.items() if key == name or key.startswith(f"{name}/"))
+                lines.append(
+                    f"| {name} | {_pct(entry['accuracy'])} | {entry['n_samples']} | "
+                    f"{_pct(entry['accuracy_on_common'])} | {credited} | {only.get(name, 0)} | "
+                    f"{entry.get('seconds', '')} | `{_settings(entry.get('settings', {}))}` |"
+                )
+            lines.append("")
+            if self.worst_case:
+                lines += [f"- {line}" for line in describe(WorstCase.from_dict(self.worst_case))]
+                lines += [f"- {WORST_CASE_SCOPE}"]
+        lines += [f"- Not run: {name}: {reason}" for name, reason in self.skipped_attacks.items()]
+        lines.append("")
+        return lines
 
     def write_all(self, out_dir: str | Path) -> dict[str, Path]:
         """Writes ``report.md``, ``metrics.json``, ``metrics.csv`` and ``accuracy_vs_eps.png``.
@@ -246,6 +298,14 @@ class EvaluationReport:
             "markdown": atomic_write_text(out / REPORT_FILES["markdown"], self.to_markdown() + "\n"),
         }
         return {key: paths[key] for key in REPORT_FILES}
+
+
+def worst_case_label(worst_case: dict[str, Any]) -> str:
+    """``"Worst case over 7 attacks, per sample (200 of 360 samples)"``, the headline's label."""
+    n_attacks = len(worst_case.get("attacks", []))
+    common, total = worst_case.get("n_samples", "?"), worst_case.get("n_evaluated", "?")
+    samples = f"all {total} samples" if common == total else f"{common} of {total} samples, those every attack saw"
+    return f"Worst case over {n_attacks} attacks, per sample ({samples})"
 
 
 def metric_label(name: str) -> str:

@@ -108,17 +108,55 @@ def attack_accuracy(
         ValueError: If the data yields no samples, a batch is malformed, or the attack returns
             a tensor of the wrong shape.
     """
+    correct, _ = correct_mask(model, batches, attack, device=device, max_samples=max_samples)
+    return _finish(int(correct.sum().item()), int(correct.numel()))
+
+
+def correct_mask(
+    model: nn.Module,
+    batches: Batches,
+    attack: AttackFn | None = None,
+    *,
+    device: torch.device | str | None = None,
+    max_samples: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per sample, whether ``model`` classifies ``attack(model, x, y)`` (or ``x`` itself) correctly.
+
+    The per-sample form of :func:`attack_accuracy` and :func:`clean_accuracy`, for worst-case
+    bookkeeping over several attacks (:mod:`lsa_train.evaluation.worst_case`): sample ``i`` is the
+    ``i``-th sample of the stream, so two calls on the same data line up.
+
+    Args:
+        model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``.
+        batches: ``DataLoader`` or iterable of ``(x, y)`` batches; ``x`` in ``[0, 1]``.
+        attack: ``attack(model, x, y) -> x_adv`` (model in eval mode), or ``None`` for clean inputs.
+        device: Where to evaluate; default: the model's device.
+        max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
+
+    Returns:
+        ``correct`` ``(n,)`` bool and the labels ``(n,)`` int64, both on the CPU, in stream order.
+
+    Raises:
+        ValueError: If the data yields no samples, a batch is malformed, or the attack returns
+            a tensor of the wrong shape.
+    """
     device = resolve_device(model, device)
-    correct = total = 0
+    masks: list[Tensor] = []
+    labels: list[Tensor] = []
     with eval_mode(model):
         for x, y in iter_batches(batches, device, max_samples):
-            x_adv = attack(model, x, y)
-            if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
-                shape = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
-                raise ValueError(f"the attack must return a tensor shaped like x {tuple(x.shape)}, got {shape}")
-            correct += _count_correct(model, x_adv.detach(), y)
-            total += y.shape[0]
-    return _finish(correct, total)
+            x_in = x
+            if attack is not None:
+                x_in = attack(model, x, y)
+                if not isinstance(x_in, Tensor) or x_in.shape != x.shape:
+                    shape = tuple(x_in.shape) if isinstance(x_in, Tensor) else type(x_in).__name__
+                    raise ValueError(f"the attack must return a tensor shaped like x {tuple(x.shape)}, got {shape}")
+            with torch.no_grad():
+                masks.append((model(x_in.detach()).argmax(dim=1) == y).cpu())
+            labels.append(y.cpu())
+    if not masks:
+        raise ValueError("the data yielded no samples")
+    return torch.cat(masks), torch.cat(labels)
 
 
 def _normalize_grid(eps_grid: Iterable[float]) -> list[float]:
@@ -220,6 +258,20 @@ def rg_score(sweep: Mapping[float, float]) -> float:
     return 100.0 * sum(float(acc) for acc in sweep.values())
 
 
+def pgd_attack(
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 20,
+    restarts: int = 1,
+    norm: str = "linf",
+    *,
+    random_start: bool = True,
+    seed: int | None = None,
+) -> PGD:
+    """The :class:`lsa_train.attacks.PGD` that :func:`pgd_accuracy` runs (same arguments)."""
+    return PGD(eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts, norm=norm, seed=seed)
+
+
 def pgd_accuracy(
     model: nn.Module,
     batches: Batches,
@@ -252,5 +304,5 @@ def pgd_accuracy(
     Returns:
         Accuracy on the PGD adversarial inputs, in ``[0, 1]``.
     """
-    attack = PGD(eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts, norm=norm, seed=seed)
+    attack = pgd_attack(eps, alpha, steps, restarts, norm, random_start=random_start, seed=seed)
     return attack_accuracy(model, batches, attack, device=device, max_samples=max_samples)

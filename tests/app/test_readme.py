@@ -140,7 +140,7 @@ def overrides(command: Command, folder: Path) -> list[str]:
     out = []
     for arg in command.args:
         key, _, value = arg.partition("=")
-        if "<run>" in value:
+        if "<run>" in value or "<base_run>" in value:  # the transfer source of adaptive=true: the same run
             value = str(run_ckpt)
         value = value.replace("<partition>", "debug")
         if command.multirun and "," in value and not value.startswith("["):
@@ -233,6 +233,9 @@ def test_readme_command_runs_on_a_cpu(command: Command, folder: Path, tmp_path: 
 
         report = evaluate(cfg)
         assert report.pgd_accuracy <= report.clean_accuracy and (tmp_path / "report.md").is_file()
+        assert report.worst_case_accuracy <= min(a["accuracy_on_common"] for a in report.attacks.values())
+        if "adaptive=true" in command.args:
+            assert {"pgd_ce_restarts", "pgd_margin", "feature_pgd_kappa_1", "transfer"} <= set(report.attacks)
     else:
         from lsa_train.app.analyze import analyze_run
 

@@ -46,7 +46,7 @@ def test_json_round_trip(tmp_path):
     path = report.to_json(tmp_path / "metrics.json")
     data = json.loads(path.read_text())
     assert data["rg_score"] == pytest.approx(257.2)
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert EvaluationReport.from_json(path) == report
 
 
@@ -127,3 +127,39 @@ def test_evaluate_robustness_end_to_end(masked_moons, moons, tmp_path):
     text = paths["markdown"].read_text()
     assert f"{masked.rg_score:.2f}" in text and "Possible gradient masking" in text
     assert EvaluationReport.from_json(paths["json"]) == masked
+
+
+def _worst_case_report() -> EvaluationReport:
+    import torch
+
+    from lsa_train.evaluation import AttackOutcome, worst_case
+
+    clean = torch.tensor([True, True, True, True, False, True])
+    pgd = AttackOutcome("pgd", torch.tensor([True, True, False, True, False, True]), torch.arange(6), {"eps": 0.3})
+    aa = AttackOutcome("autoattack", torch.tensor([True, False, False, True]), torch.arange(4), {"eps": 0.3},
+                       accuracy=0.5)
+    case = worst_case(clean, [pgd, aa])
+    attacks = {o.name: {"accuracy": o.own_accuracy, "n_samples": o.n_samples, "seconds": 1.5,
+                        "accuracy_on_common": case.accuracy_on_common[o.name], "settings": dict(o.settings)}
+               for o in (pgd, aa)}
+    return _report(worst_case_accuracy=case.accuracy, attacks=attacks, worst_case=case.to_dict(),
+                   skipped_attacks={"transfer": "no transfer_from given"})
+
+
+def test_worst_case_heads_the_summary_and_lists_every_attack(tmp_path):
+    report = _worst_case_report()
+    assert report.worst_case_accuracy == pytest.approx(0.5)  # samples 0 and 3 of the 4 both attacks saw
+    text = report.to_markdown()
+    headline = "| **Worst case over 2 attacks, per sample (4 of 6 samples, those every attack saw)** | **50.00%** |"
+    assert headline in text and text.index(headline) < text.index("| PGD accuracy (")
+    assert "| pgd | 66.67% | 6 | 75.00% | 1 | 0 | 1.5 | `eps=0.3` |" in text
+    assert "| autoattack | 50.00% | 4 | 50.00% | 1 | 1 | 1.5 | `eps=0.3` |" in text
+    assert "the worst case is computed on the 4 samples every attack saw" in text
+    assert "First broken by (in run order): pgd 1, autoattack 1." in text
+    assert "- Not run: transfer: no transfer_from given" in text
+    rows = list(csv.DictReader(report.to_csv(tmp_path / "m.csv").open()))
+    assert [float(r["value"]) for r in rows if r["metric"] == "worst_case_accuracy"] == [0.5]
+    assert [r["attack"] for r in rows if r["metric"] == "attack_accuracy"] == ["pgd", "autoattack"]
+    path = report.to_json(tmp_path / "metrics.json")
+    assert json.loads(path.read_text())["worst_case_accuracy"] == 0.5
+    assert EvaluationReport.from_json(path) == report

@@ -1,0 +1,111 @@
+"""Attacks that know the defense: a masked gradient is found out, kappa 0 is PGD, self-transfer is PGD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lsa_train.analysis import relative_error, select_probes
+from lsa_train.attacks import PGD
+from lsa_train.attacks.losses import margin_loss
+from lsa_train.evaluation import FeaturePGD, adaptive_attacks, autoattack_accuracy, evaluate_robustness
+
+QUICK = {"eps_grid": (0.0,), "masking_checks": False, "pgd_steps": 10}
+
+
+def test_masked_gradient_is_found_by_the_transfer_attack_and_named(masked_moons, moons):
+    # round(x * 4) / 4 in front: PGD's input gradient is zero, so it stalls at its random start; PGD on the
+    # unmasked twin crafts examples that the quantized model misclassifies too
+    attacks = adaptive_attacks(0.2, steps=10, restarts=2, kappas=(), transfer_source=moons.model, seed=0)
+    assert [a.name for a in attacks] == ["pgd_ce_restarts", "pgd_margin", "transfer"]
+    report = evaluate_robustness(masked_moons.model, masked_moons.batches(), 0.2, extra_attacks=attacks, **QUICK)
+    assert report.worst_case_accuracy is not None
+    assert report.worst_case_accuracy < report.pgd_accuracy - 0.2  # measured: 0.425 vs 0.82
+    case = report.worst_case
+    assert case["only_broken_by"]["transfer"] > 20 and case["first_broken_by"]["transfer"] > 20
+    for name in ("pgd_ce_restarts", "pgd_margin"):  # the white-box attacks stall just as PGD does
+        assert report.attacks[name]["accuracy"] > report.worst_case_accuracy + 0.2
+    text = report.to_markdown()
+    assert f"Broken by one attack alone: transfer {case['only_broken_by']['transfer']}." in text
+    assert f"**{100 * report.worst_case_accuracy:.2f}%**" in text
+
+
+def test_feature_pgd_with_kappa_zero_is_pgd_and_with_kappa_attacks_the_probes(digits):
+    model, x, y = digits.model, digits.x_test[:120], digits.y_test[:120]
+    probes = select_probes(model, x[:1])  # the ReLU, probe "2"
+    model.train()  # the attack crafts in eval mode and gives the mode back
+    try:
+        for restarts in (1, 2):
+            pgd = PGD(0.1, steps=10, restarts=restarts, seed=3)(model, x, y)
+            kappa0 = FeaturePGD(0.1, probes, 0.0, steps=10, restarts=restarts, seed=3)(model, x, y)
+            assert torch.equal(kappa0, pgd)  # same steps, starts and examples
+        strong = FeaturePGD(0.1, probes, 10.0, steps=10, seed=3)(model, x, y)
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())  # hooks removed
+    assert all(p.grad is None for p in model.parameters())
+    features = {}
+    hook = model[2].register_forward_hook(lambda _m, _i, out: features.setdefault(len(features), out.detach()))
+    with torch.no_grad():
+        for batch in (x, pgd, strong):
+            model(batch)
+    hook.remove()
+    # the feature term moves the representation at the probe further than PGD does
+    moved_by_pgd = relative_error(features[0], features[1]).mean().item()
+    moved_by_feature_pgd = relative_error(features[0], features[2]).mean().item()
+    assert moved_by_feature_pgd > 1.05 * moved_by_pgd, (moved_by_feature_pgd, moved_by_pgd)
+
+
+def test_adaptive_attacks_on_an_ordinary_model_kappa_zero_and_self_transfer_equal_pgd(digits):
+    batches = digits.batches(100)[:2]
+    probes = select_probes(digits.model, digits.x_test[:1])
+    attacks = adaptive_attacks(0.1, steps=10, restarts=2, kappas=(0.0,), probes=probes, transfer_source=digits.model,
+                               seed=5)
+    report = evaluate_robustness(digits.model, batches, 0.1, extra_attacks=attacks, seed=5, **QUICK)
+    pgd = report.attacks["pgd"]
+    for name in ("feature_pgd_kappa_0", "transfer"):
+        assert report.attacks[name]["accuracy"] == report.pgd_accuracy == pgd["accuracy"]
+        assert report.attacks[name]["accuracy_on_common"] == pgd["accuracy_on_common"]
+        assert report.worst_case["only_broken_by"][name] == 0
+        assert report.attacks[name]["settings"]["steps"] == 10 and report.attacks[name]["settings"]["seed"] == 5
+    assert report.attacks["feature_pgd_kappa_0"]["settings"]["probes"] == ["2"]
+    assert report.attacks["pgd_ce_restarts"]["settings"]["restarts"] == 2
+    assert report.worst_case_accuracy <= min(a["accuracy_on_common"] for a in report.attacks.values())
+
+
+def test_margin_loss_is_best_other_minus_true_logit():
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.5, 3.0, 1.0]], requires_grad=True)
+    loss = margin_loss(logits, torch.tensor([0, 0]))
+    assert loss.tolist() == [-1.0, 2.5]  # positive exactly when misclassified
+    (grad,) = torch.autograd.grad(loss.sum(), [logits])
+    assert grad.tolist() == [[-1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]]
+
+
+def test_autoattack_gives_its_per_sample_mask_and_which_component_broke_each(digits):
+    pytest.importorskip("pyautoattack", reason="AutoAttack evaluation needs pyautoattack")
+    x, y = digits.x_test[:60], digits.y_test[:60]
+    # a weak Square first, then APGD-CE on what is left: both break samples, over several batches each
+    result = autoattack_accuracy(digits.model, x, y, 0.08, version="custom", attacks=["square", "apgd-ce"],
+                                 batch_size=16, square_queries=20, seed=0)
+    robust, broken = result["robust_mask"], result["broken_by"]
+    assert robust.dtype == torch.bool and robust.shape == (60,)
+    assert robust.float().mean().item() == pytest.approx(result["robust_accuracy"])
+    assert broken is not None and set(broken) == {"apgd-ce", "square"}
+    assert not (broken["apgd-ce"] & broken["square"]).any()
+    with torch.no_grad():
+        clean = digits.model(x).argmax(1) == y
+    assert torch.equal(broken["apgd-ce"] | broken["square"], clean & ~robust)
+    n_square, n_apgd = int(broken["square"].sum()), int(broken["apgd-ce"].sum())
+    assert n_square > 0 and n_apgd > n_square  # measured: 4 and 22
+    assert result["per_attack"]["square"] == pytest.approx((int(clean.sum()) - n_square) / 60)
+
+
+def test_feature_pgd_refuses_no_probe_and_negative_kappa():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    probes = select_probes(model, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="at least one probe"):
+        FeaturePGD(0.1, [], 1.0)
+    with pytest.raises(ValueError, match="kappa"):
+        FeaturePGD(0.1, probes, -1.0)
