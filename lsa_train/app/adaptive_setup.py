@@ -133,9 +133,9 @@ def probe_names(cfg: DictConfig, run: Any) -> tuple[list[str] | None, str]:
     if not term_was_on(run.run_cfg):
         return None, ("the run trained without the LSA term (regularizer.lambda=0 or regularizer=none), so it "
                       "regularized no probe; give adaptive_attacks.probes=[...] to attack representations anyway")
-    from lsa_train.app.checkpoint_loading import load_checkpoint
+    from lsa_train.app.checkpoint_loading import command_line_policy, load_checkpoint
 
-    checkpoint, _ = load_checkpoint(Path(run.ckpt_path), bool(cfg.get("trust_checkpoint", False)))
+    checkpoint, _ = load_checkpoint(Path(run.ckpt_path), command_line_policy(cfg))
     state = checkpoint.get("lsa_train")
     mvl = list(state.get("mvl") or []) if isinstance(state, dict) else None
     epoch = checkpoint.get("epoch")
@@ -202,12 +202,12 @@ def load_transfer_source(cfg: DictConfig, model: nn.Module, example: torch.Tenso
         ConfigError: It does not load (the loader's message, prefixed with ``transfer_from``), or it does
             not take the evaluated inputs or predict as many classes.
     """
-    from lsa_train.app.checkpoint_loading import DATA_OVERRIDE_KEYS, data_overrides, load_run
+    from lsa_train.app.checkpoint_loading import DATA_OVERRIDE_KEYS, command_line_policy, data_overrides, load_run
 
     path = transfer_checkpoint(cfg.transfer_from)
     overrides = {k: v for k, v in data_overrides(cfg.get("data")).items() if k in DATA_OVERRIDE_KEYS}
     try:
-        source_run = load_run(path, None, overrides, bool(cfg.get("trust_checkpoint", False)))
+        source_run = load_run(path, None, overrides, command_line_policy(cfg))
     except ConfigError as err:
         raise ConfigError(f"transfer_from={cfg.transfer_from}: {one_line(err)}") from err
     source = source_run.model.to(example.device).eval()
