@@ -58,7 +58,7 @@ def load_records(results: Path) -> list[Record]:
 
 def load_meta(results: Path) -> list[Record]:
     """All ``meta_*.json`` files (one per script invocation part)."""
-    return [json.loads(p.read_text()) for p in sorted(results.glob("meta_*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(results.glob("meta_*.json")) if "adaptive" not in p.name]
 
 
 def group_runs(records: Sequence[Record], dataset: str) -> dict[str, list[Record]]:
@@ -523,6 +523,7 @@ def digits_bases_section(records: Sequence[Record]) -> str:
 
 def build_page(results: Path, figures: bool = True) -> str:
     """The whole RESULTS.md text."""
+    from adaptive_tables import adaptive_section  # it imports this module's helpers
     records = load_records(results)
     metas = load_meta(results)
     conclusion = HERE / "conclusion.md"
@@ -535,6 +536,7 @@ def build_page(results: Path, figures: bool = True) -> str:
         moons_section(records, results, figures),
         digits_section(records),
         digits_bases_section(records),
+        adaptive_section(results),
         "## Setup (commands, configs, machine, wall time)",
         "",
         setup_section(metas, {f"{r['dataset']}/{r['run_id']}/{r['seed']}": [r] for r in records}),

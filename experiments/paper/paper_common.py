@@ -68,16 +68,25 @@ class RunConfig:
     lr: str | None = None
     lam: float = 1.0
     awp: float = 0.0
+    clip: str = "project"
+    measure: str = "relative_error"
+    stop_clean_grad: bool = False
 
     @property
     def base_name(self) -> str:
-        """Name of the base method, e.g. ``AT-PGD`` or ``AT-PGD+AWP``."""
-        return BASE_NAMES[self.base] + ("+AWP" if self.awp else "")
+        """Name of the base method, e.g. ``AT-PGD``, ``AT-PGD+AWP`` or ``AT-MART+clip-forward`` (the inner
+        attack clamps inside the forward instead of projecting the iterate)."""
+        clip = "" if self.clip == "project" else "+clip-forward"
+        return BASE_NAMES[self.base] + ("+AWP" if self.awp else "") + clip
 
     @property
     def name(self) -> str:
-        """Table name, e.g. ``AT-PGD-LR-L2``, ``AT-PGD+AWP-LR-L0`` or ``AT-PGD-LR-auto``."""
-        return self.base_name + (f"-LR-{self.lr}" if self.lr else "")
+        """Table name, e.g. ``AT-PGD-LR-L2``, ``AT-PGD+AWP-LR-L0``, ``AT-PGD-LR-auto``, or with a variant of the
+        term ``AT-MART-LR-L0-sg`` (stop_clean_grad) / ``AT-MART-LR-L0-pw`` (relative_error_pairwise)."""
+        if not self.lr:
+            return self.base_name
+        variant = ("-sg" if self.stop_clean_grad else "") + ("" if self.measure == "relative_error" else "-pw")
+        return f"{self.base_name}-LR-{self.lr}{variant}"
 
     @property
     def run_id(self) -> str:
@@ -111,28 +120,35 @@ class TrainSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_attack(base: str, eps: float, steps: int) -> Attack | None:
-    """The training (inner maximization) attack of a base method; ``None`` for normal training."""
+def build_attack(base: str, eps: float, steps: int, clip: str = "project") -> Attack | None:
+    """The training (inner maximization) attack of a base method; ``None`` for normal training.
+
+    ``clip="forward"`` (PGD, TRADES, MART) clamps inside the forward instead of projecting the iterate to
+    ``[0, 1]``: a weaker attack, for the ablation of issue 21."""
     if base == "normal":
         return None
+    extra = {} if clip == "project" else {"clip": clip}
     factories = {
         "fgsm": lambda: FGSM(eps),
-        "pgd": lambda: PGD(eps, steps=steps),
-        "trades": lambda: TRADESAttack(eps, steps=steps),
+        "pgd": lambda: PGD(eps, steps=steps, **extra),
+        "trades": lambda: TRADESAttack(eps, steps=steps, **extra),
         "fast": lambda: FGSMRS(eps),
         "apgd": lambda: APGD(eps, steps=steps),
-        "mart": lambda: MARTAttack(eps, steps=steps),
+        "mart": lambda: MARTAttack(eps, steps=steps, **extra),
     }
     if base not in factories:
         raise ValueError(f"unknown base method {base!r}; choose from {sorted(BASE_NAMES)}")
+    if extra and base not in ("pgd", "trades", "mart"):
+        raise ValueError(f"clip={clip!r} is only for the pgd, trades and mart bases, not {base!r}")
     return factories[base]()
 
 
 def build_module(cfg: RunConfig, settings: TrainSettings, model: nn.Module) -> LSARegularizedModule:
     """The Lightning module of one run (validation attacks off: no model selection is done)."""
-    attack = build_attack(cfg.base, settings.eps, settings.attack_steps)
+    attack = build_attack(cfg.base, settings.eps, settings.attack_steps, cfg.clip)
     base_loss = {"normal": "normal", "trades": "trades", "mart": "mart"}.get(cfg.base, "ce")
-    regularizer = LayerwiseRegularizer(gamma=cfg.lam) if cfg.lr else None
+    regularizer = (LayerwiseRegularizer(gamma=cfg.lam, measure=cfg.measure, stop_clean_grad=cfg.stop_clean_grad)
+                   if cfg.lr else None)
     mvl = [int(cfg.lr[1:])] if cfg.lr and cfg.lr.startswith("L") else None
     return LSARegularizedModule(
         model,
@@ -213,10 +229,20 @@ def _masking(
         return [f"masking checks failed: {type(exc).__name__}: {exc}"]
 
 
-def run_one(
+@dataclass
+class TrainedRun:
+    """One trained (config, seed): the module (its ``model`` is the network), data, MVL refresher, seconds."""
+
+    module: LSARegularizedModule
+    dm: LSADataModule
+    refresher: MVLRefreshCallback | None
+    train_seconds: float
+
+
+def train_model(
     cfg: RunConfig, settings: TrainSettings, make_dm: Any, seed: int, workdir: Path | None = None
-) -> dict[str, Any]:
-    """Trains and evaluates one (config, seed); returns the JSON-ready record."""
+) -> TrainedRun:
+    """Trains one (config, seed) as every paper table does (seeded, CPU, no validation)."""
     L.seed_everything(seed, workers=True, verbose=False)
     dm: LSADataModule = make_dm(seed)
     dm.setup()
@@ -255,11 +281,20 @@ def run_one(
         warnings.filterwarnings("ignore", message=".*val_dataloader.*")
         trainer.fit(module, datamodule=dm)
     train_s = time.perf_counter() - t0
+    if tmp is not None:
+        tmp.cleanup()
+    return TrainedRun(module, dm, refresher, train_s)
+
+
+def run_one(
+    cfg: RunConfig, settings: TrainSettings, make_dm: Any, seed: int, workdir: Path | None = None
+) -> dict[str, Any]:
+    """Trains and evaluates one (config, seed); returns the JSON-ready record."""
+    trained = train_model(cfg, settings, make_dm, seed, workdir)
+    module, dm, refresher, train_s = trained.module, trained.dm, trained.refresher, trained.train_seconds
     t1 = time.perf_counter()
     metrics = evaluate(module.model, dm, settings, seed)
     eval_s = time.perf_counter() - t1
-    if tmp is not None:
-        tmp.cleanup()
     return {
         "dataset": dm.name,
         "run_id": cfg.run_id,

@@ -130,10 +130,15 @@ def check_ckpt_path(ckpt_path: str | None, trust: bool | TrustPolicy = False) ->
 
 
 def completed_epochs(checkpoint: Mapping[str, Any]) -> int:
-    """The epochs a Lightning checkpoint has finished (what ``Trainer.current_epoch`` is after restoring it)."""
+    """The epochs whose training a Lightning checkpoint holds: the fit loop's ``processed`` epochs (a checkpoint
+    written at the end of an epoch counts it as processed but not yet ``completed``), else ``completed``, else
+    its ``epoch``."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    completed = progress.get("current", {}).get("completed") if isinstance(progress, Mapping) else None
-    return int(completed if completed is not None else checkpoint.get("epoch", 0))
+    current = progress.get("current", {}) if isinstance(progress, Mapping) else {}
+    for key in ("processed", "completed"):
+        if isinstance(current.get(key), int):
+            return int(current[key])
+    return int(checkpoint.get("epoch", 0))
 
 
 def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Path) -> str | None:

@@ -187,7 +187,10 @@ def test_readme_command_composes(command: Command, folder: Path, tmp_path: Path)
 
 
 def _same(got: object, text: str) -> bool:
-    """Whether the composed value is what the command line says (``5e-3`` is ``0.005``, ``true`` is ``True``)."""
+    """Whether the composed value is what the command line says (``5e-3`` is ``0.005``, ``true`` is ``True``,
+    ``null`` is ``None``)."""
+    if got is None:
+        return text.lower() in ("null", "none", "~")
     try:
         return float(got) == float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -213,8 +216,9 @@ def test_readme_command_runs_on_a_cpu(command: Command, folder: Path, tmp_path: 
     monkeypatch.setenv("TORCH_HOME", str(folder / "torch_home"))
     if command.env.get("PYTHONPATH") == ".":
         monkeypatch.syspath_prepend(str(folder))
-    extra = [*FAST_RUN[command.program], *(f"{k}={v}" for k, v in LIGHT_DEFAULTS[command.program].items()
-                                            if not any(a.startswith(f"{k}=") for a in command.args))]
+    given = {a.partition("=")[0].lstrip("+") for a in command.args}  # what the command sets, it keeps
+    fast = [a for a in FAST_RUN[command.program] if a.partition("=")[0].lstrip("+") not in given]
+    extra = [*fast, *(f"{k}={v}" for k, v in LIGHT_DEFAULTS[command.program].items() if k not in given)]
     cfg = compose(command, folder, extra, tmp_path)
     for arg in overrides(command, folder):  # what the command sets is what runs
         key, _, value = arg.partition("=")

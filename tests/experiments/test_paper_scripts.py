@@ -320,3 +320,41 @@ def test_readme_results_match_the_generated_tables(index: int, source: str) -> N
             if column in README_COLUMNS:
                 expected = generated[row["training"]][README_COLUMNS[column]]
                 assert _same_when_rounded(value, expected), (row["training"], column, value, expected)
+
+
+def test_quick_adaptive_run_trains_both_runs_of_a_pair_and_tables_the_worst_case(tmp_path: Path) -> None:
+    """``run_adaptive.py --quick`` on one pair: both networks saved, every attack in each record, the partner's
+    network as transfer source, and the pair in the adaptive tables."""
+    import adaptive_tables
+    import run_adaptive
+
+    threads = torch.get_num_threads()
+    try:
+        run_adaptive.main(["--part", "pairs", "--only", "AT-PGD-LR-L0_lam1", "--seeds", "3", "--epochs", "1",
+                           "--quick", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    models = sorted(p.name for p in (tmp_path / "adaptive" / "models").iterdir())
+    assert models == ["cnn_b__AT-PGD-LR-L0_lam1__s3.pt", "cnn_b__AT-PGD__s3.pt"]
+    base = json.loads((tmp_path / "raw_adaptive" / "digits__cnn_b__AT-PGD__s3.json").read_text())
+    lr = json.loads((tmp_path / "raw_adaptive" / "digits__cnn_b__AT-PGD-LR-L0_lam1__s3.json").read_text())
+    assert base["partner"] == "cnn_b__AT-PGD-LR-L0_lam1__s3" and lr["partner"] == "cnn_b__AT-PGD__s3"
+    assert lr["feature_probes"] == lr["train"]["mvl"] == base["feature_probes"] == ["net.features.relu1"]
+    for record in (base, lr):
+        assert set(record["attacks"]) == {"pgd", "autoattack", "pgd_ce_restarts", "pgd_margin", "feature_pgd_kappa_0",
+                                          "feature_pgd_kappa_10", "transfer"}
+        assert record["worst_case_accuracy"] <= min(a["accuracy_on_common"] for a in record["attacks"].values())
+        assert record["attacks"]["feature_pgd_kappa_0"]["accuracy"] == record["attacks"]["pgd"]["accuracy"]
+        assert record["train"]["git"]["commit"] and record["eval_git"]["commit"]
+    section = adaptive_tables.adaptive_section(tmp_path)
+    row = _table(section, "Table A1")[0]
+    assert row["with the term"] == "AT-PGD-LR-L0 (λ 1)" and row["base"] == "AT-PGD" and row["seeds"] == "1"
+    expected = 100 * (lr["worst_case_accuracy"] - base["worst_case_accuracy"])
+    assert row["Δ worst case"] == f"{expected:.1f} ± 0.0"
+    assert len(_table(section, "Table A2")) == 2
+    # a second invocation finds both runs trained and evaluated with these settings: nothing is redone
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "raw_adaptive").iterdir()}
+    run_adaptive.main(["--part", "pairs", "--only", "AT-PGD-LR-L0_lam1", "--seeds", "3", "--epochs", "1", "--quick",
+                       "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "raw_adaptive").iterdir()}

@@ -134,12 +134,13 @@ def test_awp_step_equals_a_step_with_the_gradient_taken_at_the_perturbed_weights
     at_perturbed = torch.autograd.grad(F.cross_entropy(ref(x_adv), y), list(ref.parameters()))
     expected = {name: start[name] - lr * g for (name, _), g in zip(ref.named_parameters(), at_perturbed)}
 
-    module = LSARegularizedModule(net, attack=attack, optimizer=_sgd(lr), awp={"gamma": gamma})
+    # plain AT + AWP: the default LSA term (kept on by its MVL refresh) is not part of the hand computation
+    module = LSARegularizedModule(net, attack=attack, optimizer=_sgd(lr), awp={"gamma": gamma}, regularizer=None)
     _trainer(tmp_path, max_steps=1).fit(module, DataLoader(TensorDataset(x, y), batch_size=len(x)))
     for name, p in net.named_parameters():
         assert torch.allclose(p.detach(), expected[name], atol=1e-6), name
     plain = _net()
-    plain_module = LSARegularizedModule(plain, attack=attack, optimizer=_sgd(lr))
+    plain_module = LSARegularizedModule(plain, attack=attack, optimizer=_sgd(lr), regularizer=None)
     _trainer(tmp_path, max_steps=1).fit(plain_module, DataLoader(TensorDataset(x, y), batch_size=len(x)))
     assert not torch.allclose(plain[0].weight, net[0].weight, atol=1e-5)  # AWP changed the step
 
@@ -189,7 +190,8 @@ def test_awp_gamma_zero_and_warmup_equal_plain_training_bit_for_bit(tmp_path):
 def test_awp_updates_batchnorm_statistics_once_per_step_and_keeps_the_proxy_out_of_the_state(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-    module, _ = _fit_weights(tmp_path, {"gamma": 0.02}, epochs=1, model=net)
+    # plain AT + AWP (the LSA term's clean forward would update the statistics a second time per step)
+    module, _ = _fit_weights(tmp_path, {"gamma": 0.02}, epochs=1, model=net, regularizer=None)
     assert int(net[1].num_batches_tracked) == 4  # 64 samples / 16: the proxy's forwards do not count
     assert all(key.startswith("model.") for key in module.state_dict())
     assert module.awp is not None and module.awp._proxy is not None
