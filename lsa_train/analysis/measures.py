@@ -87,13 +87,22 @@ def _as_pair(clean: torch.Tensor, perturbed: torch.Tensor) -> tuple[torch.Tensor
     return clean, perturbed
 
 
+def _from_previous(x: torch.Tensor) -> torch.Tensor:
+    """``x_i - x_{i-1}`` for every sample ``i`` (cyclically: ``x_0 - x_{N-1}``), in one new tensor (no rolled copy)."""
+    out = torch.empty_like(x)
+    torch.sub(x[1:], x[:-1], out=out[1:])
+    torch.sub(x[:1], x[-1:], out=out[:1])
+    return out
+
+
 class _PairwiseRelativeError(torch.autograd.Function):
     """``||a_i - b_i|| / max(||a_i - a_{i-1}||, eps)`` per sample (``i - 1`` modulo ``N``), reduced over all
     dims but the first.
 
     Saves only ``a``, ``b`` and the ``(N,)`` norms, as :class:`_RelativeError`, and recomputes both
-    differences in the backward (plain autograd would keep ``a - b``, ``a - roll(a)`` and the rolled copy).
-    The denominator's gradient reaches ``a_i`` twice: as the sample and as the partner of ``i + 1``.
+    differences in the backward (plain autograd would keep ``a - b``, ``a - roll(a)`` and the rolled copy);
+    the backward holds three feature maps at most. The denominator's gradient reaches ``a_i`` twice: as
+    the sample and as the partner of ``i + 1``.
     """
 
     @staticmethod
@@ -101,7 +110,7 @@ class _PairwiseRelativeError(torch.autograd.Function):
         dims = tuple(range(1, a.ndim))
         a_c = _compute(a)
         diff_norm = torch.linalg.vector_norm(a_c - _compute(b), dim=dims)
-        pair_norm = torch.linalg.vector_norm(a_c - a_c.roll(1, dims=0), dim=dims)
+        pair_norm = torch.linalg.vector_norm(_from_previous(a_c), dim=dims)
         ctx.save_for_backward(a, b, diff_norm, pair_norm)
         ctx.eps = eps
         return diff_norm / pair_norm.clamp_min(eps)
@@ -113,15 +122,19 @@ class _PairwiseRelativeError(torch.autograd.Function):
         denominator = pair_norm.clamp_min(ctx.eps)
         # d||d||/dd = d / ||d|| (0 where d = 0, as torch's norm); the clamp passes no gradient below eps
         coefficient = grad / (denominator * diff_norm.masked_fill(diff_norm == 0, 1.0))
-        unit_diff = (a_c - _compute(b)) * _per_sample(coefficient, a)
+        unit_diff = (a_c - _compute(b)).mul_(_per_sample(coefficient, a))
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             active = (pair_norm > ctx.eps).to(pair_norm.dtype)
             scale = grad * diff_norm * active / (denominator.square() * pair_norm.masked_fill(pair_norm == 0, 1.0))
-            pair_term = (a_c - a_c.roll(1, dims=0)) * _per_sample(scale, a)  # d r_i / d a_i through ||a_i - a_{i-1}||
-            grad_a = (unit_diff - pair_term + pair_term.roll(-1, dims=0)).to(a.dtype)
+            pair_term = _from_previous(a_c).mul_(_per_sample(scale, a))  # d r_i / d a_i through ||a_i - a_{i-1}||
+            grad_a = unit_diff - pair_term
+            grad_a[:-1] += pair_term[1:]  # ... and d r_{i+1} / d a_i, a_i being the partner of i + 1
+            grad_a[-1:] += pair_term[:1]
+            del pair_term
+            grad_a = grad_a.to(a.dtype)
         if ctx.needs_input_grad[1]:
-            grad_b = (-unit_diff).to(b.dtype)
+            grad_b = unit_diff.neg_().to(b.dtype)
         return grad_a, grad_b, None
 
 
