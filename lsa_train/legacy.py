@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lsa_train.analysis.layout import choose_channels_last, default_chunk_size, to_layout
-from lsa_train.analysis.measures import DEFAULT_EPS
+from lsa_train.analysis.measures import DEFAULT_EPS, canonical_measure_name
 
 # Per probe the chunks contribute sums, in float64: ||c - p||^2, ||c||^2, ||p||^2, <c, p> and the
 # element count; each whole-batch measure is a function of them and computes only those it needs.
@@ -84,10 +84,23 @@ def legacy_measure(measure: str) -> str:
     """The measure :meth:`LayerSustainabilityAnalysis.representation_comparisons` computes for ``measure``.
 
     ``"mse"``, ``"cosine"`` (and ``"cosine_distance"``) select those extensions; every other string,
-    including 1.0.4's default ``"MSE"`` and ``"L2"``, gives the relative error, as 1.0.4 does.
+    including 1.0.4's default ``"MSE"`` and ``"L2"``, gives the relative error, as 1.0.4 does, except
+    the names of :mod:`lsa_train.analysis.measures` that this whole-batch API cannot compute
+    (``"relative_error_pairwise"``), which raise instead of silently giving the relative error.
     """
     if not isinstance(measure, str):
         raise ValueError(f"measure must be a string such as 'relative-error', 'MSE' or 'L2', got {measure!r}")
+    if measure not in EXTENSION_MEASURES and measure not in ORIGINAL_MEASURE_NAMES:
+        try:
+            registered = canonical_measure_name(measure)
+        except ValueError:  # not a measure of ours either: 1.0.4's behaviour, the relative error
+            registered = None
+        if registered is not None and registered not in _WHOLE_BATCH_MEASURES:
+            raise ValueError(
+                f"measure={measure!r} is a per-sample measure of lsa_train.analysis that LayerSustainabilityAnalysis "
+                f"(whole-batch values) does not compute; choose one of {sorted(_WHOLE_BATCH_MEASURES)}, or use "
+                f"lsa_train.analysis.analyze(model, clean, perturbed, measure={registered!r})"
+            )
     return EXTENSION_MEASURES.get(measure, "relative_error")
 
 

@@ -10,12 +10,18 @@ during ``fit``. Writes the ``train_step`` section of ``experiments/bench/RESULTS
 Usage:
     python experiments/bench/train_step.py [--model cnn_b] [--batch 128] [--steps 30] [--device cpu]
     python experiments/bench/train_step.py --only mart pgd10_at_awp   # interleaved ratios of a few rows only
+    python experiments/bench/train_step.py --section lr0_variants --input-size 8 --batch 64 --memory \
+        --only mart7_lr0 mart7_lr0_stopgrad mart7_lr0_pairwise pgd7_lr0 pgd7_lr0_stopgrad pgd7_lr0_pairwise
+
+``--only`` rows are timed against their own base (``BASE_OF``: the LR-L0 variants against MART-7 or
+PGD-7 on the digits settings, every other row against PGD-10 AT), which is added to the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -78,6 +84,51 @@ CONFIGS = {
     },
 }
 
+#: The digits runs' attacks (conf/attack/pgd.yaml and mart.yaml: 7 steps of 0.03 at eps 0.1).
+DIGITS_STEPS, DIGITS_ALPHA = 7, 0.03
+
+
+def _lr0(**regularizer_kwargs) -> dict:
+    """LR-L0 as the digits runs use it: lambda 1 on the first activation probe (``mvl.layers=[0]``)."""
+    return {"regularizer": LayerwiseRegularizer(gamma=1.0, **regularizer_kwargs), "mvl": [0]}
+
+
+def _pgd7() -> PGD:
+    return PGD(eps=EPS, alpha=DIGITS_ALPHA, steps=DIGITS_STEPS)
+
+
+def _mart7() -> MARTAttack:
+    return MARTAttack(eps=EPS, alpha=DIGITS_ALPHA, steps=DIGITS_STEPS)
+
+
+#: Issue 21's variants of the LSA term (LR-L0) on the digits bases; only timed with ``--only`` (not in
+#: the full table, whose rows share PGD-10 and the 28x28 input).
+VARIANT_CONFIGS = {
+    "pgd7": lambda: {"attack": _pgd7(), "regularizer": None},
+    "pgd7_lr0": lambda: {"attack": _pgd7(), **_lr0()},
+    "pgd7_lr0_stopgrad": lambda: {"attack": _pgd7(), **_lr0(stop_clean_grad=True)},
+    "pgd7_lr0_pairwise": lambda: {"attack": _pgd7(), **_lr0(measure="relative_error_pairwise")},
+    "mart7": lambda: {"attack": _mart7(), "base_loss": "mart", "regularizer": None},
+    "mart7_lr0": lambda: {"attack": _mart7(), "base_loss": "mart", **_lr0()},
+    "mart7_lr0_stopgrad": lambda: {"attack": _mart7(), "base_loss": "mart", **_lr0(stop_clean_grad=True)},
+    "mart7_lr0_pairwise": lambda: {"attack": _mart7(), "base_loss": "mart", **_lr0(measure="relative_error_pairwise")},
+}
+ALL_CONFIGS = {**CONFIGS, **VARIANT_CONFIGS}
+
+#: The row each configuration's ratios are taken against (default: PGD-10 AT).
+BASE_OF = {name: ("mart7" if name.startswith("mart7") else "pgd7") for name in VARIANT_CONFIGS}
+
+
+def base_of(name: str) -> str:
+    return BASE_OF.get(name, "pgd10_at")
+
+
+def input_shape(model_name: str, input_size: int | None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the random batches: 1 channel for ``cnn_b`` (28 px unless set), else 3 (32 px)."""
+    if model_name == "cnn_b":
+        return (1, input_size or 28, input_size or 28)
+    return (3, input_size or 32, input_size or 32)
+
 
 class StepTimer(L.Callback):
     def __init__(self, device: torch.device) -> None:
@@ -98,15 +149,17 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def run_one(name: str, model_name: str, batch: int, steps: int, warmup: int, device: str) -> dict[str, float]:
+def run_one(
+    name: str, model_name: str, batch: int, steps: int, warmup: int, device: str, input_size: int | None = None
+) -> dict[str, float]:
     torch.set_num_threads(1)  # steadier medians on a shared CPU; the ratios are what count
     torch.manual_seed(313)
-    shape = (1, 28, 28) if model_name == "cnn_b" else (3, 32, 32)
+    shape = input_shape(model_name, input_size)
     x = torch.rand(batch * 4, *shape)
     y = torch.randint(0, 10, (batch * 4,))
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
     model = create_model(model_name, num_classes=10, in_channels=shape[0], input_size=shape[1])
-    module = LSARegularizedModule(model, check_finite=False, **CONFIGS[name]())
+    module = LSARegularizedModule(model, check_finite=False, **ALL_CONFIGS[name]())
     timer = StepTimer(torch.device(device))
     trainer = L.Trainer(
         accelerator=device, devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
@@ -124,23 +177,25 @@ def run_one(name: str, model_name: str, batch: int, steps: int, warmup: int, dev
 
 
 def interleaved_step_times(
-    model_name: str, batch: int, rounds: int, device: str, names: list[str] | None = None
+    model_name: str, batch: int, rounds: int, device: str, names: list[str] | None = None,
+    input_size: int | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Per configuration: median step time and median ratio to PGD-10 AT, the configurations taking
-    turns step by step on the same batch in a shuffled order each round, so that machine noise hits
-    them alike (``training_step`` + backward + optimizer step). The ratio is taken within each round
-    and then the median over rounds, which cancels slow drifts of the machine's speed."""
+    """Per configuration: median step time and median ratio to its base (:func:`base_of`, PGD-10 AT
+    unless set), the configurations taking turns step by step on the same batch in a shuffled order
+    each round, so that machine noise hits them alike (``training_step`` + backward + optimizer step).
+    The ratio is taken within each round and then the median over rounds, which cancels slow drifts of
+    the machine's speed. ``names`` must hold each row's base."""
     import random
     import warnings
 
     torch.set_num_threads(1)
     torch.manual_seed(313)
-    shape = (1, 28, 28) if model_name == "cnn_b" else (3, 32, 32)
+    shape = input_shape(model_name, input_size)
     x = torch.rand(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     runs = {}
     for name in names or list(CONFIGS):
-        make = CONFIGS[name]
+        make = ALL_CONFIGS[name]
         model = create_model(model_name, num_classes=10, in_channels=shape[0], input_size=shape[1]).to(device)
         module = LSARegularizedModule(model, check_finite=False, **make())
         runs[name] = (module, module.configure_optimizers())
@@ -162,9 +217,11 @@ def interleaved_step_times(
                 optimizer.zero_grad(set_to_none=True)
                 timer._sync()
                 times[name].append(time.perf_counter() - start)
-    base = times["pgd10_at"][2:]
     return {
-        name: (statistics.median(values[2:]), statistics.median(v / b for v, b in zip(values[2:], base)))
+        name: (
+            statistics.median(values[2:]),
+            statistics.median(v / b for v, b in zip(values[2:], times[base_of(name)][2:])),
+        )
         for name, values in times.items()
     }
 
@@ -179,12 +236,20 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=1024,
                         help="batch of the memory runs: large, so activations dominate the fixed costs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS),
-                        help="time only these configurations (and pgd10_at), interleaved; own results section")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="side of the random images (default 28 for cnn_b, else 32; the digits are 8)")
+    parser.add_argument("--config", choices=list(ALL_CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="+", choices=list(ALL_CONFIGS),
+                        help="time only these configurations (and their bases), interleaved; own results section")
+    parser.add_argument("--section", choices=list(ONLY_SECTIONS), default="mart_awp",
+                        help="with --only: the RESULTS.md section written (title and notes)")
+    parser.add_argument("--memory", action="store_true",
+                        help="with --only: also a fresh-process peak-memory run per row at --memory-batch")
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
     args = parser.parse_args()
     if args.config:
-        print(json.dumps(run_one(args.config, args.model, args.batch, args.steps, args.warmup, args.device)))
+        print(json.dumps(run_one(args.config, args.model, args.batch, args.steps, args.warmup, args.device,
+                                 args.input_size)))
         return
     if args.only:
         interleaved_subset(args)
@@ -192,15 +257,13 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
 
     def fresh_run(name: str, batch: int, steps: int, warmup: int) -> dict[str, float]:
-        command = [sys.executable, __file__, "--config", name, "--model", args.model, "--batch", str(batch),
-                   "--steps", str(steps), "--warmup", str(warmup), "--device", args.device]
-        out = subprocess.run(command, check=True, capture_output=True, text=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return fresh_process_run(args, name, batch, steps, warmup)
 
     for name in CONFIGS:
         results[name] = fresh_run(name, args.batch, args.steps, args.warmup)
         results[name]["peak_mb"] = fresh_run(name, args.memory_batch, 3, 1)["peak_mb"]
-    step_times = interleaved_step_times(args.model, args.batch, args.rounds + 2, args.device)
+    step_times = interleaved_step_times(args.model, args.batch, args.rounds + 2, args.device,
+                                        input_size=args.input_size)
     for name, (median, ratio) in step_times.items():
         results[name]["step_s"], results[name]["step_ratio"] = median, ratio
     base = results["pgd10_at"]
@@ -258,10 +321,87 @@ its base for PGD-10 AT. Its memory adds the proxy's weights, gradients and activ
     print(body)
 
 
+#: glibc's mmap threshold for the ``--only --memory`` runs: fixed (not raised by every free, as glibc does by
+#: default), so that every feature map above it is returned on free and the peak RSS follows the live
+#: tensors; repeated runs then agree within 1-2 MiB (tens of MiB apart with the default).
+MEMORY_RUN_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def fresh_process_run(
+    args: argparse.Namespace, name: str, batch: int, steps: int, warmup: int, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """:func:`run_one` of ``name`` in a fresh Python process (so that its peak RSS is its own), with
+    ``env`` added to the environment."""
+    command = [sys.executable, __file__, "--config", name, "--model", args.model, "--batch", str(batch),
+               "--steps", str(steps), "--warmup", str(warmup), "--device", args.device]
+    if args.input_size is not None:
+        command += ["--input-size", str(args.input_size)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def interleaved_subset(args: argparse.Namespace) -> None:
-    """Interleaved step times of ``args.only`` (plus PGD-10 AT) in their own section of RESULTS.md."""
-    names = ["pgd10_at", *[n for n in args.only if n != "pgd10_at"]]
-    step_times = interleaved_step_times(args.model, args.batch, args.rounds + 2, args.device, names)
+    """Interleaved step times of ``args.only`` (plus their bases) in their own section of RESULTS.md,
+    with ``--memory`` also each row's fresh-process peak memory and its ratio to the base."""
+    names: list[str] = []
+    for name in args.only:
+        for wanted in (base_of(name), name):
+            if wanted not in names:
+                names.append(wanted)
+    step_times = interleaved_step_times(args.model, args.batch, args.rounds + 2, args.device, names,
+                                        input_size=args.input_size)
+    if args.section == "mart_awp" and not args.memory:
+        mart_awp_section(args, step_times)
+        return
+    peaks = {name: fresh_process_run(args, name, args.memory_batch, args.memory_steps, 1, MEMORY_RUN_ENV)["peak_mb"]
+             for name in names} if args.memory else {}
+    memory_kind = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS growth during fit"
+    rows = []
+    for name, (median, ratio) in step_times.items():
+        memory = (f" {peaks[name]:.0f} | {peaks[name] / peaks[base_of(name)]:.2f} |" if peaks else "")
+        rows.append(f"| {name} | {base_of(name)} | {median * 1000:.1f} | {ratio:.3f} |{memory}")
+    title, notes = ONLY_SECTIONS[args.section]
+    header = "| configuration | base | interleaved ms/step | ratio to base |"
+    header += " peak MiB | memory ratio to base |\n|---|---|---:|---:|---:|---:|" if peaks else "\n|---|---|---:|---:|"
+    shape = "x".join(str(v) for v in input_shape(args.model, args.input_size))
+    memory_text = (f"Memory: {memory_kind} of a fresh Trainer run per configuration at batch {args.memory_batch} "
+                   f"({args.memory_steps} steps), so that activations dominate; glibc's mmap threshold fixed at "
+                   f"128 KiB (`MALLOC_MMAP_THRESHOLD_`) so that the peak RSS follows the live tensors (repeated runs "
+                   f"agree within 1-2 MiB)." if peaks else "No memory runs.")
+    body = f"""## {title} ({args.device})
+
+Model `{args.model}` on random {shape} inputs, batch {args.batch}, eps {EPS}, one torch thread. The
+configurations take turns step by step on the same batch in a shuffled order each round ({args.rounds}
+rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio to the row's base.
+{memory_text}
+
+{header}
+{chr(10).join(rows)}
+
+{notes}
+"""
+    write_section(f"train_step_{args.device}_{args.section}", body)
+    print(body)
+
+
+#: ``--section``: title and closing notes of the ``--only`` sections.
+ONLY_SECTIONS = {
+    "mart_awp": ("Training step: MART and AWP vs PGD-10 AT, interleaved only", ""),
+    "lr0_variants": (
+        "Training step: the LR-L0 variants of issue 21 vs their MART and PGD bases (digits settings)",
+        "LR-L0: lambda 1 on the first activation probe (`features.relu1`), the attacks of the digits runs\n"
+        "(7 steps of 0.03 at eps 0.1). `_stopgrad`: `regularizer.stop_clean_grad=true`; `_pairwise`:\n"
+        "`regularizer.measure=relative_error_pairwise`. Expected from the passes: the exact term adds a clean\n"
+        "forward up to `relu1` and its backward (with weight gradients) to the base's 7 attack steps and\n"
+        "training pass(es); `stop_clean_grad` drops that backward for PGD (its clean forward then runs without\n"
+        "a graph) but not for MART, whose loss needs the clean logits and so a full clean forward with\n"
+        "gradient anyway; the pairwise measure only adds a per-sample norm of the shifted clean batch.",
+    ),
+}
+
+
+def mart_awp_section(args: argparse.Namespace, step_times: dict[str, tuple[float, float]]) -> None:
+    """The ``mart_awp`` section, as it has always been written."""
     rows = "\n".join(f"| {name} | {median * 1000:.1f} | {ratio:.3f} |" for name, (median, ratio) in step_times.items())
     body = f"""## Training step: MART and AWP vs PGD-10 AT, interleaved only ({args.device})
 

@@ -15,6 +15,7 @@ from lsa_train.analysis.measures import (
     list_measures,
     mse,
     relative_error,
+    relative_error_pairwise,
 )
 from lsa_train.analysis.mvl import select_mvl
 from lsa_train.analysis.plots import plot_layer_curves
@@ -52,6 +53,7 @@ __all__ = [
     "plot_layer_curves",
     "plot_mvl_history",
     "relative_error",
+    "relative_error_pairwise",
     "select_mvl",
     "select_probes",
     "select_probes_and_notes",

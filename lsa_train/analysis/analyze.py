@@ -36,6 +36,21 @@ def check_pair(clean: torch.Tensor, perturbed: torch.Tensor) -> None:
             raise ValueError(f"{label} inputs contain NaN or inf values")
 
 
+def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks of ``size`` samples covering ``range(total)``.
+
+    No chunk holds a single sample unless ``total`` is 1: ``size`` is at least 2 and a last chunk of one
+    sample is merged into the previous one, so that a measure that pairs samples within a batch
+    (:func:`~lsa_train.analysis.measures.relative_error_pairwise`) always has a partner; per-sample
+    measures give the same values either way.
+    """
+    size = max(int(size), 2)
+    bounds = [(start, min(start + size, total)) for start in range(0, total, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], total)]
+    return bounds
+
+
 def compute_cm(
     model: nn.Module,
     probes: Sequence[Probe],
@@ -114,18 +129,18 @@ def compute_cms(
                 half = max(1, step // 2)
                 capture.reduce = lambda _name, output: measure_fn(output[: output.shape[0] // 2],
                                                                   output[output.shape[0] // 2 :])
-                for start in range(0, clean.shape[0], half):
-                    pair = torch.cat([clean[start : start + half], perturbed[0][start : start + half]])
+                for start, stop in chunk_bounds(clean.shape[0], half):
+                    pair = torch.cat([clean[start:stop], perturbed[0][start:stop]])
                     values = capture.forward_until_captured(to_layout(pair.to(device), layout))
                     columns[0].append(torch.stack(list(values.values()), dim=1).float().cpu())
             else:
-                for start in range(0, clean.shape[0], step):
+                for start, stop in chunk_bounds(clean.shape[0], step):
                     capture.reduce = None  # the clean outputs are kept (copied) as the reference
-                    chunk = to_layout(clean[start : start + step].to(device), layout)
+                    chunk = to_layout(clean[start:stop].to(device), layout)
                     reference = capture.forward_until_captured(chunk)
                     capture.reduce = compare
                     for k, other in enumerate(perturbed):
-                        chunk = to_layout(other[start : start + step].to(device), layout)
+                        chunk = to_layout(other[start:stop].to(device), layout)
                         values = capture.forward_until_captured(chunk)
                         columns[k].append(torch.stack(list(values.values()), dim=1).float().cpu())
                     reference = {}

@@ -228,7 +228,7 @@ def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def _setting(cfg: DictConfig, base_loss: str) -> dict[str, Any]:
     lam = cfg.regularizer.get("lambda")
-    return {
+    setting = {
         "data": validation.hydra_choice("data") or cfg.data.get("_target_"),
         "model": builders.model_display_name(cfg.model),
         "attack": validation.hydra_choice("attack") or cfg.attack.get("_target_"),
@@ -239,6 +239,11 @@ def _setting(cfg: DictConfig, base_loss: str) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "tags": [str(t) for t in cfg.get("tags") or []],
     }
+    clip = cfg.attack.get("clip")
+    clip = getattr(clip, "value", clip)
+    if clip is not None and clip != "project":  # the weakened training attack of the ablation shows in the report
+        setting["attack_clip"] = str(clip)
+    return setting
 
 
 def _log_config(cfg: DictConfig, trainer: L.Trainer) -> None:

@@ -3,7 +3,8 @@
 Each ``conf/attack/<name>.yaml`` starts its defaults list with ``/schema/attack@_here_: <name>``, and
 ``conf/regularizer/*.yaml`` with ``/schema/mvl@mvl: default``. Hydra then rejects, at compose time and
 in one line, a typo'd key (``attack.epss=0.1``: "Key 'epss' not in 'PGDConf'"), a value of the wrong
-type (``attack.steps=1.5``) and an unknown choice (``attack.norm=l3``, ``regularizer.mvl.mode=autoo``).
+type (``attack.steps=1.5``) and an unknown choice (``attack.norm=l3``, ``regularizer.mvl.mode=autoo``), and
+``attack.clip=forward`` on an attack without that option (``attack=fgsm``: "Could not override 'attack.clip'").
 Range checks (``eps >= 0``, list lengths, ...) are in :mod:`lsa_train.app.validation`.
 
 The ``regularizer`` node itself has no dataclass: its user-facing key ``lambda`` (the paper's name) is
@@ -48,6 +49,19 @@ class CraftMode(Enum):
     eval = "eval"
     train = "train"
     keep = "keep"
+
+
+class Clip(Enum):
+    """Where PGD, MART's and TRADES' attacks keep the input in ``[clip_min, clip_max]``.
+
+    ``project`` (default): the iterate is clamped after every step (the reference code).
+    ``forward``: an ablation that *weakens* the training attack: only the model's input is clamped,
+    so pixels pushed outside the range get no gradient and stop moving (see
+    :class:`lsa_train.attacks.Attack`).
+    """
+
+    project = "project"
+    forward = "forward"
 
 
 class APGDLoss(Enum):
@@ -130,6 +144,7 @@ class PGDConf(AttackConf):
     random_start: bool = True
     restarts: int = 1
     norm: Norm = Norm.linf
+    clip: Clip = Clip.project
 
 
 @dataclass
@@ -152,6 +167,7 @@ class TRADESConf(AttackConf):
     alpha: float | None = None
     steps: int = 10
     base_loss: BaseLoss = BaseLoss.trades
+    clip: Clip = Clip.project
 
 
 @dataclass
@@ -162,6 +178,7 @@ class MARTConf(AttackConf):
     alpha: float | None = None
     steps: int = 10
     base_loss: BaseLoss = BaseLoss.mart
+    clip: Clip = Clip.project
 
 
 @dataclass

@@ -87,6 +87,7 @@ def _check_plain_values(cfg: DictConfig) -> None:
     validation.check_loggers(cfg.get("logger"))
     validation.check_attack(cfg.attack)
     validation.check_regularizer(cfg.regularizer, cfg.attack)
+    validation.check_paired_measure(cfg.regularizer, cfg.data)
 
 
 def _apply_extras(cfg: DictConfig) -> None:

@@ -208,6 +208,29 @@ def check_regularizer(regularizer: DictConfig, attack: DictConfig) -> None:
         _check_lambda_length(lam, mode, layers, mvl.top_k)
 
 
+#: Measures that compare each sample with another sample of its batch (need batches of 2 or more).
+PAIRED_MEASURES: tuple[str, ...] = ("relative_error_pairwise",)
+
+
+def check_paired_measure(regularizer: DictConfig, data: DictConfig) -> None:
+    """``regularizer.measure=relative_error_pairwise`` normalizes each sample by its distance to another
+    sample of the batch: training batches and the MVL analysis subset need 2 samples or more."""
+    measure = str(regularizer.get("measure"))
+    if measure not in PAIRED_MEASURES:
+        return
+    batch_size = data.get("batch_size")
+    if isinstance(batch_size, int) and batch_size < 2:
+        raise ConfigError(
+            f"regularizer.measure={measure} pairs each sample with another one of its batch, but "
+            f"data.batch_size={batch_size}; use data.batch_size >= 2 or regularizer.measure=relative_error"
+        )
+    if MVLMode(regularizer.mvl.mode) is not MVLMode.none and regularizer.mvl.num_samples < 2:
+        raise ConfigError(
+            f"regularizer.measure={measure} pairs each analysed sample with another one, but "
+            f"regularizer.mvl.num_samples={regularizer.mvl.num_samples}; use 2 or more"
+        )
+
+
 def _check_lambda_length(lam: list[float], mode: MVLMode, layers: list[Any] | None, top_k: int | None) -> None:
     if mode is MVLMode.fixed:
         assert layers is not None

@@ -21,12 +21,15 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from lsa_train.attacks.losses import cross_entropy_per_sample
-from lsa_train.attacks.utils import per_sample, project
+from lsa_train.attacks.utils import per_sample, project, project_to_ball
 from lsa_train.attacks.validation import check_choice, check_clip_range, check_eps
 from lsa_train.utils.modes import restored_modes
 
 #: Model modes an attack can craft in (see :func:`preserved_model_state`).
 CRAFT_MODES: tuple[str, ...] = ("eval", "train", "keep")
+
+#: Where the iterative attacks keep the input in ``[clip_min, clip_max]`` (see :class:`Attack`, ``clip``).
+CLIP_MODES: tuple[str, ...] = ("project", "forward")
 
 #: A loss ``loss_fn(logits, labels)`` returning a scalar or per-sample values ``(N,)``.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -148,6 +151,16 @@ class Attack(ABC):
         seed: If given, random starts draw from a ``torch.Generator`` on the input's device
             seeded with it, created afresh on every call (equal seeds give equal outputs).
             Default: ``None``, the global RNG (so ``lightning.seed_everything`` applies).
+        clip: Where the valid range is enforced during the iterations. ``"project"`` (default): the
+            iterate ``x + delta`` is clamped to ``[clip_min, clip_max]`` after the start and after every
+            step, as the TRADES and MART reference code do. ``"forward"``: an ablation that *weakens*
+            the attack: ``delta`` is only projected onto the eps ball, the model sees
+            ``(x + delta).clamp(clip_min, clip_max)``, so every coordinate pushed outside the range
+            gets a zero gradient and stops moving (on a blank background about half the pixels
+            freeze after a random start; torch's clamp passes no gradient at the bounds either, so
+            without a random start a pixel exactly at ``clip_min`` or ``clip_max`` never moves); the
+            output is ``(x + delta).clamp(clip_min, clip_max)``.
+            Only the attacks that take a ``clip`` argument (PGD, MART's and TRADES' attacks) use it.
 
     Shape:
         - images: ``(N, C, H, W)`` or ``(N, D)``, floating point, values in
@@ -182,6 +195,7 @@ class Attack(ABC):
         loss_fn: LossFn | None = None,
         craft_mode: str = "eval",
         seed: int | None = None,
+        clip: str = "project",
     ) -> None:
         self.eps = check_eps(eps)
         self.clip_min, self.clip_max = check_clip_range(clip_min, clip_max)
@@ -189,6 +203,7 @@ class Attack(ABC):
             raise ValueError(f"loss_fn must be callable as loss_fn(logits, labels) or None, got {loss_fn!r}")
         self.loss_fn = loss_fn
         self.craft_mode = check_choice("craft_mode", craft_mode, CRAFT_MODES)
+        self.clip = check_choice("clip", clip, CLIP_MODES)
         if seed is not None:
             try:
                 seed = operator.index(seed)
@@ -257,6 +272,8 @@ class Attack(ABC):
         if self.loss_fn is not None:
             fields["loss_fn"] = getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)
         fields.update(craft_mode=self.craft_mode, seed=self.seed)
+        if self.clip != "project":  # the default stays out of the repr; the weakened ablation shows
+            fields["clip"] = self.clip
         body = ", ".join(f"{key}={_format(value)}" for key, value in fields.items())
         return f"{type(self).__name__}({body})"
 
@@ -291,9 +308,23 @@ class Attack(ABC):
         """Projects onto the ``eps`` ball of :attr:`norm` around ``images`` and into the valid range."""
         return project(x_adv, images, self.eps, self.norm or "linf", self.clip_min, self.clip_max)
 
+    def _step_project(self, x_adv: Tensor, images: Tensor) -> Tensor:
+        """Projection of the iterate after the start and each step: onto the ball and the valid range
+        (``clip="project"``, :meth:`_project`), or onto the ball only (``clip="forward"``)."""
+        if self.clip == "project":
+            return self._project(x_adv, images)
+        return project_to_ball(x_adv, images, self.eps, self.norm or "linf")
+
+    def _model_input(self, x_adv: Tensor) -> Tensor:
+        """What the model sees: the iterate itself (``clip="project"``: it is already in range), or the
+        iterate clamped to ``[clip_min, clip_max]`` (``clip="forward"``: zero gradient outside)."""
+        if self.clip == "project":
+            return x_adv
+        return x_adv.clamp(self.clip_min, self.clip_max)
+
     def _logits(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Runs the model (under any ambient autocast) and returns float32 logits."""
-        logits = model(x)
+        """Runs the model on :meth:`_model_input` of ``x`` (under any ambient autocast); float32 logits."""
+        logits = model(self._model_input(x))
         if not isinstance(logits, Tensor):
             raise TypeError(f"the model must return a logits tensor (N, K), got {type(logits).__name__}")
         return logits.float()

@@ -24,6 +24,9 @@ class GaussianStartAttack(Attack):
         clip_max: Upper bound of the valid input range. Default: ``1.0``.
         craft_mode: ``"eval"``, ``"train"`` or ``"keep"``. Default: ``"eval"``.
         seed: Seed of the Gaussian start; ``None`` uses the global RNG. Default: ``None``.
+        clip: ``"project"`` (default, the reference code) clamps the iterate to the valid range after
+            the start and every step; ``"forward"`` only clamps the model's input, a weaker ablation
+            (see :class:`~lsa_train.attacks.base.Attack`).
     """
 
     _repr_fields = ("eps", "alpha", "steps")
@@ -41,8 +44,9 @@ class GaussianStartAttack(Attack):
         clip_max: float = 1.0,
         craft_mode: str = "eval",
         seed: int | None = None,
+        clip: str = "project",
     ) -> None:
-        super().__init__(eps, clip_min=clip_min, clip_max=clip_max, craft_mode=craft_mode, seed=seed)
+        super().__init__(eps, clip_min=clip_min, clip_max=clip_max, craft_mode=craft_mode, seed=seed, clip=clip)
         self.steps = check_count("steps", steps)
         self.alpha = default_step_size(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
 
@@ -55,5 +59,9 @@ class GaussianStartAttack(Attack):
         return True
 
     def _gaussian_start(self, images: Tensor) -> Tensor:
-        """``images + init_std * N(0, I)``, projected onto the ball and the valid range (no autograd)."""
-        return self._project(images + self.init_std * self._normal_like(images), images)
+        """``images + init_std * N(0, I)``, projected as every step is (:meth:`_step_project`; no autograd)."""
+        return self._step_project(images + self.init_std * self._normal_like(images), images)
+
+    def _signed_step(self, x_adv: Tensor, grad: Tensor, images: Tensor) -> Tensor:
+        """``x_adv + alpha * sign(grad)``, projected as the start is (no autograd)."""
+        return self._step_project(x_adv + self.alpha * grad.sign(), images)

@@ -29,6 +29,8 @@ class MARTAttack(GaussianStartAttack):
         clip_max: Upper bound of the valid input range. Default: ``1.0``.
         craft_mode: ``"eval"``, ``"train"`` or ``"keep"``. Default: ``"eval"``.
         seed: Seed of the Gaussian start; ``None`` uses the global RNG. Default: ``None``.
+        clip: ``"project"`` (default, the reference code) or ``"forward"`` (weaker ablation: only the
+            model's input is clamped, see :class:`~lsa_train.attacks.base.Attack`).
 
     Shape:
         - images: ``(N, C, H, W)`` or ``(N, D)``, values in ``[0, 1]``.
@@ -45,5 +47,5 @@ class MARTAttack(GaussianStartAttack):
         for _ in range(self.steps):
             grad, _ = self._loss_and_grad(model, x_adv, labels)
             with torch.no_grad():
-                x_adv = self._project(x_adv + self.alpha * grad.sign(), images)
+                x_adv = self._signed_step(x_adv, grad, images)
         return x_adv

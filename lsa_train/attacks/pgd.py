@@ -54,6 +54,8 @@ class PGD(Attack):
         loss_fn: Loss to ascend, ``loss_fn(logits, labels)``. Default: ``None`` (cross-entropy).
         craft_mode: ``"eval"``, ``"train"`` or ``"keep"``. Default: ``"eval"``.
         seed: Seed of the random starts; ``None`` uses the global RNG. Default: ``None``.
+        clip: ``"project"`` (default) clamps the iterate to the valid range after every step;
+            ``"forward"`` only clamps the model's input, a weaker ablation (see :class:`Attack`).
 
     Shape:
         - images: ``(N, C, H, W)`` or ``(N, D)``, values in ``[0, 1]``.
@@ -80,9 +82,11 @@ class PGD(Attack):
         loss_fn: LossFn | None = None,
         craft_mode: str = "eval",
         seed: int | None = None,
+        clip: str = "project",
     ) -> None:
         super().__init__(
-            eps, clip_min=clip_min, clip_max=clip_max, loss_fn=loss_fn, craft_mode=craft_mode, seed=seed
+            eps, clip_min=clip_min, clip_max=clip_max, loss_fn=loss_fn, craft_mode=craft_mode, seed=seed,
+            clip=clip,
         )
         self.norm = check_choice("norm", norm, NORMS)
         self.steps = check_count("steps", steps)
@@ -125,11 +129,11 @@ class PGD(Attack):
                     if self.norm == "linf"
                     else random_l2_noise(images, self.eps, self._rng)
                 )
-                x_adv = self._project(images + noise, images)
+                x_adv = self._step_project(images + noise, images)
         for _ in range(self.steps):
             grad, _ = self._loss_and_grad(model, x_adv, labels)
             with torch.no_grad():
-                x_adv = self._project(x_adv + self.alpha * step_direction(grad, self.norm), images)
+                x_adv = self._step_project(x_adv + self.alpha * step_direction(grad, self.norm), images)
         return x_adv
 
 
@@ -152,6 +156,7 @@ class PGDL2(PGD):
         loss_fn: Loss to ascend, ``loss_fn(logits, labels)``. Default: ``None`` (cross-entropy).
         craft_mode: ``"eval"``, ``"train"`` or ``"keep"``. Default: ``"eval"``.
         seed: Seed of the random starts; ``None`` uses the global RNG. Default: ``None``.
+        clip: ``"project"`` (default) or ``"forward"`` (weaker ablation, see :class:`Attack`).
 
     Shape:
         - images: ``(N, C, H, W)`` or ``(N, D)``, values in ``[0, 1]``.
@@ -176,6 +181,7 @@ class PGDL2(PGD):
         loss_fn: LossFn | None = None,
         craft_mode: str = "eval",
         seed: int | None = None,
+        clip: str = "project",
     ) -> None:
         super().__init__(
             eps,
@@ -189,4 +195,5 @@ class PGDL2(PGD):
             loss_fn=loss_fn,
             craft_mode=craft_mode,
             seed=seed,
+            clip=clip,
         )

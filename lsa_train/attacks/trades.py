@@ -33,6 +33,8 @@ class TRADESAttack(GaussianStartAttack):
         clip_max: Upper bound of the valid input range. Default: ``1.0``.
         craft_mode: ``"eval"``, ``"train"`` or ``"keep"``. Default: ``"eval"``.
         seed: Seed of the Gaussian start; ``None`` uses the global RNG. Default: ``None``.
+        clip: ``"project"`` (default, the reference code) or ``"forward"`` (weaker ablation: only the
+            model's input is clamped, see :class:`~lsa_train.attacks.base.Attack`).
 
     Shape:
         - images: ``(N, C, H, W)`` or ``(N, D)``, values in ``[0, 1]``.
@@ -63,5 +65,5 @@ class TRADESAttack(GaussianStartAttack):
                 loss = kl_to_clean(adv_logits, clean_log_probs)
             (grad,) = torch.autograd.grad(loss, [x_adv])
             with torch.no_grad():
-                x_adv = self._project(x_adv + self.alpha * grad.sign(), images)
+                x_adv = self._signed_step(x_adv, grad, images)
         return x_adv.detach()

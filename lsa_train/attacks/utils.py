@@ -64,13 +64,29 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str, clip_min: float, cl
     Returns:
         The projected points, same shape and dtype as ``x_adv``.
     """
+    return project_to_ball(x_adv, x, eps, norm).clamp(clip_min, clip_max)
+
+
+def project_to_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Projects ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x``, without the box clamp.
+
+    The iterate of an attack with ``clip="forward"`` (:class:`~lsa_train.attacks.base.Attack`): only the
+    model input is clamped to the valid range, the perturbation may leave it.
+
+    Args:
+        x_adv: Points to project, shape ``(N, ...)``.
+        x: Centres of the balls, same shape as ``x_adv``.
+        eps: Radius of the ball (``>= 0``).
+        norm: ``"linf"`` or ``"l2"``.
+
+    Returns:
+        The projected points, same shape and dtype as ``x_adv``.
+    """
     if norm == "linf":
-        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
-    else:
-        delta = x_adv - x
-        factor = (eps / l2_norms(delta).clamp_min(TINY)).clamp(max=1.0)
-        x_adv = x + delta * per_sample(factor, delta)
-    return x_adv.clamp(clip_min, clip_max)
+        return torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
+    delta = x_adv - x
+    factor = (eps / l2_norms(delta).clamp_min(TINY)).clamp(max=1.0)
+    return x + delta * per_sample(factor, delta)
 
 
 def uniform_linf_noise(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:

@@ -50,7 +50,10 @@ def test_measures_compute_in_float32_under_low_precision():
 def test_registry_aliases_and_unknown_name():
     assert "relative_error" in list_measures()
     assert get_measure("relative-error") is relative_error
-    with pytest.raises(ValueError, match=r"unknown measure 'l3'; choose one of \['cosine', 'mse', 'relative_error'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown measure 'l3'; choose one of \['cosine', 'mse', 'relative_error', 'relative_error_pairwise'\]",
+    ):
         get_measure("l3")
 
 

@@ -319,3 +319,24 @@ def test_the_composed_trainer_gets_lightnings_determinism(tmp_path: Path, torch_
 def test_every_trainer_takes_a_precision(tmp_path: Path, trainer: str) -> None:
     cfg = compose_train([f"trainer={trainer}", "trainer.precision=bf16-mixed"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("name", ["pgd", "pgd_l2", "mart", "trades"])
+def test_attack_clip_forward_reaches_the_attack_and_the_setting(tmp_path: Path, name: str) -> None:
+    from lsa_train.app.pipeline import _setting
+
+    default = compose_train([f"attack={name}"], tmp_path)
+    assert builders.build_attack(default)[0].clip == "project" and "attack_clip" not in _setting(default, "ce")
+    cfg = compose_train([f"attack={name}", "attack.clip=forward"], tmp_path)
+    attack, _ = builders.build_attack(cfg)
+    assert attack.clip == "forward"
+    assert _setting(cfg, "ce")["attack_clip"] == "forward"  # the weakened attack is named in the report
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [(["attack.clip=inside"], "inside"), (["attack=fgsm", "attack.clip=forward"], "Could not override 'attack.clip'")],
+)
+def test_attack_clip_bad_values_fail_at_compose_time(tmp_path: Path, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigCompositionException, match=match):
+        compose_train(overrides, tmp_path)

@@ -152,6 +152,10 @@ def test_missing_optimized_metric_names_the_choices() -> None:
         (["awp.gamma=-1"], r"module: awp gamma must be a finite number >= 0 \(0 = off\), got -1$"),
         (["awp.warmup=-1"], r"module: awp warmup must be an integer number of epochs >= 0, got -1"),
         (["module.mart_beta=-2", "attack=mart"], r"module: mart_beta must be a finite number >= 0, got -2"),
+        (["regularizer.measure=relative_error_pairwise", "data.batch_size=1"],
+         r"regularizer\.measure=relative_error_pairwise pairs each sample .* data\.batch_size=1"),
+        (["regularizer.measure=relative_error_pairwise", "regularizer.mvl.num_samples=1"],
+         r"regularizer\.mvl\.num_samples=1; use 2 or more"),
     ],
 )
 def test_config_errors_before_training(make_cfg, tmp_path: Path, overrides: list[str], match: str) -> None:
@@ -159,3 +163,21 @@ def test_config_errors_before_training(make_cfg, tmp_path: Path, overrides: list
         train(make_cfg(*FAST, *overrides))
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_issue21_variants_train(make_cfg, tmp_path: Path) -> None:
+    """The ablation settings of issue 21 reach the run: the pairwise-normalized term, the clean branch as a
+    constant, and the weakened training attack (clamp inside the forward), on MART with LR-L0."""
+    from lsa_train.analysis.measures import relative_error_pairwise
+
+    metrics, objects = train(make_cfg(
+        *FAST, "attack=mart", "attack.clip=forward", "regularizer.lambda=1", "regularizer.mvl.mode=fixed",
+        "regularizer.mvl.layers=[0]", "regularizer.measure=relative_error_pairwise", "regularizer.stop_clean_grad=true",
+    ))
+    module = objects["module"]
+    assert module.regularizer.measure is relative_error_pairwise and module.regularizer.stop_clean_grad
+    assert module.attack.clip == "forward" and module.test_attack.clip == "project"  # only training is weakened
+    assert objects["mvl_callback"].measure == "relative_error_pairwise"  # the analysis compares as the term does
+    assert math.isfinite(metrics["train/lr_term"]) and metrics["train/lr_term"] > 0
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["setting"]["attack_clip"] == "forward"
