@@ -8,33 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from evaltest_utils import compose_app
 from PIL import Image
-from torch import nn
 
 import lsa_train.analysis as analysis
 from lsa_train.app.analyze import analyze_run
 
 CLASSES = ("cat", "dog", "eel")
-
-
-class HalfFunctionalNet(nn.Module):
-    """GELU modules, and one ReLU applied as a function after ``conv2``; input ``(N, C, 8, 8)``."""
-
-    def __init__(self, num_classes: int, in_channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 4, 3, padding=1)
-        self.act1 = nn.GELU()
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 16)
-        self.act2 = nn.GELU()
-        self.head = nn.Linear(16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv2(self.act1(self.conv1(x))))
-        return self.head(self.act2(self.fc(x.flatten(1))))
 
 
 def test_feature_maps_name_the_classes_and_analysis_md_names_unprobed_layers(
@@ -56,7 +36,7 @@ def test_feature_maps_name_the_classes_and_analysis_md_names_unprobed_layers(
     monkeypatch.setattr(analysis, "plot_feature_maps", recording)
     out = tmp_path / "analysis"
     cfg = compose_app("analyze", [
-        "model=custom", f"model._target_={__name__}.HalfFunctionalNet", "data=imagefolder",
+        "model=custom", "model._target_=shared_nets.HalfFunctionalNet", "data=imagefolder",
         f"data.root={tmp_path / 'images'}", "data.val_fraction=0.25", "data.test_fraction=0.25",
         "data.num_workers=0", "eps=0.1", "num_samples=4", "perturbations=[gaussian,pgd]", "feature_map_samples=2",
         "torch_threads=1",
