@@ -59,7 +59,9 @@ def test_quick_moons_writes_raw_json(quick_results: tuple[Path, Path]) -> None:
     files = sorted((results / "raw").glob("moons__*.json"))
     assert [f.name for f in files] == ["moons__AT-PGD-LR-L2_lam1__s7.json", "moons__AT-PGD__s7.json"]
     record: dict[str, Any] = json.loads(files[0].read_text())
-    assert record["seed"] == 7 and record["config"] == {"base": "pgd", "lr": "L2", "lam": 1.0, "awp": 0.0}
+    assert record["seed"] == 7 and record["config"] == {"base": "pgd", "lr": "L2", "lam": 1.0, "awp": 0.0,
+                                                         "clip": "project", "measure": "relative_error",
+                                                         "stop_clean_grad": False}
     assert set(record["git"]) == {"commit", "dirty"}  # None/None only outside a git checkout
     metrics = record["metrics"]
     assert set(metrics["fgsm"]) == set(make_tables.EPS_KEYS)
