@@ -69,7 +69,9 @@ def paired(lr: Sequence[Record], base: Sequence[Record], value: Any) -> dict[str
 
 
 def _p(value: float) -> str:
-    return "-" if math.isnan(value) else (f"{value:.4f}" if value < 0.01 else f"{value:.2f}")
+    if math.isnan(value):
+        return "-"
+    return "< 0.0001" if value < 1e-4 else (f"{value:.4f}" if value < 0.01 else f"{value:.2f}")
 
 
 def worst_case_table(groups: dict[str, list[Record]]) -> str:
@@ -102,7 +104,9 @@ def attacks_table(groups: dict[str, list[Record]]) -> str:
     keys = sorted(groups, key=lambda k: (_model_rank(k.split("/")[0]), k))
     for key in keys:
         runs = groups[key]
-        cells = [key.split("/")[0], runs[0]["name"], str(len(runs))]
+        config = runs[0]["config"]
+        name = runs[0]["name"] + (f" (λ {config['lam']:g})" if config.get("lr") else "")
+        cells = [key.split("/")[0], name, str(len(runs))]
         for name, _ in ATTACK_COLUMNS:
             values = [_attack_accuracy(r, name) for r in runs]
             cells.append(fmt(_pct([v for v in values if v is not None])) if all(v is not None for v in values) else "-")

@@ -324,6 +324,21 @@ def test_readme_results_match_the_generated_tables(index: int, source: str) -> N
                 assert _same_when_rounded(value, expected), (row["training"], column, value, expected)
 
 
+def test_readme_adaptive_rows_match_table_a1() -> None:
+    """The README's worst-case rows (issue 21) are copies of RESULTS.md's Table A1."""
+    readme = README.read_text()
+    results_part = readme[readme.index("## Results"): readme.index("\n## ", readme.index("## Results") + 1)]
+    readme_rows = _markdown_tables(results_part)[2]
+    generated = {(row["model"], row["with the term"]): row
+                 for row in _table((PAPER_DIR / "RESULTS.md").read_text(), "Table A1")}
+    assert len(readme_rows) >= 5
+    for row in readme_rows:
+        source = generated[(row["model"], row["with the term"])]
+        for column, value in row.items():  # "base / LR" cells compare part by part
+            parts = list(zip(value.split(" / "), source[column].split(" / "), strict=True))
+            assert all(_same_when_rounded(a, b) for a, b in parts), (row["model"], row["with the term"], column)
+
+
 def test_quick_adaptive_run_trains_both_runs_of_a_pair_and_tables_the_worst_case(tmp_path: Path) -> None:
     """``run_adaptive.py --quick`` on one pair: both networks saved, every attack in each record, the partner's
     network as transfer source, and the pair in the adaptive tables."""
