@@ -34,6 +34,8 @@ def test_masked_gradient_is_found_by_the_transfer_attack_and_named(masked_moons,
 def test_feature_pgd_with_kappa_zero_is_pgd_and_with_kappa_attacks_the_probes(digits):
     model, x, y = digits.model, digits.x_test[:120], digits.y_test[:120]
     probes = select_probes(model, x[:1])  # the ReLU, probe "2"
+    for p in model.parameters():  # the session's model is shared; this test asserts what our attacks leave
+        p.grad = None
     model.train()  # the attack crafts in eval mode and gives the mode back
     try:
         for restarts in (1, 2):
