@@ -113,18 +113,39 @@ def check_added_keys(config_name: str, overrides: Sequence[str]) -> None:
 
 
 def suggest_for_failed_override(config_name: str, overrides: Sequence[str], message: str) -> str | None:
-    """For Hydra's "Could not override 'key'" under a closed node: the message with the nearest known key
-    instead of Hydra's ``+key`` hint (which would add a key nothing reads); ``None`` otherwise."""
+    """Hydra's "Could not override 'key'" with the nearest known key.
+
+    Under a closed node the ``+key`` hint is replaced (an added key would be read by nothing); under an
+    open node (``trainer.max_epoch``) a close sibling is suggested and the ``+key`` route, which passes a
+    new argument to the node's constructor, stays. ``None`` when there is nothing to add.
+    """
     import re
 
     match = re.search(r"Could not override '([\w.\-]+)'", message)
-    if not match or not _is_closed(config_name, match.group(1)):
+    if not match:
         return None
     key = match.group(1)
+    closed = _is_closed(config_name, key)
     try:
         kept = [o.input_line for o in _parse(overrides) if o.key_or_group != key]
-        hint, keys = _nearest(_compose(config_name, kept), key)
+        base = _compose(config_name, kept)
+        hint, keys = _nearest(base, key) if closed else _close_sibling(base, key)
     except Exception:  # a second composition problem: Hydra's own message stays
         return None
-    return (f"Could not override '{key}': {key.rpartition('.')[0] or 'the top level'} has no key "
-            f"'{key.rpartition('.')[2]}'; {hint + ' ' if hint else ''}valid keys: {', '.join(keys)}")
+    where, leaf = key.rpartition(".")[0] or "the top level", key.rpartition(".")[2]
+    if closed:
+        return f"Could not override '{key}': {where} has no key '{leaf}'; {hint + ' ' if hint else ''}" \
+               f"valid keys: {', '.join(keys)}"
+    if not hint:
+        return None
+    return (f"Could not override '{key}': {where} has no key '{leaf}'; {hint} (+{key}=... would pass "
+            f"'{leaf}' to {where} as a new argument)")
+
+
+def _close_sibling(base: DictConfig, key: str) -> tuple[str, list[str]]:
+    """``did you mean ...`` for a key of an open node: only a sibling with a close name counts."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(base, parent, default=None) if parent else base
+    keys = [str(k) for k in node if str(k) != "hydra"] if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.75)
+    return (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""), keys

@@ -50,3 +50,15 @@ def test_hydras_append_hint_becomes_the_nearest_key(monkeypatch: pytest.MonkeyPa
     line = capsys.readouterr().err.strip()
     assert line.startswith("lsa-train: error: Could not override 'regularizer.lamda'")
     assert "did you mean regularizer.lambda?" in line and "+regularizer.lamda" not in line
+
+
+def test_a_near_miss_under_an_open_node_names_the_key_and_keeps_the_append_route(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # trainer is open (+trainer.x passes a new Trainer argument), but max_epoch is a typo of max_epochs
+    monkeypatch.setattr(sys, "argv", ["lsa-train", "trainer.max_epoch=4"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("lsa-train: error: Could not override 'trainer.max_epoch'")
+    assert "did you mean trainer.max_epochs?" in line and "+trainer.max_epoch=..." in line
