@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lsa_train.app import run_dirs, validation
 from lsa_train.app.errors import ConfigError, one_line
@@ -121,8 +121,92 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
             cfg[key] = cli_cfg.get(key)
         cfg.paths.output_dir = str(run_dir)
     check_saved_targets(cfg, policy, base)  # what will be instantiated, before anything is imported
+    check_write_destinations(cfg, run_dir, overrides, switched, base)
+    _adopt_run_choices(saved_choices(run_dir), switched)
     return ResumePlan(cfg=cfg, run_dir=run_dir, base_config=base, overrides=list(overrides),
                       switched_groups=switched)
+
+
+def _adopt_run_choices(choices: dict[str, str | None], switched: dict[str, str]) -> None:
+    """Makes the current Hydra job's group choices the resumed run's (``data=tensors``, not this command
+    line's default ``data=digits``), except the groups this command line switched: the summary, report and
+    error messages name what the run trains."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    current = HydraConfig.get().runtime.choices
+    with read_write(current), open_dict(current):
+        for group, choice in choices.items():
+            if not group.startswith("hydra/") and group not in switched and group in current:
+                current[group] = choice
+
+
+def check_write_destinations(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], switched: dict[str, str], base: Path
+) -> None:
+    """Refuses a saved config that would make the resume write outside its run folder.
+
+    A resume writes checkpoints, logs and LSA figures where the saved config says (``dirpath``,
+    ``save_dir``, ``default_root_dir``, ... under :data:`WRITING_NODES`). Those paths are data from the
+    run folder: each must resolve into ``run_dir`` unless this command line set it (the key, a node above
+    it, or a switched group such as ``logger=tensorboard``, whose paths come from ``conf/``).
+
+    Raises:
+        ConfigError: One line naming the key, the path and how to allow it.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+    inside = run_dir.resolve()
+    for key, value in _destinations(cfg):
+        if key.split(".", 1)[0] in switched or any(key == g or key.startswith(g + ".") for g in given):
+            continue
+        leaf = key.rpartition(".")[2]
+        text = str(value)
+        if leaf == "filename":
+            escapes = Path(text).is_absolute() or ".." in Path(text).parts
+        else:
+            escapes = not Path(text).expanduser().absolute().resolve().is_relative_to(inside)
+        if escapes:
+            raise ConfigError(
+                f"'{base}' sets {key}={text}, outside the run folder '{run_dir}'; a resume writes only into its "
+                f"run folder unless this command line says where: give {key}=<path> (or {key}={text}) to allow it"
+            )
+
+
+#: Top-level nodes whose path-valued keys (:data:`DESTINATION_KEYS`) name where a training run writes.
+WRITING_NODES: tuple[str, ...] = ("trainer", "callbacks", "logger", "regularizer")
+#: Keys of those nodes that name a folder (or, ``filename``, a file below one) a run writes to.
+DESTINATION_KEYS: frozenset[str] = frozenset(
+    {"dirpath", "save_dir", "default_root_dir", "root_dir", "log_dir", "logdir", "filename"})
+
+
+def _destinations(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """``(dotted key, resolved value)`` of every destination key under :data:`WRITING_NODES`."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            items = [(str(k), prefix + str(k)) for k in node]
+        elif OmegaConf.is_list(node):
+            items = [(i, f"{prefix}{i}") for i in range(len(node))]
+        else:
+            return
+        for k, path in items:
+            try:
+                child = node[k]
+            except Exception as err:  # an interpolation that cannot resolve is refused with its key
+                raise ConfigError(f"cannot resolve {path} of the resumed run's config: {one_line(err)}") from err
+            if OmegaConf.is_config(child):
+                walk(child, path + ".")
+            elif isinstance(k, str) and k in DESTINATION_KEYS and child is not None:
+                found.append((path, child))
+
+    for name in WRITING_NODES:
+        if name in cfg:
+            walk(cfg[name], name + ".")
+    return found
 
 
 def _apply_overrides(cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict[str, str]:

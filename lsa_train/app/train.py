@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     Returns:
         All logged metrics (fit and test) as floats, and the objects that were built
         (``cfg``, ``datamodule``, ``model``, ``module``, ``trainer``, ``callbacks``, ``loggers``,
-        ``summary``).
+        ``summary``, ``only_tested``: a resume with no epoch left).
 
     Raises:
         ConfigError: A bad value, found before anything is trained or checkpointed.
@@ -76,8 +76,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     validation.check_model_name(cfg.model)
     from lsa_train.app.pipeline import run_training
 
-    return run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None, policy=policy, resume=resume,
-                        notes=[note] if note else [])
+    metrics, objects = run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None, policy=policy,
+                                    resume=resume, notes=[note] if note else [])
+    objects["only_tested"] = note is not None  # a resume with no epoch left: no fit or validation metrics
+    return metrics, objects
 
 
 def _check_plain_values(cfg: DictConfig) -> None:
@@ -100,13 +102,14 @@ def _apply_extras(cfg: DictConfig) -> None:
         Console().print(Syntax(OmegaConf.to_yaml(shown), "yaml", theme="ansi_dark"))
 
 
-def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:
-    """The metric a sweeper optimizes (``cfg.optimized_metric``); ``None`` when no name is set.
+def metric_value(metrics: Mapping[str, float], name: str | None, only_tested: bool = False) -> float | None:
+    """The metric a sweeper optimizes (``cfg.optimized_metric``); ``None`` when no name is set, or when a
+    resume had no epoch left to train (``only_tested``: the summary says so) and ``name`` is a fit metric.
 
     Raises:
         ConfigError: ``name`` was not logged; the message lists the logged metrics.
     """
-    if not name:
+    if not name or (only_tested and name not in metrics and not name.startswith("test/")):
         return None
     if name not in metrics:
         raise ConfigError(f"optimized_metric={name!r} was not logged; choose one of {sorted(metrics)}")
@@ -127,8 +130,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     mark_task_started()
     multirun = _is_multirun()
     try:
-        metrics, _ = train(cfg)
-        return metric_value(metrics, cfg.get("optimized_metric"))
+        metrics, objects = train(cfg)
+        return metric_value(metrics, cfg.get("optimized_metric"), only_tested=bool(objects.get("only_tested")))
     except Exception as err:
         config_error = isinstance(err, ConfigError)
         message = one_line(err) if config_error else f"{type(err).__name__}: {one_line(err)}"

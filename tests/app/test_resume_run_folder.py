@@ -73,6 +73,11 @@ def test_resume_continues_the_run_with_its_own_config_in_its_own_folder(first_ru
     effective = yaml.safe_load((record / "config.yaml").read_text())
     assert effective["trainer"]["max_epochs"] == 2 and effective["model"]["_target_"] == "my_resumed_nets.SmallCNN"
     assert "trainer.max_epochs=2" in yaml.safe_load((record / "overrides.yaml").read_text())
+    # no epoch left: the run is only tested, says so, and exits 0 (no fit metric to return is not an error)
+    again = run([f"ckpt_path={last}", "trainer.max_epochs=2", "trusted_targets=[my_resumed_nets.*]"], workspace)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing was trained, the run was only tested" in again.stdout
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
 
 
 @pytest.mark.slow

@@ -128,6 +128,11 @@ def test_missing_optimized_metric_names_the_choices() -> None:
     with pytest.raises(ConfigError, match=r"optimized_metric='val/nope'.*val/acc_pgd"):
         metric_value({"val/acc_pgd": 0.5}, "val/nope")
     assert metric_value({"val/acc_pgd": 0.5}, None) is None
+    # a resume with no epoch left logs only test metrics: a fit metric is absent, not misspelled
+    assert metric_value({"test/acc_pgd": 0.4}, "val/acc_pgd", only_tested=True) is None
+    assert metric_value({"test/acc_pgd": 0.4}, "test/acc_pgd", only_tested=True) == 0.4
+    with pytest.raises(ConfigError, match=r"optimized_metric='test/nope'"):
+        metric_value({"test/acc_pgd": 0.4}, "test/nope", only_tested=True)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ as a user would meet it (a subprocess): exit code 2, one line on stderr, and no 
 Doors: a saved run config that names a foreign ``_target_`` (here a function of a temp module that writes
 a marker, called through ``_args_``); a saved ``trust_checkpoint: true`` with a pickle that runs a command
 as ``model.checkpoint``; a TorchScript file whose ``__setstate__`` writes a marker; a checkpoint symlinked
-out of its run folder."""
+out of its run folder; a saved config that sends a resume's checkpoints out of the run folder."""
 
 from __future__ import annotations
 
@@ -72,6 +72,11 @@ def _cases(tmp: Path) -> dict[str, tuple[str, list[str], Path, str]]:
     for entry in ENTRY_POINTS:
         cases[f"symlink_{entry}"] = (entry, [f"ckpt_path={linked / 'checkpoints' / 'last.ckpt'}"],
                                      victim / "eval", "outside the run folder")
+    # 5. a resume whose saved config sends its checkpoints outside the run folder
+    outside_run = tmp / "writes_outside"
+    ckpt = write_run_folder(outside_run)
+    edit_run_config(outside_run, **{"callbacks.last_checkpoint.dirpath": str(tmp / "outside")})
+    cases["outside_train"] = ("train", [f"ckpt_path={ckpt}"], tmp / "outside", "outside the run folder")
     return cases
 
 
@@ -94,7 +99,7 @@ def hostile_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[su
 
 
 CASES = [f"{door}_{entry}" for door in ("target", "saved_trust", "symlink") for entry in ENTRY_POINTS] + [
-    "script_ckpt_train", "script_weights_analyze", "script_in_run_evaluate"]
+    "script_ckpt_train", "script_weights_analyze", "script_in_run_evaluate", "outside_train"]
 
 
 @pytest.mark.slow
