@@ -18,6 +18,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.errors import HydraException
@@ -28,7 +29,8 @@ from lsa_train.app.errors import ConfigError, one_line
 #: Exceptions reported as configuration errors (exit code 2).
 CONFIG_ERRORS: tuple[type[BaseException], ...] = (ConfigError, HydraException, OmegaConfBaseException)
 
-_state: dict[str, Any] = {"task_started": False, "sweep_failure": None, "in_cli": False, "config_error": None}
+_state: dict[str, Any] = {"task_started": False, "sweep_failure": None, "in_cli": False, "config_error": None,
+                          "new_sweep_dir": None}
 
 
 def mark_task_started() -> None:
@@ -57,6 +59,23 @@ def report_sweep_failure(message: str) -> None:
     _state["sweep_failure"] = message
 
 
+def note_sweep_dir(sweep_dir: Path) -> None:
+    """Called at the start of a multirun, before the sweeper creates ``sweep_dir``: if the sweep stops on a
+    config error before any job starts, :func:`run_cli` removes the folder it created (it holds only
+    Hydra's ``multirun.yaml``), so that a typo leaves nothing behind."""
+    _state["new_sweep_dir"] = None if sweep_dir.exists() else sweep_dir
+
+
+def _remove_empty_sweep_dir() -> None:
+    sweep_dir = _state["new_sweep_dir"]
+    if _state["task_started"] or sweep_dir is None or not sweep_dir.is_dir():
+        return
+    if {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+        for path in sweep_dir.iterdir():
+            path.unlink()
+        sweep_dir.rmdir()
+
+
 def run_cli(entry: Callable[[], Any], prog: str) -> None:
     """Calls ``entry()`` (a ``@hydra.main`` function reading ``sys.argv``), rendering known errors.
 
@@ -68,13 +87,14 @@ def run_cli(entry: Callable[[], Any], prog: str) -> None:
     if user_full_error == "1":
         entry()
         return
-    _state.update(task_started=False, sweep_failure=None, in_cli=True, config_error=None)
+    _state.update(task_started=False, sweep_failure=None, in_cli=True, config_error=None, new_sweep_dir=None)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise instead of printing; we print one line
     try:
         entry()
         if _state["config_error"] is not None:
             raise _state["config_error"]
     except CONFIG_ERRORS as err:
+        _remove_empty_sweep_dir()
         _fail(prog, _better_override_message(prog, str(err)) or (one_line(err) + _plugin_hint(str(err))), code=2)
     except OSError as err:
         if _state["task_started"]:

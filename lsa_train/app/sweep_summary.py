@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lsa_train.app.cli import report_sweep_failure
+from lsa_train.app.cli import note_sweep_dir, report_sweep_failure
 from lsa_train.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class SweepSummaryCallback(Callback):
     def __init__(self, filename: str = "sweep_summary.csv", fail_on_job_error: bool = True) -> None:
         self.filename = filename
         self.fail_on_job_error = fail_on_job_error
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        note_sweep_dir(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

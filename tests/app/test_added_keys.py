@@ -62,3 +62,19 @@ def test_a_near_miss_under_an_open_node_names_the_key_and_keeps_the_append_route
     line = capsys.readouterr().err.strip()
     assert line.startswith("lsa-train: error: Could not override 'trainer.max_epoch'")
     assert "did you mean trainer.max_epochs?" in line and "+trainer.max_epoch=..." in line
+
+
+@pytest.mark.parametrize("bad", ["regularizer.lamda=0,0.5", "attack=pgd,mrt"])
+def test_a_sweep_stopped_by_a_typo_leaves_no_sweep_folder_and_keeps_an_existing_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], bad: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    kept = tmp_path / "earlier"
+    kept.mkdir()
+    (kept / "multirun.yaml").write_text("an earlier sweep\n")
+    for sweep_dir, should_exist in ((tmp_path / "new" / "sweep", False), (kept, True)):
+        monkeypatch.setattr(sys, "argv", ["lsa-train", "-m", bad, f"hydra.sweep.dir={sweep_dir}"])
+        with pytest.raises(SystemExit) as info:
+            main()
+        assert info.value.code == 2 and capsys.readouterr().err.startswith("lsa-train: error: ")
+        assert sweep_dir.exists() == should_exist
+    assert (kept / "multirun.yaml").is_file()
