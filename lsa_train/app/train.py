@@ -72,6 +72,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             cfg = resume.cfg
             _check_plain_values(cfg)
         note = check_resume_epochs(cfg.trainer.get("max_epochs"), checkpoint, ckpt_path)
+    else:
+        validation.check_epochs_to_train(cfg.trainer)
     validation.check_trainer_device(cfg.trainer)
     validation.check_model_name(cfg.model)
     from lsa_train.app.pipeline import run_training

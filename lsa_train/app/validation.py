@@ -72,6 +72,17 @@ def check_trainer_device(trainer: DictConfig) -> None:
         )
 
 
+def check_epochs_to_train(trainer: DictConfig) -> None:
+    """A new run must train: ``trainer.max_epochs=0`` (or ``max_steps=0``) would only test the untrained
+    network and report it as a run."""
+    for key in ("max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ConfigError(
+                f"trainer.{key}=0 trains nothing; set it to 1 or more (-1: no limit), or test a trained network "
+                "with lsa-evaluate (ckpt_path=... resumes a run)"
+            )
+
+
 def check_output_dir(path: str | Path) -> Path:
     """``path`` exists (or can be created) and accepts files; returns it.
 

@@ -153,6 +153,8 @@ def test_missing_optimized_metric_names_the_choices() -> None:
         (["regularizer.mvl.min_layers=5"], r"regularizer\.mvl\.min_layers=5 exceeds the model's 4 activations probes"),
         (["attack=none"], r"regularizer=none"),
         (["torch_threads=0"], r"torch_threads=0"),
+        (["trainer.max_epochs=0"], r"trainer\.max_epochs=0 trains nothing"),
+        (["++trainer.max_steps=0"], r"trainer\.max_steps=0 trains nothing"),
         (["optimizer.lr=-1"], r"optimizer=adam: Invalid learning rate: -1"),
         (["awp.gamma=-1"], r"module: awp gamma must be a finite number >= 0 \(0 = off\), got -1$"),
         (["awp.warmup=-1"], r"module: awp warmup must be an integer number of epochs >= 0, got -1"),
