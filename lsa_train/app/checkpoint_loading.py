@@ -293,6 +293,13 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
                 "give either ckpt_path (a checkpoint of an lsa-train run, whose model and data are rebuilt) or "
                 "model=... data=... (any model; its weights with model.checkpoint=<file>), not both"
             )
+        if _has_target(data_node) and not _only_target(data_node):
+            choice = validation.hydra_choice("data")
+            raise ConfigError(
+                f"{'data=' + choice if choice else 'data._target_=' + str(data_node.get('_target_'))}: with ckpt_path "
+                "the run's own data is rebuilt (data.batch_size=... and the like may change); to evaluate its "
+                "weights on other data, give model=... data=... with model.checkpoint=<the .ckpt> instead of ckpt_path"
+            )
         vouched = {group: str(node.get("_target_")) for group, node in (("model", model_node), ("data", data_node))
                    if _has_target(node)}  # the run's own targets, given again to trust them
         overrides = {k: v for k, v in data_overrides(data_node).items() if k != "_target_"}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from evaltest_utils import compose_app
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsa_train.app import checkpoint_loading
+from lsa_train.app.errors import ConfigError
 from lsa_train.app.pipeline import SMALL_MODEL_PARAMETERS, resolve_torch_threads
 from lsa_train.models import create_model
 
@@ -63,3 +65,12 @@ def test_a_random_grey_stem_keeps_torchvisions_init_scale() -> None:
     assert grey.shape == (64, 1, 7, 7)
     ratio = float(grey.detach().std()) / float(rgb.detach().std())
     assert abs(ratio - 1) < 0.1  # Kaiming fan_out: the scale does not depend on in_channels
+
+
+def test_another_data_group_with_ckpt_path_says_how_to_evaluate_on_other_data(tmp_path: Path) -> None:
+    # with ckpt_path the run's data is rebuilt; a data group of this command line would be ignored
+    cfg = compose_app("evaluate", [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "data=moons"],
+                      tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"^data=moons: with ckpt_path the run's own data is rebuilt.*"
+                                          r"model\.checkpoint=<the \.ckpt> instead of ckpt_path"):
+        checkpoint_loading.load_for_app(cfg)
