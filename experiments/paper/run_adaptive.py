@@ -180,18 +180,21 @@ def evaluate_one(
     cfg, partner = (pair.base, main_partner(pair.base)) if which == "base" else (pair.lr, pair.base)
     key, partner_key = run_key(pair.model, cfg, seed), run_key(pair.model, partner, seed)
     path = out / "raw_adaptive" / f"digits__{key}.json"
+    regularized = partner if which == "base" else cfg
+    measure = regularized.measure  # the feature attack compares as the term it attacks did
     wanted = {**_jsonable(asdict(settings)), "transfer_from": partner_key}
+    if measure != "relative_error":  # records of relative-error runs keep their settings
+        wanted["feature_measure"] = measure
     if _same(path, "eval_settings", wanted):
         return json.loads(path.read_text())
     dm = make_dm(seed)
     dm.setup()
     net = load_network(pair.model, key, out)
     example = next(iter(dm.test_dataloader()))[0][:1]
-    regularized = partner if which == "base" else cfg
     mvl = records[run_key(pair.model, regularized, seed)]["mvl"]  # the probes the term regularized
     probes = [p for p in select_probes(net, example, "activations") if p.name in mvl]
     attacks = adaptive_attacks(settings.eps, steps=settings.pgd_steps, restarts=settings.restarts,
-                               kappas=settings.kappas, probes=probes, seed=seed,
+                               kappas=settings.kappas, probes=probes, seed=seed, measure=measure,
                                transfer_source=load_network(pair.model, partner_key, out), transfer_name=partner_key)
     started = time.perf_counter()
     report = evaluate_robustness(

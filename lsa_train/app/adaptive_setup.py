@@ -93,7 +93,7 @@ def build(cfg: DictConfig, run: Any, model: nn.Module, example: torch.Tensor, ep
         setup.skipped[TRANSFER_ATTACK] = (
             "no transfer_from given (a checkpoint of another run, e.g. the base run of the same seed)"
         )
-    probes = None
+    probes, measure = None, "relative_error"
     if cfg.adaptive:
         names, where = probe_names(cfg, run)
         if names is None:
@@ -102,7 +102,8 @@ def build(cfg: DictConfig, run: Any, model: nn.Module, example: torch.Tensor, ep
             setup.skipped[FEATURE_ATTACK] = "adaptive_attacks.kappas=[] (no kappa to run)"
         else:
             probes = resolve_probes(model, example, names, run, where)
-            setup.facts["feature_probes"] = {"probes": [p.name for p in probes], "from": where}
+            measure = feature_measure(run)
+            setup.facts["feature_probes"] = {"probes": [p.name for p in probes], "from": where, "measure": measure}
     else:
         setup.skipped["adaptive attacks"] = "adaptive=false (the worst case covers the attacks above only)"
     node = cfg.adaptive_attacks
@@ -111,7 +112,7 @@ def build(cfg: DictConfig, run: Any, model: nn.Module, example: torch.Tensor, ep
         eps, steps=steps, alpha=None if cfg.pgd.alpha is None else float(cfg.pgd.alpha),
         restarts=int(node.restarts), base_restarts=int(cfg.pgd.restarts),
         kappas=[float(k) for k in node.kappas], probes=probes, transfer_source=source,
-        transfer_name=None if source_path is None else str(source_path), seed=int(cfg.seed),
+        transfer_name=None if source_path is None else str(source_path), seed=int(cfg.seed), measure=measure,
     )
     setup.attacks = attacks if cfg.adaptive else [a for a in attacks if a.name == TRANSFER_ATTACK]
     return setup
@@ -145,6 +146,20 @@ def probe_names(cfg: DictConfig, run: Any) -> tuple[list[str] | None, str]:
         return None, (f"the run's MVL was empty at its checkpoint (epoch {epoch}): the term regularized no probe "
                       "then; give adaptive_attacks.probes=[...] to attack representations anyway")
     return [str(p) for p in mvl], f"the run's MVL at its checkpoint (epoch {epoch})"
+
+
+def feature_measure(run: Any) -> str:
+    """The measure of the feature-level attack: the run's ``regularizer.measure`` (what its term compared),
+    else the relative error (a model without a run, or a run without a measure key)."""
+    from lsa_train.analysis.measures import canonical_measure_name
+
+    saved = OmegaConf.select(run.run_cfg, "regularizer.measure", default=None) if run.run_cfg is not None else None
+    if saved is None:
+        return "relative_error"
+    try:
+        return canonical_measure_name(str(saved))
+    except ValueError as err:
+        raise ConfigError(f"the run's regularizer.measure={saved} is not a known measure: {err}") from err
 
 
 def term_was_on(run_cfg: DictConfig) -> bool:

@@ -8,8 +8,9 @@ A layer-wise consistency term can look robust to standard attacks and fall to an
 - ``pgd_margin``: Linf PGD on the Carlini-Wagner margin ``max_{i != y} z_i - z_y``
   (:func:`lsa_train.attacks.losses.margin_loss`), which does not saturate like the cross-entropy.
 - ``feature_pgd_kappa_<k>``: :class:`FeaturePGD`, Linf PGD on ``CE + kappa * sum_l mean_batch CM_l``
-  with ``CM_l`` the relative error between clean and adversarial representations at the probes the
-  defense regularized (its MVL), the measure of :class:`lsa_train.training.LayerwiseRegularizer`.
+  with ``CM_l`` the comparison between clean and adversarial representations at the probes the
+  defense regularized (its MVL), in the measure it trained with (``regularizer.measure``: the relative
+  error, or its pairwise-normalized form) as :class:`lsa_train.training.LayerwiseRegularizer` computes it.
   With ``kappa = 0`` it is exactly :class:`lsa_train.attacks.PGD`.
 - ``transfer``: :class:`TransferAttack`, PGD examples crafted on a source model (e.g. the base run of
   the same seed, or an undefended twin) and applied to the evaluated model; it needs no gradient of the
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lsa_train.analysis.capture import ProbeCapture
-from lsa_train.analysis.measures import relative_error
+from lsa_train.analysis.measures import canonical_measure_name, get_measure, relative_error
 from lsa_train.analysis.probes import Probe
 from lsa_train.attacks import PGD
 from lsa_train.attacks.base import autocast_off
@@ -63,7 +64,8 @@ class NamedAttack:
 
 
 class FeaturePGD(PGD):
-    """Linf PGD on ``CE + kappa * sum_l mean_batch relative_error(phi_l(x), phi_l(x_adv))``.
+    """Linf PGD on ``CE + kappa * sum_l mean_batch measure(phi_l(x), phi_l(x_adv))`` (the relative error, or the
+    measure the defense trained with).
 
     The clean representations ``phi_l(x)`` are recorded once per call (a constant: the attacker moves
     ``x_adv`` only); the adversarial ones on every step, through a :class:`ProbeCapture` that keeps the
@@ -80,12 +82,16 @@ class FeaturePGD(PGD):
         steps: Steps per restart.
         restarts: Random restarts.
         seed: Seed of the random starts.
+        measure: The comparison of clean and adversarial representations, a name of
+            :data:`lsa_train.analysis.measures.MEASURES` (the run's ``regularizer.measure``). A batch of one
+            sample has no partner for ``relative_error_pairwise``; it is attacked on ``relative_error``, which
+            differs from it by a per-sample constant while the clean input is fixed.
 
     Shape:
         - images: ``(N, ...)`` in ``[0, 1]``; labels ``(N,)`` int64; output like ``images``.
     """
 
-    _repr_fields = ("eps", "alpha", "steps", "restarts", "kappa", "probe_names")
+    _repr_fields = ("eps", "alpha", "steps", "restarts", "kappa", "probe_names", "measure_name")
 
     def __init__(
         self,
@@ -97,10 +103,13 @@ class FeaturePGD(PGD):
         restarts: int = 1,
         *,
         seed: int | None = None,
+        measure: str = "relative_error",
     ) -> None:
         super().__init__(eps, alpha=alpha, steps=steps, restarts=restarts, norm="linf", seed=seed)
         if not probes:
             raise ValueError("FeaturePGD needs at least one probe")
+        self.measure_name = canonical_measure_name(measure)
+        self._measure = get_measure(self.measure_name)
         if not math.isfinite(float(kappa)) or float(kappa) < 0:
             raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
         self.probes = list(probes)
@@ -126,7 +135,10 @@ class FeaturePGD(PGD):
         """``(N,)``: the summed relative error of the forward just run, at every probe."""
         assert self._capture is not None, "FeaturePGD's loss is only defined inside perturb"
         adversarial = self._capture.pop()
-        return torch.stack([relative_error(self._clean[p.name], adversarial[p.name]) for p in self.probes]).sum(0)
+        measure = self._measure
+        if self.measure_name == "relative_error_pairwise" and adversarial[self.probes[0].name].shape[0] < 2:
+            measure = relative_error  # one sample has no partner (see the class docstring)
+        return torch.stack([measure(self._clean[p.name], adversarial[p.name]) for p in self.probes]).sum(0)
 
     def _loss_and_grad(self, model: nn.Module, x_adv: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         x_adv = x_adv.detach().requires_grad_(True)
@@ -176,6 +188,7 @@ def adaptive_attacks(
     transfer_source: nn.Module | None = None,
     transfer_name: str | None = None,
     seed: int = 0,
+    measure: str = "relative_error",
 ) -> list[NamedAttack]:
     """The adaptive attacks, named and with their settings, in the order they are reported.
 
@@ -191,6 +204,7 @@ def adaptive_attacks(
         transfer_source: The source model of the transfer attack; ``None`` skips it.
         transfer_name: What the source is (a checkpoint path), for the report.
         seed: Seed of every random start.
+        measure: The representation measure of the feature-level attack (the run's ``regularizer.measure``).
 
     Returns:
         ``pgd_ce_restarts``, ``pgd_margin``, ``feature_pgd_kappa_<k>`` per kappa (with probes) and
@@ -213,8 +227,10 @@ def adaptive_attacks(
         attacks.append(
             NamedAttack(
                 f"feature_pgd_kappa_{float(kappa):g}",
-                FeaturePGD(eps, probes or [], kappa, alpha=alpha, steps=steps, restarts=base_restarts, seed=seed),
-                {**common, "loss": "cross_entropy + kappa * relative error at the probes", "kappa": float(kappa),
+                FeaturePGD(eps, probes or [], kappa, alpha=alpha, steps=steps, restarts=base_restarts, seed=seed,
+                           measure=measure),
+                {**common, "loss": f"cross_entropy + kappa * {canonical_measure_name(measure)} at the probes",
+                 "kappa": float(kappa),
                  "probes": [p.name for p in probes or []], "restarts": int(base_restarts)},
             )
         )

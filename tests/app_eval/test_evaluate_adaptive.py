@@ -12,7 +12,7 @@ import torch
 from evaltest_utils import FAST_EVAL, compose_app
 from omegaconf import OmegaConf
 
-from lsa_train.app.adaptive_setup import probe_names
+from lsa_train.app.adaptive_setup import feature_measure, probe_names
 from lsa_train.app.errors import ConfigError
 from lsa_train.app.evaluate import evaluate
 
@@ -42,6 +42,8 @@ def test_adaptive_run_writes_every_attack_and_the_worst_case(
     assert attacks["autoattack"]["n_samples"] == 16 and attacks["pgd"]["n_samples"] == 64
     assert attacks["feature_pgd_kappa_1"]["settings"]["probes"] == mvl
     assert metrics["metadata"]["feature_probes"]["from"].startswith("the run's MVL at its checkpoint")
+    assert metrics["metadata"]["feature_probes"]["measure"] == "relative_error"  # the run's regularizer.measure
+    assert attacks["feature_pgd_kappa_1"]["settings"]["loss"] == "cross_entropy + kappa * relative_error at the probes"
     assert attacks["transfer"]["settings"]["source"] == str(ckpt)
     assert attacks["pgd_ce_restarts"]["settings"]["restarts"] == 2
     # a transfer from the run itself and the feature attack at kappa 0 are the white-box PGD
@@ -107,3 +109,14 @@ def test_bad_adaptive_values_are_config_errors(train_run: Path, tmp_path: Path, 
     cfg = compose_app("evaluate", [f"ckpt_path={ckpt}", "adaptive=true", override], tmp_path / "eval")
     with pytest.raises(ConfigError, match=message):
         evaluate(cfg)
+
+
+def test_the_feature_attack_compares_in_the_measure_the_run_trained_with() -> None:
+    def run(measure: object) -> SimpleNamespace:
+        return SimpleNamespace(run_cfg=OmegaConf.create({"regularizer": {"lambda": 1.0, "measure": measure}}))
+
+    assert feature_measure(run("relative_error_pairwise")) == "relative_error_pairwise"
+    assert feature_measure(run("relative-error")) == "relative_error"  # the alias, as the run read it
+    assert feature_measure(SimpleNamespace(run_cfg=None)) == "relative_error"  # model=/data=, no run
+    with pytest.raises(ConfigError, match=r"regularizer\.measure=nope is not a known measure"):
+        feature_measure(run("nope"))

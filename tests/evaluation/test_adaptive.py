@@ -111,3 +111,30 @@ def test_feature_pgd_refuses_no_probe_and_negative_kappa():
         FeaturePGD(0.1, [], 1.0)
     with pytest.raises(ValueError, match="kappa"):
         FeaturePGD(0.1, probes, -1.0)
+
+
+def test_feature_pgd_on_the_pairwise_measure_moves_that_measure_and_takes_a_batch_of_one(digits):
+    from lsa_train.analysis.measures import relative_error_pairwise
+
+    model, x, y = digits.model, digits.x_test[:120], digits.y_test[:120]
+    probes = select_probes(model, x[:1])
+    attack = FeaturePGD(0.1, probes, 10.0, steps=10, seed=3, measure="relative_error_pairwise")
+    assert "measure_name='relative_error_pairwise'" in repr(attack)
+    pairwise = attack(model, x, y)
+    plain = FeaturePGD(0.1, probes, 10.0, steps=10, seed=3)(model, x, y)
+    # the two measures differ by a per-sample constant (the clean pair distance), so the examples differ
+    # where that constant changes the balance with the cross-entropy
+    assert not torch.equal(pairwise, plain)
+    pgd = PGD(0.1, steps=10, seed=3)(model, x, y)
+    features = {}
+    hook = model[2].register_forward_hook(lambda _m, _i, out: features.setdefault(len(features), out.detach()))
+    with torch.no_grad():
+        for batch in (x, pairwise, pgd):
+            model(batch)
+    hook.remove()
+    by_feature, by_pgd = (relative_error_pairwise(features[0], features[i]).mean().item() for i in (1, 2))
+    assert by_feature > 1.05 * by_pgd, (by_feature, by_pgd)
+    one = attack(model, x[:1], y[:1])  # no partner: attacked on the relative error
+    assert one.shape == x[:1].shape and (one - x[:1]).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="unknown measure 'nope'"):
+        FeaturePGD(0.1, probes, 1.0, measure="nope")

@@ -375,3 +375,14 @@ def test_quick_adaptive_run_trains_both_runs_of_a_pair_and_tables_the_worst_case
                        "--out", str(tmp_path)])
     torch.set_num_threads(threads)
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "raw_adaptive").iterdir()}
+    # the pairwise variant of the same base: its feature attack compares as its term did; the base's record
+    # (attacked on the relative error of its LR-L0 partner) is reused
+    run_adaptive.main(["--part", "variants", "--only", "AT-PGD-LR-L0-pw_lam1", "--seeds", "3", "--epochs", "1",
+                       "--quick", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    pw = json.loads((tmp_path / "raw_adaptive" / "digits__cnn_b__AT-PGD-LR-L0-pw_lam1__s3.json").read_text())
+    assert pw["eval_settings"]["feature_measure"] == "relative_error_pairwise"
+    assert pw["attacks"]["feature_pgd_kappa_10"]["settings"]["loss"].endswith("relative_error_pairwise at the probes")
+    assert "feature_measure" not in lr["eval_settings"]
+    assert (tmp_path / "raw_adaptive" / "digits__cnn_b__AT-PGD__s3.json").stat().st_mtime_ns == before[
+        tmp_path / "raw_adaptive" / "digits__cnn_b__AT-PGD__s3.json"]
