@@ -118,7 +118,13 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     from lsa_train.analysis import analyze_perturbations
     from lsa_train.app import validation
     from lsa_train.app.added_keys import check_added_keys
-    from lsa_train.app.checkpoint_loading import load_for_app, resolve_device, run_facts, torch_runtime
+    from lsa_train.app.checkpoint_loading import (
+        load_for_app,
+        resolve_device,
+        run_facts,
+        threads_for_model,
+        torch_runtime,
+    )
     from lsa_train.evaluation import collect_samples
 
     started = time.perf_counter()
@@ -128,6 +134,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     with torch_runtime(cfg.seed, cfg.torch_threads):
         run = load_for_app(cfg)
+        threads_for_model(cfg.torch_threads, run.model)
         settings = analysis_settings(cfg, run.run_cfg)
         datamodule = run.datamodule
         datamodule.setup("test" if cfg.split == "test" else "validate")

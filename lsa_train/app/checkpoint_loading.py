@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,6 +42,9 @@ from lsa_train.trust import (
     policy_from_command_line,
     read_torch_file,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -425,8 +428,8 @@ def resolve_device(name: Any) -> Any:
 def torch_runtime(seed: Any, threads: Any) -> Iterator[None]:
     """Seeds torch (and Python, NumPy) and sets the intra-op threads for the block (restored after).
 
-    ``threads``: an integer, ``None`` (torch's default) or ``auto`` (torch's default here: the model is
-    not known yet)."""
+    ``threads``: an integer, ``None`` (torch's default) or ``auto`` (torch's default until the model is
+    known: :func:`threads_for_model` then chooses)."""
     import lightning as L
 
     from lsa_train.utils.runtime import torch_threads
@@ -436,6 +439,21 @@ def torch_runtime(seed: Any, threads: Any) -> Iterator[None]:
     L.seed_everything(int(seed), workers=True, verbose=False)
     with torch_threads(None if threads is None or str(threads).lower() == "auto" else int(threads)):
         yield
+
+
+def threads_for_model(setting: Any, model: nn.Module) -> int:
+    """``torch_threads=auto`` applied once the model is known (1 thread for a small model, whose ops are too
+    small to gain from more; torch's default for a large one), inside :func:`torch_runtime`, which restores
+    the previous count. Returns the intra-op threads the work runs with."""
+    import torch
+
+    if str(setting).lower() == "auto":
+        from lsa_train.app.pipeline import resolve_torch_threads
+
+        threads = resolve_torch_threads("auto", model)
+        if threads is not None:
+            torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def run_facts(run: LoadedRun) -> dict[str, Any]:

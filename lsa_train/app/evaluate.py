@@ -107,8 +107,10 @@ def evaluate(cfg: DictConfig) -> Any:
 
 
 def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any:
-    from lsa_train.app.checkpoint_loading import run_facts
+    from lsa_train.app.checkpoint_loading import run_facts, threads_for_model
     from lsa_train.evaluation import evaluate_robustness
+
+    threads = threads_for_model(cfg.torch_threads, run.model)
 
     datamodule = run.datamodule
     datamodule.setup("test" if cfg.split == "test" else "validate")
@@ -143,7 +145,8 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         seed=int(cfg.seed), device=device,
         max_samples=None if cfg.max_samples is None else int(cfg.max_samples),
         model_name=run.model_name, checkpoint=run.ckpt_path,
-        metadata={**run_facts(run), "split": str(cfg.split), "device": str(device), **adaptive.facts},
+        metadata={**run_facts(run), "split": str(cfg.split), "device": str(device), "torch_threads": threads,
+                  **adaptive.facts},
     )
     report.warnings.extend(extra_warnings)
     report.metadata["wall_time_s"] = round(time.perf_counter() - started, 2)

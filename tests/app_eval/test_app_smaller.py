@@ -74,3 +74,21 @@ def test_another_data_group_with_ckpt_path_says_how_to_evaluate_on_other_data(tm
     with pytest.raises(ConfigError, match=r"^data=moons: with ckpt_path the run's own data is rebuilt.*"
                                           r"model\.checkpoint=<the \.ckpt> instead of ckpt_path"):
         checkpoint_loading.load_for_app(cfg)
+
+
+def test_evaluate_with_threads_auto_runs_a_small_model_on_one_thread_and_gives_the_count_back(
+        tmp_path: Path) -> None:
+    from lsa_train.app.evaluate import evaluate
+
+    fast = ["model=cnn_b", "data=digits", "pgd.eps=0.1", "max_samples=16", "pgd.steps=2", "fgsm.eps_grid=[0]",
+            "autoattack.enabled=false", "masking.enabled=false"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        # auto used to leave torch's default in evaluate/analyze (the model was not known yet)
+        report = evaluate(compose_app("evaluate", [*fast, "torch_threads=auto"], tmp_path / "auto"))
+        assert report.metadata["torch_threads"] == 1 and torch.get_num_threads() == 2
+        report = evaluate(compose_app("evaluate", fast, tmp_path / "default"))  # null: torch's default
+        assert report.metadata["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(before)
