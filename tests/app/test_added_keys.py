@@ -41,13 +41,20 @@ def test_evaluate_and_analyze_name_the_key_elsewhere() -> None:
         check_added_keys("analyze", ["+num_sample=10"])
 
 
-def test_hydras_append_hint_becomes_the_nearest_key(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys, "argv", ["lsa-train", "regularizer.lamda=0.5"])
+def _cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The one stderr line of ``lsa-train <args>``, run in process, which must exit with code 2."""
+    monkeypatch.setattr(sys, "argv", ["lsa-train", *args])
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 2
     line = capsys.readouterr().err.strip()
+    assert line.startswith("lsa-train: error: ") and "\n" not in line
+    return line
+
+
+def test_hydras_append_hint_becomes_the_nearest_key(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    line = _cli_error(monkeypatch, capsys, "regularizer.lamda=0.5")
     assert line.startswith("lsa-train: error: Could not override 'regularizer.lamda'")
     assert "did you mean regularizer.lambda?" in line and "+regularizer.lamda" not in line
 
@@ -55,11 +62,7 @@ def test_hydras_append_hint_becomes_the_nearest_key(monkeypatch: pytest.MonkeyPa
 def test_a_near_miss_under_an_open_node_names_the_key_and_keeps_the_append_route(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # trainer is open (+trainer.x passes a new Trainer argument), but max_epoch is a typo of max_epochs
-    monkeypatch.setattr(sys, "argv", ["lsa-train", "trainer.max_epoch=4"])
-    with pytest.raises(SystemExit) as info:
-        main()
-    assert info.value.code == 2
-    line = capsys.readouterr().err.strip()
+    line = _cli_error(monkeypatch, capsys, "trainer.max_epoch=4")
     assert line.startswith("lsa-train: error: Could not override 'trainer.max_epoch'")
     assert "did you mean trainer.max_epochs?" in line and "+trainer.max_epoch=..." in line
 
@@ -72,9 +75,6 @@ def test_a_sweep_stopped_by_a_typo_leaves_no_sweep_folder_and_keeps_an_existing_
     kept.mkdir()
     (kept / "multirun.yaml").write_text("an earlier sweep\n")
     for sweep_dir, should_exist in ((tmp_path / "new" / "sweep", False), (kept, True)):
-        monkeypatch.setattr(sys, "argv", ["lsa-train", "-m", bad, f"hydra.sweep.dir={sweep_dir}"])
-        with pytest.raises(SystemExit) as info:
-            main()
-        assert info.value.code == 2 and capsys.readouterr().err.startswith("lsa-train: error: ")
+        _cli_error(monkeypatch, capsys, "-m", bad, f"hydra.sweep.dir={sweep_dir}")
         assert sweep_dir.exists() == should_exist
     assert (kept / "multirun.yaml").is_file()

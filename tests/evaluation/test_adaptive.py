@@ -31,6 +31,17 @@ def test_masked_gradient_is_found_by_the_transfer_attack_and_named(masked_moons,
     assert f"**{100 * report.worst_case_accuracy:.2f}%**" in text
 
 
+def _relu_outputs(model: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
+    """The digits MLP's ReLU output (``model[2]``, its one probe) for each batch."""
+    outputs: list[torch.Tensor] = []
+    hook = model[2].register_forward_hook(lambda _m, _i, out: outputs.append(out.detach()))
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    hook.remove()
+    return outputs
+
+
 def test_feature_pgd_with_kappa_zero_is_pgd_and_with_kappa_attacks_the_probes(digits):
     model, x, y = digits.model, digits.x_test[:120], digits.y_test[:120]
     probes = select_probes(model, x[:1])  # the ReLU, probe "2"
@@ -48,12 +59,7 @@ def test_feature_pgd_with_kappa_zero_is_pgd_and_with_kappa_attacks_the_probes(di
         model.eval()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())  # hooks removed
     assert all(p.grad is None for p in model.parameters())
-    features = {}
-    hook = model[2].register_forward_hook(lambda _m, _i, out: features.setdefault(len(features), out.detach()))
-    with torch.no_grad():
-        for batch in (x, pgd, strong):
-            model(batch)
-    hook.remove()
+    features = _relu_outputs(model, x, pgd, strong)
     # the feature term moves the representation at the probe further than PGD does
     moved_by_pgd = relative_error(features[0], features[1]).mean().item()
     moved_by_feature_pgd = relative_error(features[0], features[2]).mean().item()
@@ -126,12 +132,7 @@ def test_feature_pgd_on_the_pairwise_measure_moves_that_measure_and_takes_a_batc
     # where that constant changes the balance with the cross-entropy
     assert not torch.equal(pairwise, plain)
     pgd = PGD(0.1, steps=10, seed=3)(model, x, y)
-    features = {}
-    hook = model[2].register_forward_hook(lambda _m, _i, out: features.setdefault(len(features), out.detach()))
-    with torch.no_grad():
-        for batch in (x, pairwise, pgd):
-            model(batch)
-    hook.remove()
+    features = _relu_outputs(model, x, pairwise, pgd)
     by_feature, by_pgd = (relative_error_pairwise(features[0], features[i]).mean().item() for i in (1, 2))
     assert by_feature > 1.05 * by_pgd, (by_feature, by_pgd)
     one = attack(model, x[:1], y[:1])  # no partner: attacked on the relative error
