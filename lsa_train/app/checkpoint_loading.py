@@ -79,6 +79,21 @@ def check_saved_targets(cfg: DictConfig, policy: TrustPolicy, source: Path) -> N
 
 
 # -- the checkpoint and the run config --------------------------------------------------------
+def _checkpoints_near(path: Path, shown: int = 4) -> str:
+    """``"found: ..."`` naming the ``.ckpt`` files where ``path`` points (a run dir, its ``checkpoints/``, or
+    the folder of a misspelled file); empty when there are none."""
+    folders = [path, path / "checkpoints"] if path.is_dir() else [path.parent]
+    for folder in folders:
+        found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+        if found:
+            last = [f for f in found if f.name == "last.ckpt"]
+            ordered = last + [f for f in found if f.name != "last.ckpt"]
+            names = ", ".join(str(f) for f in ordered[:shown])
+            more = f" and {len(found) - shown} more" if len(found) > shown else ""
+            return f"checkpoints there: {names}{more}"
+    return ""
+
+
 def check_ckpt_file(ckpt_path: Any) -> Path:
     """``ckpt_path`` names an existing file, not a symlink out of its run folder; returns it (``~`` expanded)."""
     if ckpt_path is None or str(ckpt_path).strip() == "":
@@ -87,10 +102,8 @@ def check_ckpt_file(ckpt_path: Any) -> Path:
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         kind = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
-        raise ConfigError(
-            f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.absolute()}'); "
-            "give a checkpoint of a training run, such as <run dir>/checkpoints/last.ckpt"
-        )
+        hint = _checkpoints_near(path) or "give a checkpoint of a training run, such as <run dir>/checkpoints/last.ckpt"
+        raise ConfigError(f"ckpt_path='{ckpt_path}' {kind} (looked at '{path.absolute()}'); {hint}")
     try:
         check_checkpoint_link(path)
     except UntrustedError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -92,3 +93,16 @@ def test_evaluate_with_threads_auto_runs_a_small_model_on_one_thread_and_gives_t
         assert report.metadata["torch_threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_missing_checkpoint_names_the_checkpoints_that_are_there(tmp_path: Path) -> None:
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("epoch_000.ckpt", "last.ckpt"):
+        (folder / name).write_bytes(b"x")
+    for given in (tmp_path / "run", folder / "lats.ckpt"):  # a run dir, a misspelled file
+        names = re.escape(f"checkpoints there: {folder / 'last.ckpt'}, {folder / 'epoch_000.ckpt'}")
+        with pytest.raises(ConfigError, match=names + "$"):
+            checkpoint_loading.check_ckpt_file(given)
+    with pytest.raises(ConfigError, match=r"does not exist .*such as <run dir>/checkpoints/last\.ckpt$"):
+        checkpoint_loading.check_ckpt_file(tmp_path / "elsewhere" / "x.ckpt")
