@@ -125,6 +125,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         threads_for_model,
         torch_runtime,
     )
+    from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.evaluation import collect_samples
 
     started = time.perf_counter()
@@ -155,7 +156,8 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
                      cfg.num_samples)
         model = run.model.to(device)
         map_probes = analysis_figures.named_feature_map_probes(cfg, model, x[:1].to(device))
-        notes = probe_notes(model, x[:1].to(device), settings["probes"])
+        notes = [*probe_notes(model, x[:1].to(device), settings["probes"]),
+                 *inert_overrides("analyze", cfg, validation.hydra_task_overrides())]
         log.info("analysing %s (weights: %s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.weights,
                  x.shape[0], cfg.split, eps, settings["probes"])
         try:

@@ -107,7 +107,9 @@ def evaluate(cfg: DictConfig) -> Any:
 
 
 def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any:
+    from lsa_train.app import validation
     from lsa_train.app.checkpoint_loading import run_facts, threads_for_model
+    from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.evaluation import evaluate_robustness
 
     threads = threads_for_model(cfg.torch_threads, run.model)
@@ -120,6 +122,7 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
     if cfg.pgd.eps is None and run.attack_norm() != "linf":
         extra_warnings.append(f"the run was trained with an {run.attack_norm()} attack; its eps={eps:g} is used "
                               "as a Linf budget here (set pgd.eps for a meaningful Linf evaluation)")
+    extra_warnings += inert_overrides("evaluate", cfg, validation.hydra_task_overrides())
     aa_version = _autoattack_version(cfg, extra_warnings)
     if run.weights.startswith("no weights"):
         extra_warnings.append(f"{run.model_name} has no weights (no ckpt_path, model.checkpoint or pretrained "

@@ -1,0 +1,47 @@
+"""A setting that a switch turned off is named in the report, not silently ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evaltest_utils import compose_app
+from omegaconf import OmegaConf
+
+from lsa_train.app.evaluate import evaluate
+from lsa_train.app.inert_settings import inert_overrides
+
+
+def _evaluate_cfg(**values: object):
+    base = {"adaptive": False, "transfer_from": None, "autoattack": {"enabled": True, "n_samples": "auto"},
+            "masking": {"enabled": True, "tol": 0.02}, "adaptive_attacks": {"steps": None, "restarts": 5}}
+    cfg = OmegaConf.create(base)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_each_switch_names_its_overrides_and_only_those() -> None:
+    overrides = ["autoattack.n_samples=50", "masking.tol=0.1", "adaptive_attacks.restarts=3",
+                 "adaptive_attacks.steps=5", "pgd.steps=7"]
+    assert inert_overrides("evaluate", _evaluate_cfg(), overrides) == [
+        "adaptive_attacks.restarts=3 has no effect: adaptive=false",
+        "adaptive_attacks.steps=5 has no effect: adaptive=false and transfer_from=null",
+    ]
+    off = _evaluate_cfg(**{"autoattack.enabled": False, "masking.enabled": False, "transfer_from": "base.ckpt"})
+    assert inert_overrides("evaluate", off, [*overrides, "autoattack.enabled=false"]) == [
+        "autoattack.n_samples=50 has no effect: autoattack.enabled=false",
+        "masking.tol=0.1 has no effect: masking.enabled=false",
+        "adaptive_attacks.restarts=3 has no effect: adaptive=false",  # steps sets the transfer attack
+    ]
+    assert inert_overrides("evaluate", _evaluate_cfg(adaptive=True), overrides) == []
+    analyze = OmegaConf.create({"feature_maps": False, "feature_map_samples": 4})
+    assert inert_overrides("analyze", analyze, ["feature_map_samples=8", "num_samples=10"]) == [
+        "feature_map_samples=8 has no effect: feature_maps=false"]
+
+
+def test_evaluate_writes_the_line_into_its_report(tmp_path: Path) -> None:
+    fast = ["model=cnn_b", "data=digits", "pgd.eps=0.1", "max_samples=16", "pgd.steps=2", "fgsm.eps_grid=[0]",
+            "autoattack.enabled=false", "masking.enabled=false", "torch_threads=1", "autoattack.version=rand"]
+    report = evaluate(compose_app("evaluate", fast, tmp_path / "out"))
+    line = "autoattack.version=rand has no effect: autoattack.enabled=false"
+    assert line in report.warnings and line in (tmp_path / "out" / "report.md").read_text()
