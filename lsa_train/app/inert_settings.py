@@ -1,4 +1,4 @@
-"""Command-line settings that a switch turned off: said in the report instead of ignored.
+"""Command-line settings that a switch turned off: said in the summary and report instead of ignored.
 
 ``lsa-evaluate autoattack.enabled=false autoattack.n_samples=500`` runs no AutoAttack, so the sample count
 does nothing; the run still succeeds, and its report carries one line naming the override and the switch.
@@ -7,7 +7,7 @@ Only overrides given on this command line are named (the defaults of a disabled 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,24 +15,57 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass(frozen=True)
 class Switch:
-    """Keys under ``node`` do nothing while every key of ``switches`` is off (false or null), except the
+    """Keys under ``node`` do nothing while ``why_off(cfg)`` gives a reason (``None``: they act), except the
     keys in ``exempt``."""
 
     node: str
-    switches: tuple[str, ...]
+    why_off: Callable[[DictConfig], str | None]
     exempt: tuple[str, ...] = ()
+
+
+def _all_off(*keys: str) -> Callable[[DictConfig], str | None]:
+    """Off while every key is false or null."""
+
+    def why(cfg: DictConfig) -> str | None:
+        values = {key: OmegaConf.select(cfg, key, default=True) for key in keys}
+        if not all(value is False or value is None for value in values.values()):
+            return None
+        return " and ".join(f"{key}={'false' if value is False else 'null'}" for key, value in values.items())
+
+    return why
+
+
+def _zero(key: str) -> Callable[[DictConfig], str | None]:
+    """Off while ``key`` is 0."""
+    return lambda cfg: f"{key}=0" if OmegaConf.select(cfg, key, default=None) == 0 else None
+
+
+def _other_than(key: str, value: str) -> Callable[[DictConfig], str | None]:
+    """Off while ``key`` is not ``value``."""
+
+    def why(cfg: DictConfig) -> str | None:
+        current = OmegaConf.select(cfg, key, default=None)
+        current = getattr(current, "value", current)  # an enum of a structured config
+        return None if str(current) == value else f"{key}={current} (it acts with {key}={value})"
+
+    return why
 
 
 #: Per app (config name), its switches.
 SWITCHES: dict[str, tuple[Switch, ...]] = {
-    "evaluate": (
-        Switch("autoattack", ("autoattack.enabled",), ("autoattack.enabled",)),
-        Switch("masking", ("masking.enabled",), ("masking.enabled",)),
-        Switch("adaptive_attacks", ("adaptive",), ("adaptive_attacks.steps",)),
-        # steps also sets the transfer attack, which runs whenever transfer_from is given
-        Switch("adaptive_attacks.steps", ("adaptive", "transfer_from")),
+    "train": (
+        Switch("awp", _zero("awp.gamma"), ("awp.gamma",)),
+        Switch("module.mart_beta", _other_than("attack.base_loss", "mart")),
+        Switch("module.trades_beta", _other_than("attack.base_loss", "trades")),
     ),
-    "analyze": tuple(Switch(key, ("feature_maps",))
+    "evaluate": (
+        Switch("autoattack", _all_off("autoattack.enabled"), ("autoattack.enabled",)),
+        Switch("masking", _all_off("masking.enabled"), ("masking.enabled",)),
+        Switch("adaptive_attacks", _all_off("adaptive"), ("adaptive_attacks.steps",)),
+        # steps also sets the transfer attack, which runs whenever transfer_from is given
+        Switch("adaptive_attacks.steps", _all_off("adaptive", "transfer_from")),
+    ),
+    "analyze": tuple(Switch(key, _all_off("feature_maps"))
                      for key in ("feature_map_samples", "feature_map_channels", "feature_map_probes")),
 }
 
@@ -41,7 +74,7 @@ def inert_overrides(config_name: str, cfg: DictConfig, overrides: Sequence[str])
     """One line per override of ``overrides`` that has no effect because its switch in ``cfg`` is off.
 
     Args:
-        config_name: ``evaluate`` or ``analyze``.
+        config_name: ``train``, ``evaluate`` or ``analyze``.
         cfg: The composed config.
         overrides: This command line's overrides (Hydra's task overrides).
     """
@@ -54,8 +87,7 @@ def inert_overrides(config_name: str, cfg: DictConfig, overrides: Sequence[str])
             inside = key == switch.node or key.startswith(switch.node + ".")
             if not inside or key in switch.exempt:
                 continue
-            values = {name: OmegaConf.select(cfg, name, default=True) for name in switch.switches}
-            if all(value is False or value is None for value in values.values()):
-                state = " and ".join(f"{name}={'false' if v is False else 'null'}" for name, v in values.items())
-                lines.append(f"{override.input_line} has no effect: {state}")
+            reason = switch.why_off(cfg)
+            if reason is not None:
+                lines.append(f"{override.input_line} has no effect: {reason}")
     return lines

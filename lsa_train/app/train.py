@@ -76,10 +76,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         validation.check_epochs_to_train(cfg.trainer)
     validation.check_trainer_device(cfg.trainer)
     validation.check_model_name(cfg.model)
+    from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.app.pipeline import run_training
 
+    notes = [note] if note else []
+    notes += inert_overrides("train", cfg, validation.hydra_task_overrides())
+
     metrics, objects = run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None, policy=policy,
-                                    resume=resume, notes=[note] if note else [])
+                                    resume=resume, notes=notes)
     objects["only_tested"] = note is not None  # a resume with no epoch left: no fit or validation metrics
     return metrics, objects
 

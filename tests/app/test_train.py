@@ -118,6 +118,13 @@ def test_resume_restores_epochs_and_mvl(make_cfg, tmp_path: Path) -> None:
     assert "val/acc_pgd_best" in metrics
 
 
+def test_a_setting_that_does_not_act_is_a_line_of_the_summary(make_cfg, tmp_path: Path) -> None:
+    _, objects = train(make_cfg(*FAST, "module.mart_beta=3"))  # attack=pgd: the Madry loss has no KL term
+    line = "module.mart_beta=3 has no effect: attack.base_loss=ce (it acts with attack.base_loss=mart)"
+    assert line in objects["summary"]["notes"]
+    assert line in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_main_with_a_config_returns_the_optimized_metric(make_cfg, tmp_path: Path) -> None:
     value = main(make_cfg(*FAST))
     logged = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]

@@ -39,6 +39,21 @@ def test_each_switch_names_its_overrides_and_only_those() -> None:
         "feature_map_samples=8 has no effect: feature_maps=false"]
 
 
+def test_training_names_awp_and_loss_weights_that_do_not_act() -> None:
+    cfg = OmegaConf.create({"awp": {"gamma": 0.0, "warmup": 0}, "attack": {"base_loss": "ce"},
+                            "module": {"mart_beta": 6.0, "trades_beta": 6.0}})
+    overrides = ["awp.warmup=3", "module.mart_beta=3", "module.trades_beta=2", "awp.gamma=0"]
+    assert inert_overrides("train", cfg, overrides) == [
+        "awp.warmup=3 has no effect: awp.gamma=0",
+        "module.mart_beta=3 has no effect: attack.base_loss=ce (it acts with attack.base_loss=mart)",
+        "module.trades_beta=2 has no effect: attack.base_loss=ce (it acts with attack.base_loss=trades)",
+    ]
+    OmegaConf.update(cfg, "awp.gamma", 5e-3)
+    OmegaConf.update(cfg, "attack.base_loss", "mart")
+    assert inert_overrides("train", cfg, overrides) == [
+        "module.trades_beta=2 has no effect: attack.base_loss=mart (it acts with attack.base_loss=trades)"]
+
+
 def test_evaluate_writes_the_line_into_its_report(tmp_path: Path) -> None:
     fast = ["model=cnn_b", "data=digits", "pgd.eps=0.1", "max_samples=16", "pgd.steps=2", "fgsm.eps_grid=[0]",
             "autoattack.enabled=false", "masking.enabled=false", "torch_threads=1", "autoattack.version=rand"]
