@@ -51,12 +51,24 @@ def _other_than(key: str, value: str) -> Callable[[DictConfig], str | None]:
     return why
 
 
+def _given(key: str) -> Callable[[DictConfig], str | None]:
+    """Off while ``key`` is set (it takes the decision instead)."""
+
+    def why(cfg: DictConfig) -> str | None:
+        value = OmegaConf.select(cfg, key, default=None)
+        return None if value is None else f"{key}={value} selects the MVL instead"
+
+    return why
+
+
 #: Per app (config name), its switches.
 SWITCHES: dict[str, tuple[Switch, ...]] = {
     "train": (
         Switch("awp", _zero("awp.gamma"), ("awp.gamma",)),
         Switch("module.mart_beta", _other_than("attack.base_loss", "mart")),
         Switch("module.trades_beta", _other_than("attack.base_loss", "trades")),
+        Switch("regularizer.mvl.eta", _given("regularizer.mvl.top_k")),
+        Switch("regularizer.mvl.min_layers", _given("regularizer.mvl.top_k")),
     ),
     "evaluate": (
         Switch("autoattack", _all_off("autoattack.enabled"), ("autoattack.enabled",)),
@@ -65,8 +77,11 @@ SWITCHES: dict[str, tuple[Switch, ...]] = {
         # steps also sets the transfer attack, which runs whenever transfer_from is given
         Switch("adaptive_attacks.steps", _all_off("adaptive", "transfer_from")),
     ),
-    "analyze": tuple(Switch(key, _all_off("feature_maps"))
-                     for key in ("feature_map_samples", "feature_map_channels", "feature_map_probes")),
+    "analyze": (
+        *(Switch(key, _all_off("feature_maps"))
+          for key in ("feature_map_samples", "feature_map_channels", "feature_map_probes")),
+        Switch("eta", _given("top_k")),
+    ),
 }
 
 

@@ -34,15 +34,18 @@ def test_each_switch_names_its_overrides_and_only_those() -> None:
         "adaptive_attacks.restarts=3 has no effect: adaptive=false",  # steps sets the transfer attack
     ]
     assert inert_overrides("evaluate", _evaluate_cfg(adaptive=True), overrides) == []
-    analyze = OmegaConf.create({"feature_maps": False, "feature_map_samples": 4})
-    assert inert_overrides("analyze", analyze, ["feature_map_samples=8", "num_samples=10"]) == [
-        "feature_map_samples=8 has no effect: feature_maps=false"]
+    analyze = OmegaConf.create({"feature_maps": False, "feature_map_samples": 4, "eta": None, "top_k": 2})
+    assert inert_overrides("analyze", analyze, ["feature_map_samples=8", "num_samples=10", "eta=0.5"]) == [
+        "feature_map_samples=8 has no effect: feature_maps=false",
+        "eta=0.5 has no effect: top_k=2 selects the MVL instead",
+    ]
 
 
 def test_training_names_awp_and_loss_weights_that_do_not_act() -> None:
     cfg = OmegaConf.create({"awp": {"gamma": 0.0, "warmup": 0}, "attack": {"base_loss": "ce"},
-                            "module": {"mart_beta": 6.0, "trades_beta": 6.0}})
-    overrides = ["awp.warmup=3", "module.mart_beta=3", "module.trades_beta=2", "awp.gamma=0"]
+                            "module": {"mart_beta": 6.0, "trades_beta": 6.0},
+                            "regularizer": {"mvl": {"eta": 0.25, "top_k": None, "min_layers": 1}}})
+    overrides = ["awp.warmup=3", "module.mart_beta=3", "module.trades_beta=2", "awp.gamma=0", "regularizer.mvl.eta=1"]
     assert inert_overrides("train", cfg, overrides) == [
         "awp.warmup=3 has no effect: awp.gamma=0",
         "module.mart_beta=3 has no effect: attack.base_loss=ce (it acts with attack.base_loss=mart)",
@@ -50,8 +53,10 @@ def test_training_names_awp_and_loss_weights_that_do_not_act() -> None:
     ]
     OmegaConf.update(cfg, "awp.gamma", 5e-3)
     OmegaConf.update(cfg, "attack.base_loss", "mart")
+    OmegaConf.update(cfg, "regularizer.mvl.top_k", 1)
     assert inert_overrides("train", cfg, overrides) == [
-        "module.trades_beta=2 has no effect: attack.base_loss=mart (it acts with attack.base_loss=trades)"]
+        "module.trades_beta=2 has no effect: attack.base_loss=mart (it acts with attack.base_loss=trades)",
+        "regularizer.mvl.eta=1 has no effect: regularizer.mvl.top_k=1 selects the MVL instead"]
 
 
 def test_evaluate_writes_the_line_into_its_report(tmp_path: Path) -> None:
