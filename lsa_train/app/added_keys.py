@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app.errors import ConfigError
+from lsa_train.app.validation import parse_overrides
 
 #: Per app (its config name), the top-level nodes whose keys may be added freely: a user class's
 #: arguments (``+model.width=16``), Lightning's Trainer/callback/logger arguments, constructor arguments
@@ -30,12 +31,6 @@ OPEN_NODES: dict[str, tuple[str, ...]] = {
 #: The config name of each console program.
 PROGRAM_CONFIGS: dict[str, str] = {"lsa-train": "train", "lsa-evaluate": "evaluate", "lsa-analyze": "analyze"}
 _ABSENT = object()
-
-
-def _parse(overrides: Sequence[str]) -> list[Any]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_overrides(list(overrides))
 
 
 def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
@@ -94,7 +89,7 @@ def check_added_keys(config_name: str, overrides: Sequence[str]) -> None:
     Raises:
         ConfigError: One line naming the override and the nearest known key.
     """
-    parsed = _parse(overrides)
+    parsed = parse_overrides(overrides)
     added = [o for o in parsed if (o.is_add() or o.is_force_add()) and _is_closed(config_name, o.key_or_group)]
     if not added:
         return
@@ -127,7 +122,7 @@ def suggest_for_failed_override(config_name: str, overrides: Sequence[str], mess
     key = match.group(1)
     closed = _is_closed(config_name, key)
     try:
-        kept = [o.input_line for o in _parse(overrides) if o.key_or_group != key]
+        kept = [o.input_line for o in parse_overrides(overrides) if o.key_or_group != key]
         base = _compose(config_name, kept)
         hint, keys = _nearest(base, key) if closed else _close_sibling(base, key)
     except Exception:  # a second composition problem: Hydra's own message stays

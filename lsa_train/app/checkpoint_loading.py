@@ -80,9 +80,9 @@ def check_saved_targets(cfg: DictConfig, policy: TrustPolicy, source: Path) -> N
 
 # -- the checkpoint and the run config --------------------------------------------------------
 def _checkpoints_near(path: Path, shown: int = 4) -> str:
-    """``"found: ..."`` naming the ``.ckpt`` files where ``path`` points (a run dir, its ``checkpoints/``, or
-    the folder of a misspelled file); empty when there are none."""
-    folders = [path, path / "checkpoints"] if path.is_dir() else [path.parent]
+    """``"checkpoints there: ..."`` naming the ``.ckpt`` files where ``path`` points (a run dir, its
+    ``checkpoints/``, or the folder of a misspelled file), ``last.ckpt`` first; empty when there are none."""
+    folders = [path, path / CHECKPOINT_DIR] if path.is_dir() else [path.parent]
     for folder in folders:
         found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if found:

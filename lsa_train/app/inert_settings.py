@@ -93,10 +93,10 @@ def inert_overrides(config_name: str, cfg: DictConfig, overrides: Sequence[str])
         cfg: The composed config.
         overrides: This command line's overrides (Hydra's task overrides).
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from lsa_train.app.validation import parse_overrides
 
     lines = []
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    for override in parse_overrides(overrides):
         key = override.key_or_group
         for switch in SWITCHES.get(config_name, ()):
             inside = key == switch.node or key.startswith(switch.node + ".")

@@ -155,9 +155,7 @@ def check_write_destinations(
     Raises:
         ConfigError: One line naming the key, the path and how to allow it.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    given = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+    given = [o.key_or_group for o in validation.parse_overrides(overrides)]
     inside = run_dir.resolve()
     for key, value in _destinations(cfg):
         if key.split(".", 1)[0] in switched or any(key == g or key.startswith(g + ".") for g in given):
@@ -211,10 +209,8 @@ def _destinations(cfg: DictConfig) -> list[tuple[str, Any]]:
 
 def _apply_overrides(cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict[str, str]:
     """Applies this command line's ``overrides`` to the saved ``cfg``; returns the switched groups."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = validation.parse_overrides(overrides)
     except Exception as err:  # Hydra parsed them once already; this is a guard
         raise ConfigError(f"cannot read the overrides {overrides}: {one_line(err)}") from err
     groups = _current_groups()

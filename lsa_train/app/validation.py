@@ -45,6 +45,13 @@ def hydra_task_overrides() -> list[str]:
     return [str(o) for o in HydraConfig.get().overrides.task]
 
 
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's parsed form of command-line ``overrides`` (``key_or_group``, ``value()``, ``is_add()``, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
 def _option(group: str, fallback: str) -> str:
     choice = hydra_choice(group)
     return f"{group}={choice}" if choice else fallback
