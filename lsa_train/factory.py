@@ -105,6 +105,12 @@ def accepted_keys(target: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
+def data_class_names(datamodule: Any) -> list[str] | None:
+    """The data's class names (``class_names[k]`` for label ``k``), or ``None`` when it names none."""
+    names = getattr(datamodule, "class_names", None)
+    return None if names is None else [str(n) for n in names]
+
+
 def data_facts(datamodule: Any) -> dict[str, Any]:
     """``num_classes``, ``in_channels``, ``input_size``, ``mean``, ``std`` of a data module.
 

@@ -127,6 +127,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     )
     from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.evaluation import collect_samples
+    from lsa_train.factory import data_class_names
 
     started = time.perf_counter()
     check_added_keys("analyze", validation.hydra_task_overrides())
@@ -196,12 +197,6 @@ def probe_notes(model: Any, example: Any, probes: Any) -> list[str]:
     for note in notes:
         log.warning("%s", note)
     return notes
-
-
-def data_class_names(datamodule: Any) -> list[str] | None:
-    """The data's class names (``class_names[k]`` for label ``k``), or ``None`` when it names none."""
-    names = getattr(datamodule, "class_names", None)
-    return None if names is None else [str(n) for n in names]
 
 
 def short_names(names: Sequence[str], limit: int = 10) -> str:

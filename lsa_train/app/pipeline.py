@@ -23,6 +23,7 @@ from lsa_train.app.report import build_summary, print_summary, write_metrics_jso
 from lsa_train.app.resume import ResumePlan
 from lsa_train.app.resume import describe as describe_resume
 from lsa_train.app.schemas import MVLMode
+from lsa_train.factory import data_class_names
 from lsa_train.trust import TrustPolicy
 from lsa_train.utils.runtime import torch_threads
 
@@ -59,10 +60,11 @@ def run_training(
         for pattern in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
-    objects = _build(cfg, policy or TrustPolicy())
+    policy = policy or TrustPolicy()
+    objects = _build(cfg, policy)
     threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
     with torch_threads(threads):
-        return _fit_test_report(cfg, objects, started, ckpt_path, policy or TrustPolicy(), resume, notes or [])
+        return _fit_test_report(cfg, objects, started, ckpt_path, policy, resume, notes or [])
 
 
 #: ``torch_threads=auto``: models below this many parameters run on one CPU thread.
@@ -132,7 +134,7 @@ def _fit_test_report(
         "global_step": trainer.global_step,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "model_kwargs": objects["model_kwargs"],
-        "class_names": _class_names(datamodule),
+        "class_names": data_class_names(datamodule),
         "notes": [*notes, *objects["notes"]],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
@@ -208,12 +210,6 @@ def _route_lightning_logs_to_root() -> None:
     for handler in list(lightning_logger.handlers):
         if type(handler) is logging.StreamHandler:
             lightning_logger.removeHandler(handler)
-
-
-def _class_names(datamodule: Any) -> list[str] | None:
-    """The data's class names (``class_names[k]`` for label ``k``), ``None`` for data that names none."""
-    names = getattr(datamodule, "class_names", None)
-    return None if names is None else [str(n) for n in names]
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
