@@ -15,6 +15,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from lsa_train.data.base import LSADataModule, log_on_rank_zero
+from lsa_train.data.limits import DEFAULT_MAX_FILES, check_max_files
 from lsa_train.data.splits import TransformSubset, train_val_test_indices
 from lsa_train.data.statistics import Moments, given_statistics
 
@@ -132,18 +133,152 @@ class ImageLoader:
         return Image.fromarray(np.rint(pixels * 255.0).astype(np.uint8), mode="L").convert(self.mode)
 
 
-class ClassImageFolder(datasets.ImageFolder):
-    """``ImageFolder`` with a given class list, so that ``val/`` and ``test/`` share ``train/``'s labels.
+def _inode(path: str) -> tuple[int, int]:
+    """``(device, inode)`` of what ``path`` leads to: one key per directory, whichever way it is reached."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
-    Class folders missing from ``root`` are allowed (they give no samples).
+
+class FolderWalk:
+    """Lists an image folder without following it out of ``root`` or round a loop, within ``max_files`` entries.
+
+    Symlink policy (a folder handed over by someone else is data): a symlink to a directory is followed
+    only when its target lies inside ``root`` (resolved) and has not been walked yet; one that leaves
+    ``root``, one that points back to a folder above it (a loop) and a second way into a folder already
+    walked are refused. Symlinks to files are followed (each is one file: ``ImageFolderDataModule`` decodes
+    every image once with PIL's decompression-bomb limit), but the target must be a regular file (a FIFO
+    or device, which could block or never end, is refused, as is a broken link with an image name).
+    Every directory entry listed (file or folder, image or not) counts towards ``max_files``; the walk
+    stops with an error at the cap instead of listing everything first.
+
+    Args:
+        root: The image folder (``data.root``); the user's own path, so it may itself be a symlink.
+        max_files: Most directory entries to list below ``root``.
     """
 
-    def __init__(self, root: Path, classes: Sequence[str], loader: ImageLoader) -> None:
+    def __init__(self, root: Path, max_files: int) -> None:
+        self.root = root
+        self.max_files = max_files
+        self.listed = 0
+        self._real_root = root.resolve()
+        self._walked: set[tuple[int, int]] = set()
+        self._subfolders: dict[str, list[str]] = {}
+
+    def new_split(self) -> None:
+        """Starts a split folder: ``train/``, ``val/`` and ``test/`` may each reach the same folders once."""
+        self._walked = {_inode(str(self.root))}
+
+    def entries(self, folder: str) -> list[os.DirEntry[str]]:
+        """The entries of ``folder``, counted towards ``max_files``."""
+        found = []
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    self.listed += 1
+                    if self.listed > self.max_files:
+                        raise ValueError(
+                            f"image folder '{self.root}' has more than {self.max_files} files and folders (reached "
+                            f"at '{entry.path}'); data.max_files={self.max_files} bounds the walk: raise it if "
+                            "the folder really is that large"
+                        )
+                    found.append(entry)
+        except OSError as err:
+            raise ValueError(f"folder '{folder}' of image folder '{self.root}' cannot be listed ({err})") from err
+        return found
+
+    def enter(self, folder: str, parent: str | None = None, link: bool = True) -> None:
+        """Checks that ``folder`` (an entry of ``parent``, or a split folder) may be walked, and marks it walked.
+
+        Args:
+            folder: The directory's path as listed (through any symlinks).
+            parent: The folder that lists it (``None`` for a split folder).
+            link: Whether ``folder`` may be a symlink (its target is then checked to lie inside ``root``).
+
+        Raises:
+            ValueError: ``folder`` resolves outside ``root``, back to a folder above it, or to one already walked.
+        """
+        real = Path(os.path.realpath(folder)) if link else None
+        if real is not None and not real.is_relative_to(self._real_root):
+            raise ValueError(
+                f"'{folder}' is a symlink to '{real}', outside the image folder '{self.root}'; symlinked folders "
+                "are followed only inside data.root: copy the images in, or point data.root at a folder holding both"
+            )
+        key = _inode(folder)
+        if key in self._walked:
+            real = real or Path(os.path.realpath(folder))
+            if parent is not None and Path(os.path.realpath(parent)).is_relative_to(real):
+                raise ValueError(
+                    f"'{folder}' is a symlink back to '{real}', which holds it: a symlink loop in image folder "
+                    f"'{self.root}'; remove the link"
+                )
+            raise ValueError(
+                f"'{folder}' leads to '{real}', which image folder '{self.root}' already reaches another way "
+                "(two symlinks to one folder); each folder of images may be reached once: remove the extra link"
+            )
+        self._walked.add(key)
+
+    def subfolders(self, folder: str) -> list[str]:
+        """Names of the directories in ``folder`` (symlinks included, hidden ones skipped), sorted; each
+        folder is listed (and counted) once."""
+        if folder not in self._subfolders:
+            entries = self.entries(folder)
+            self._subfolders[folder] = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        return self._subfolders[folder]
+
+    def images(self, folder: str) -> list[str]:
+        """Paths of the image files below ``folder`` (entered already), in ``ImageFolder``'s order: by folder
+        path, then by file name; folder symlinks are checked by :meth:`enter` before they are walked.
+
+        Raises:
+            ValueError: A refused symlink (see :meth:`enter`), a non-regular file with an image name, a
+                folder that cannot be listed, or more than ``max_files`` entries.
+        """
+        found: list[tuple[str, list[str]]] = []
+        pending = [folder]
+        while pending:
+            current = pending.pop()
+            files = []
+            for entry in self.entries(current):
+                if entry.is_dir():
+                    self.enter(entry.path, current, link=entry.is_symlink())
+                    pending.append(entry.path)
+                elif is_image_file(entry.path):
+                    if not entry.is_file():
+                        raise ValueError(
+                            f"'{entry.path}' in image folder '{self.root}' has an image name but is not a regular "
+                            "file (a FIFO, device, socket or broken symlink); remove it"
+                        )
+                    files.append(entry.path)
+            found.append((current, sorted(files)))
+        return [path for _, files in sorted(found) for path in files]
+
+
+class ClassImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` with a given class list, so that ``val/`` and ``test/`` share ``train/``'s labels, and
+    given samples (listed by :class:`FolderWalk`: torchvision's own walk follows every symlink).
+
+    Class folders missing from ``root`` are allowed (they give no samples).
+
+    Args:
+        root: The split folder.
+        classes: Class names; ``classes[k]`` has label ``k``.
+        loader: Opens one image file.
+        samples: ``(path, label)`` pairs.
+    """
+
+    def __init__(
+        self, root: Path, classes: Sequence[str], loader: ImageLoader, samples: Sequence[tuple[str, int]]
+    ) -> None:
         self._classes = list(classes)
+        self._given_samples = list(samples)
         super().__init__(str(root), loader=loader, is_valid_file=is_image_file, allow_empty=True)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         return self._classes, {name: index for index, name in enumerate(self._classes)}
+
+    def make_dataset(self, *args: Any, **kwargs: Any) -> list[tuple[str, int]]:  # type: ignore[override]
+        """The given samples (nothing is listed again)."""
+        return list(self._given_samples)
 
 
 class ImageFolderDataModule(LSADataModule):
@@ -171,6 +306,10 @@ class ImageFolderDataModule(LSADataModule):
     Bad data raises there, in one line naming the path. The classes found and the images of each
     split are logged (rank 0).
 
+    A folder handed over by someone else is data, and the walk over it is bounded (:class:`FolderWalk`):
+    symlinked folders are followed only inside ``root`` and never round a loop or into a folder reached
+    another way, image names must be regular files, and at most ``max_files`` entries are listed.
+
     Args:
         root: Folder holding ``train/`` (and optionally ``val/``, ``test/``); relative to the working directory.
         input_size: Square side ``S`` in pixels, or ``None`` to keep the (common) image size.
@@ -182,6 +321,8 @@ class ImageFolderDataModule(LSADataModule):
         test_fraction: Test fraction of the training images (when there is no ``test/``).
         mean: Per-channel mean in ``[0, 1]`` units (give with ``std``); skips the statistics pass.
         std: Per-channel standard deviation, all ``> 0``.
+        max_files: Most directory entries (files and folders, images or not) listed below ``root``, in all
+            splits together; the walk stops with an error at the cap.
         **kwargs: Common arguments of :class:`~lsa_train.data.base.LSADataModule`.
 
     Attributes:
@@ -190,7 +331,9 @@ class ImageFolderDataModule(LSADataModule):
 
     Raises:
         FileNotFoundError: ``root`` or ``root/train`` is not a directory.
-        ValueError: A bad argument, fewer than 2 class folders, a class folder without images, a class
+        ValueError: A bad argument, more than ``max_files`` entries, a folder symlink out of ``root``, round a
+            loop or into a folder reached another way, an image name that is not a regular file (FIFO,
+            device, broken link), fewer than 2 class folders, a class folder without images, a class
             folder in ``val/``/``test/`` that ``train/`` lacks, an unreadable (e.g. truncated) image, a float
             image outside ``[0, 1]`` or an integer image with negative values, images of
             different sizes without ``input_size``, or an impossible stratified split.
@@ -209,9 +352,11 @@ class ImageFolderDataModule(LSADataModule):
         test_fraction: float = 0.1,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        max_files: int = DEFAULT_MAX_FILES,
         **kwargs: Any,
     ) -> None:
         super().__init__(val_fraction=val_fraction, **kwargs)
+        self.max_files = check_max_files(max_files)
         if input_size is not None and (isinstance(input_size, bool) or int(input_size) != input_size or input_size < 1):
             raise ValueError(f"input_size must be a positive integer or None, got {input_size!r}")
         if channels not in (None, 1, 3):
@@ -226,6 +371,7 @@ class ImageFolderDataModule(LSADataModule):
         self.crop_padding = int(crop_padding)
         self.test_fraction = float(test_fraction)
 
+        self._walk = FolderWalk(self.root, self.max_files)
         self.classes = self._find_classes()
         self.num_classes = len(self.classes)
         folders = self._scan_folders()
@@ -269,7 +415,9 @@ class ImageFolderDataModule(LSADataModule):
             raise FileNotFoundError(
                 f"image folder '{self.root}' has no 'train' directory (expected {train}{os.sep}<class>{os.sep}<image>)"
             )
-        classes = sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
+        self._walk.new_split()
+        self._walk.enter(str(train))
+        classes = self._walk.subfolders(str(train))
         if not classes:
             raise ValueError(f"'{train}' has no class folders (expected {train}{os.sep}<class>{os.sep}<image>)")
         if len(classes) < 2:
@@ -277,20 +425,29 @@ class ImageFolderDataModule(LSADataModule):
         return classes
 
     def _scan_folders(self) -> dict[str, ClassImageFolder]:
-        """The present split folders as ``ImageFolder`` datasets (PIL images, no transform yet)."""
+        """The present split folders as ``ImageFolder`` datasets (PIL images, no transform yet), listed by
+        :class:`FolderWalk` (symlinks checked, at most ``max_files`` entries)."""
         folders: dict[str, ClassImageFolder] = {}
         for split in SPLITS:
             path = self.root / split
             if split != "train" and not path.is_dir():
                 continue
-            present = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+            self._walk.new_split()
+            self._walk.enter(str(path))
+            present = self._walk.subfolders(str(path))
             extra = sorted(set(present) - set(self.classes))
             if extra:
                 raise ValueError(
                     f"'{path}' has class folders that '{self.root / 'train'}' lacks: {extra[:5]} "
                     f"(train classes: {self.classes[:10]}{' ...' if len(self.classes) > 10 else ''})"
                 )
-            folder = ClassImageFolder(path, self.classes, ImageLoader("RGB"))
+            samples = []
+            for label, name in enumerate(self.classes):
+                if name in present:
+                    class_folder = os.path.join(path, name)
+                    self._walk.enter(class_folder, str(path), link=os.path.islink(class_folder))
+                    samples += [(image, label) for image in self._walk.images(class_folder)]
+            folder = ClassImageFolder(path, self.classes, ImageLoader("RGB"), samples)
             counts = np.bincount(np.asarray(folder.targets, dtype=np.int64), minlength=self.num_classes)
             empty = [name for name, count in zip(self.classes, counts, strict=True) if count == 0 and name in present]
             if empty:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from lsa_train.data.base import LSADataModule
+from lsa_train.data.limits import GIB, resolve_max_gib, size_text
 from lsa_train.data.splits import train_val_test_indices
 from lsa_train.data.statistics import Moments, given_statistics
 from lsa_train.trust import UntrustedFileError, read_torch_file
@@ -48,16 +51,111 @@ def _reason(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def load_arrays(path: Path) -> dict[str, torch.Tensor]:
+class _Refused(ValueError):
+    """A tensor file refused by one of this module's checks (the message is complete: not re-worded)."""
+
+
+def _limit_text(max_gib: float | str | None, limit_gib: float) -> str:
+    """How messages name the size limit: ``the limit of 1 GiB (data.max_gib=1)``."""
+    if max_gib is None or isinstance(max_gib, str):
+        return f"the limit of {limit_gib:.3g} GiB (data.max_gib=auto: a quarter of this machine's memory)"
+    return f"the limit of {max_gib:g} GiB (data.max_gib={max_gib:g})"
+
+
+def _too_large(path: Path, nbytes: int, what: str, max_gib: float | str | None, limit_gib: float) -> _Refused:
+    return _Refused(
+        f"tensor file '{path}' holds {size_text(nbytes)} of {what}, more than {_limit_text(max_gib, limit_gib)}; "
+        "raise data.max_gib if you trust the file and this machine has the memory (about twice that is held "
+        "while the arrays are split)"
+    )
+
+
+def _npy_header(fp: IO[bytes], key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The ``(shape, dtype)`` of the ``.npy`` stream ``fp`` from its header alone (format 1.0 or 2.0)."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:  # 3.0: only for structured dtypes with non-Latin-1 field names
+        raise ValueError(f"{key} has .npy format version {version[0]}.{version[1]}; store plain number arrays")
+    return tuple(int(s) for s in shape), dtype
+
+
+def _read_npz(path: Path, max_gib: float | str | None, limit_gib: float) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays of ``KEYS`` in the ``.npz`` file and the names of all its arrays.
+
+    Each array's ``.npy`` header is read first, and the file is refused by the headers' shapes and dtypes
+    (numbers only, total ``shape x itemsize`` at most ``limit_gib``) before any array data is decompressed.
+    """
+    with zipfile.ZipFile(path) as archive:
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for key in KEYS:
+            if key in members:
+                with archive.open(members[key]) as member:
+                    headers[key] = _npy_header(member, key)
+        for key, (_, dtype) in headers.items():
+            if dtype.kind not in "biuf":
+                objects = " (Python objects, which are never unpickled here)" if dtype.hasobject else ""
+                raise _Refused(f"tensor file '{path}' could not be read safely: {key} has dtype {dtype}{objects}; "
+                               "expected numbers")
+        nbytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in headers.values())
+        if nbytes > limit_gib * GIB:
+            shapes = ", ".join(f"{key} {shape} {dtype}" for key, (shape, dtype) in headers.items())
+            raise _too_large(path, nbytes, f"arrays once decompressed ({shapes})", max_gib, limit_gib)
+        arrays = {}
+        for key in headers:
+            with archive.open(members[key]) as member:
+                arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays, list(members)
+
+
+def _torch_file_bytes(path: Path) -> int:
+    """Bytes ``torch.load`` decodes from ``path``: the declared sizes of its zip records once decompressed
+    (``torch.load`` inflates deflated records too), or the file's size for the legacy (not zip) format,
+    whose storages are read from the file as they are."""
+    if not zipfile.is_zipfile(path):
+        return path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        return sum(info.file_size for info in archive.infolist())
+
+
+def _check_dense(path: Path, key: str, tensor: torch.Tensor) -> None:
+    """Refuses an expanded or overlapping view: a stride-0 axis, or more value bytes than its storage holds
+    (``torch.save`` keeps such a view's small storage; copying it materializes every value)."""
+    needed = tensor.numel() * tensor.element_size()
+    held = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    zero_stride = any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    if zero_stride or needed > held:
+        raise _Refused(
+            f"tensor file '{path}': {key} is an expanded or overlapping view (shape {tuple(tensor.shape)}, strides "
+            f"{tensor.stride()}) whose {size_text(needed)} of values lie in {size_text(held)} of storage; "
+            f"save {key}.contiguous() so that the file holds its values"
+        )
+
+
+def load_arrays(path: Path, max_gib: float | str | None = None) -> dict[str, torch.Tensor]:
     """The arrays of ``KEYS`` present in a ``.pt``/``.pth`` (``torch.load(weights_only=True)``) or ``.npz`` file.
 
-    Other keys are ignored. Nothing in the file is executed: ``.pt`` files go through
-    ``weights_only=True`` and ``.npz`` files are read with ``allow_pickle=False``.
+    Other keys are ignored (in a ``.npz`` file they are not read). Nothing in the file is executed:
+    ``.pt`` files go through ``weights_only=True`` and ``.npz`` files are read with ``allow_pickle=False``.
+    Reads are bounded by ``max_gib`` (GiB of decoded arrays) before they happen: a ``.npz`` file by its
+    arrays' ``.npy`` headers (shape x itemsize; object dtypes refused), a ``.pt`` file by the decompressed
+    sizes of its zip records (its size on disk for the legacy format). Expanded or overlapping tensors
+    (a stride-0 axis, or more values than their storage holds) are refused as soon as they are loaded,
+    before anything copies them.
+
+    Args:
+        path: The file.
+        max_gib: Most GiB of decoded arrays; ``None``/``"auto"``: a quarter of the machine's memory.
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: Unknown suffix, unreadable file, not a dict of arrays, or ``x``/``y`` missing.
+        ValueError: Unknown suffix, unreadable file, not a dict of arrays, ``x``/``y`` missing, more than
+            ``max_gib``, an expanded tensor, or a non-number array.
     """
+    limit_gib = resolve_max_gib(max_gib)
     if not path.is_file():
         raise FileNotFoundError(f"tensor file '{path}' does not exist")
     suffix = path.suffix.lower()
@@ -65,15 +163,20 @@ def load_arrays(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"tensor file '{path}' has suffix {path.suffix!r}; choose one of {list(SUFFIXES)}")
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                content: Any = {key: npz[key] for key in npz.files}
+            content, names = _read_npz(path, max_gib, limit_gib)
         else:  # weights_only=True, TorchScript refused: lsa_train.trust
+            nbytes = _torch_file_bytes(path)
+            if nbytes > limit_gib * GIB:
+                raise _too_large(path, nbytes, "records once decompressed", max_gib, limit_gib)
             content = read_torch_file(path, what="tensor file")
+            names = list(map(str, content)) if isinstance(content, Mapping) else []
+    except _Refused:
+        raise
     except UntrustedFileError as err:  # a tensor file never needs unpickling: no trust switch here
         script = "it is a TorchScript archive, whose loading runs code; save a dict of tensors"
         reason = _reason(err.__cause__) if err.__cause__ is not None else script
         raise ValueError(f"tensor file '{path}' could not be read safely: {reason}") from err
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, OSError, EOFError, ValueError) as err:
         raise ValueError(f"tensor file '{path}' could not be read safely: {_reason(err)}") from err
     if not isinstance(content, Mapping):
         raise ValueError(f"tensor file '{path}' holds a {type(content).__name__}; expected a dict with keys x, y")
@@ -81,7 +184,7 @@ def load_arrays(path: Path) -> dict[str, torch.Tensor]:
     if missing:
         raise ValueError(
             f"tensor file '{path}' has no {' or '.join(repr(k) for k in missing)} "
-            f"(keys: {sorted(map(str, content))[:10]}); expected x, y and optionally x_test, y_test"
+            f"(keys: {sorted(names)[:10]}); expected x, y and optionally x_test, y_test"
         )
     if ("x_test" in content) != ("y_test" in content):
         raise ValueError(f"tensor file '{path}' has only one of 'x_test' and 'y_test'; give both or neither")
@@ -96,7 +199,11 @@ def load_arrays(path: Path) -> dict[str, torch.Tensor]:
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"tensor file '{path}': {key} is a {type(value).__name__}; expected a tensor or array")
+        _check_dense(path, key, value)
         arrays[key] = value.detach()
+    nbytes = sum(a.numel() * a.element_size() for a in arrays.values())
+    if nbytes > limit_gib * GIB:
+        raise _too_large(path, nbytes, "arrays", max_gib, limit_gib)
     return arrays
 
 
@@ -153,7 +260,9 @@ class TensorDataModule(LSADataModule):
     ``mean``/``std`` default to the statistics of the training split, in ``[0, 1]`` units: per
     channel for images, per feature for vectors (a constant channel or feature gets std 1).
 
-    All checks run in ``__init__`` (the file is read there), so bad data fails before training.
+    All checks run in ``__init__`` (the file is read there), so bad data fails before training. A file
+    from elsewhere is data: nothing in it is executed, and what it may make this program read is bounded
+    (``max_gib``; expanded tensors, whose few stored values stand for many, are refused).
 
     Args:
         path: A ``.pt``/``.pth`` file (a dict of tensors, read with ``torch.load(weights_only=True)``)
@@ -166,11 +275,16 @@ class TensorDataModule(LSADataModule):
         std: Matching standard deviations, all ``> 0``.
         layout: Axis order of 4-D inputs: ``"auto"`` (``(N, C, H, W)``, refusing arrays that look
             channels-last), ``"nchw"`` or ``"nhwc"`` (transposed to ``(N, C, H, W)`` on load).
+        max_gib: Most GiB (2**30 bytes) of decoded arrays the file may hold (``x``, ``y``, ``x_test``,
+            ``y_test``: numel x bytes per element), checked before they are read or decompressed (see
+            :func:`load_arrays`); the module holds about twice this while splitting. ``None`` or ``"auto"``:
+            a quarter of the machine's memory (the container's limit, where lower).
         **kwargs: Common arguments of :class:`~lsa_train.data.base.LSADataModule`.
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: Unreadable file, missing keys, bad shapes or dtypes, mismatched lengths,
+        ValueError: A bad ``max_gib``, an unreadable file, arrays larger than ``max_gib``, an expanded or
+            overlapping tensor, missing keys, bad shapes or dtypes, mismatched lengths,
             ``x`` outside ``[0, 1]``, channels-last images without ``layout="nhwc"``, labels outside
             ``[0, K)`` or (without ``num_classes``) not ``0..K-1``, or an impossible stratified split
             (one line naming the file).
@@ -187,9 +301,11 @@ class TensorDataModule(LSADataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         layout: str = "auto",
+        max_gib: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(val_fraction=val_fraction, **kwargs)
+        resolve_max_gib(max_gib)  # a bad value fails before the file is opened
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
         if num_classes is not None and not _is_class_count(num_classes):
@@ -199,7 +315,8 @@ class TensorDataModule(LSADataModule):
         self.path = Path(path).expanduser().absolute()
         self.test_fraction = float(test_fraction)
         self.layout = layout
-        arrays = load_arrays(self.path)
+        self.max_gib = max_gib
+        arrays = load_arrays(self.path, max_gib)
         x, y = self._inputs(arrays["x"], "x"), self._labels(arrays["y"], "y", arrays["x"])
         test = None
         if "x_test" in arrays:
