@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lsa_train.comparison import CompareError, Run, holm, pair_runs, paired_stat
 from lsa_train.comparison.stats import mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
+PAPER_COMPARE = ROOT / "experiments" / "paper" / "compare"
 
 
 # -- statistics ------------------------------------------------------------------------------------------
@@ -266,6 +268,29 @@ def test_percent_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "clean = 93.1 is not an accuracy in [0, 1] (a fraction, not percent)" in capsys.readouterr().err
 
 
+# -- the paper's tables are lsa-compare's output ---------------------------------------------------------------
+PAPER_REPORTS = sorted(PAPER_COMPARE.glob("*/compare.md"))
+
+
+@pytest.mark.parametrize("report", PAPER_REPORTS, ids=[p.parent.name for p in PAPER_REPORTS])
+def test_paper_comparison_tables_are_current(report: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running the command each ``experiments/paper/compare/*/compare.md`` names gives the same tables."""
+    command = next(line for line in report.read_text().splitlines() if line.startswith("Made by `"))
+    argv = shlex.split(command.removeprefix("Made by `").removesuffix("`."))[1:]
+    out = tmp_path / "out"
+    argv[argv.index("--out") + 1] = str(out)
+    monkeypatch.chdir(ROOT)
+    assert compare.main(argv) == 0
+    for name in ("compare.csv", "pairs.csv"):
+        assert (out / name).read_text() == (report.parent / name).read_text(), name
+    body = [line for line in (out / "compare.md").read_text().splitlines() if not line.startswith("Made by")]
+    assert body == [line for line in report.read_text().splitlines() if not line.startswith("Made by")]
+
+
+def test_the_paper_reports_exist() -> None:
+    assert {p.parent.name for p in PAPER_REPORTS} >= {"adaptive", "digits_bases"}
+
+
 def test_console_script_and_module_entry_point(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -279,3 +304,17 @@ def test_console_script_and_module_entry_point(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage: lsa-compare" in proc.stdout and "--by" in proc.stdout
+
+
+def test_table_a1_holm_column_is_lsa_compares() -> None:
+    """RESULTS.md's Table A1 (make_tables.py) and compare/adaptive (lsa-compare) give the same Holm p-values."""
+    from lsa_train.comparison.render import format_p
+
+    text = (ROOT / "experiments" / "paper" / "RESULTS.md").read_text()
+    table = text[text.index("### Table A1"):text.index("### Table A2")]
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| cnn_b") or
+            line.startswith("| mlp_a")]
+    from_results = sorted(cells[-1].strip() for cells in rows)
+    compared = [r for r in _rows(PAPER_COMPARE / "adaptive" / "compare.csv") if r["metric"] == "worst_case"]
+    assert len(rows) == len(compared) == 14
+    assert from_results == sorted(format_p(float(r["p_t_holm"])) for r in compared)
