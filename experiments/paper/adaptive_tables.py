@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from make_tables import _t_pvalue, fmt, markdown_table, mean_std
+from make_tables import fmt, markdown_table, mean_std
+
+from lsa_train.comparison.render import format_p
+from lsa_train.comparison.stats import holm, paired_stats
 
 Record = dict[str, Any]
 #: Columns of the per-attack table, in the order the evaluation runs them.
@@ -59,13 +62,12 @@ def _model_rank(model: str) -> int:
 
 
 def paired(lr: Sequence[Record], base: Sequence[Record], value: Any) -> dict[str, float]:
-    """Paired (same seed) LR - base difference of ``value(record)`` in percentage points, with the t-test."""
+    """Paired (same seed) LR - base difference of ``value(record)`` in percentage points, with the paired t-test
+    p and the exact sign-flip p (:mod:`lsa_train.comparison.stats`, the statistics of ``lsa-compare``)."""
     by_seed = {r["seed"]: value(r) for r in base}
-    diffs = [100.0 * (value(r) - by_seed[r["seed"]]) for r in lr if r["seed"] in by_seed]
-    mean, std = mean_std(diffs)
-    n = len(diffs)
-    t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else math.nan
-    return {"mean": mean, "std": std, "n": n, "p": _t_pvalue(t, n - 1)}
+    stats = paired_stats([100.0 * (value(r) - by_seed[r["seed"]]) for r in lr if r["seed"] in by_seed])
+    std = stats.std if stats.n > 1 else 0.0  # as make_tables.mean_std shows a single seed
+    return {"mean": stats.mean, "std": std, "n": stats.n, "p": stats.p_t, "p_sign_flip": stats.p_sign_flip}
 
 
 def _p(value: float) -> str:
@@ -75,16 +77,19 @@ def _p(value: float) -> str:
 
 
 def worst_case_table(groups: dict[str, list[Record]]) -> str:
-    """Table A1: per pair, clean / AutoAttack / worst case of base and LR, and the paired differences."""
+    """Table A1: per pair, clean / AutoAttack / worst case of base and LR, and the paired differences; the
+    worst-case t-test p also Holm-adjusted over the rows of the table, and the exact sign-flip p."""
     header = ["model", "with the term", "base", "seeds", "clean base / LR", "AA base / LR", "worst case base / LR",
-              "Δ AA", "p", "Δ worst case", "p"]
+              "Δ AA", "p", "Δ worst case", "p", "sign-flip p", "Holm p"]
     body = []
+    worst_p = []
     for lr_key, base_key in pairs_of(groups):
         if base_key not in groups:
             continue
         lr, base = groups[lr_key], groups[base_key]
         d_aa = paired(lr, base, lambda r: r["autoattack"])
         d_wc = paired(lr, base, lambda r: r["worst_case_accuracy"])
+        worst_p.append(d_wc["p"])
         body.append([
             lr_key.split("/")[0], lr[0]["name"] + f" (λ {lr[0]['config']['lam']:g})", base[0]["name"], str(d_wc["n"]),
             f"{fmt(_pct([r['clean'] for r in base]))} / {fmt(_pct([r['clean'] for r in lr]))}",
@@ -92,7 +97,10 @@ def worst_case_table(groups: dict[str, list[Record]]) -> str:
             f"{fmt(_pct([r['worst_case_accuracy'] for r in base]))} / "
             f"{fmt(_pct([r['worst_case_accuracy'] for r in lr]))}",
             fmt((d_aa["mean"], d_aa["std"])), _p(d_aa["p"]), fmt((d_wc["mean"], d_wc["std"])), _p(d_wc["p"]),
+            format_p(d_wc["p_sign_flip"]),
         ])
+    for row, adjusted in zip(body, holm(worst_p)):
+        row.append(format_p(adjusted))
     return markdown_table(header, body)
 
 
@@ -163,8 +171,14 @@ def adaptive_section(results: Path) -> str:
         "LR-L0 run, whose probe its feature attack also uses). The worst case counts a sample as robust only if "
         "every attack failed on it. " + provenance(groups)
     )
+    n_pairs = sum(base in groups for _, base in pairs_of(groups))
     out += ["", "### Table A1: worst case per sample, each run with the term against its base (accuracy %, "
-                "differences in points, paired over seeds)", "", worst_case_table(groups)]
+                "differences in points, paired over seeds)", "",
+            f"p: two-sided paired t-test; sign-flip p: exact two-sided sign-flip test over all 2^n sign assignments "
+            f"(never below 2/2^n, 0.0625 for 5 seeds); Holm p: the worst-case t-test p Holm-adjusted over the "
+            f"{n_pairs} rows of this table. The same statistics, for clean, PGD, AutoAttack and worst-case accuracy "
+            "with 95 % intervals, are in `compare/adaptive/compare.md` (made by `lsa-compare`).", "",
+            worst_case_table(groups)]
     out += ["", "### Table A2: each attack's accuracy (%, mean ± std over seeds) and the attacks that broke samples "
                 "PGD-20 left", "", attacks_table(groups)]
     return "\n".join(out) + "\n"

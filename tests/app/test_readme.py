@@ -33,6 +33,7 @@ PROGRAMS = {
     "lsa_train": "train", "lsa-train": "train",
     "lsa_train.evaluate": "evaluate", "lsa_train.app.evaluate": "evaluate", "lsa-evaluate": "evaluate",
     "lsa_train.analyze": "analyze", "lsa_train.app.analyze": "analyze", "lsa-analyze": "analyze",
+    "lsa_train.app.compare": "compare", "lsa-compare": "compare",
 }
 #: Overrides that make each CPU run short; the command's own choices stay.
 FAST_RUN = {
@@ -93,12 +94,14 @@ def readme_commands() -> list[Command]:
     return commands
 
 
-COMMANDS = readme_commands()
+#: The Hydra apps' commands; ``lsa-compare`` (argparse, no config) is run by test_readme_compare_command_runs.
+COMMANDS = [c for c in readme_commands() if c.program != "compare"]
+COMPARE_COMMANDS = [c for c in readme_commands() if c.program == "compare"]
 
 
 def test_the_readme_has_commands_of_every_program() -> None:
     # the runnable ones are composed (and their values checked) by test_readme_command_runs_on_a_cpu
-    assert {c.program for c in COMMANDS} == {"train", "evaluate", "analyze"}
+    assert {c.program for c in COMMANDS} == {"train", "evaluate", "analyze"} and COMPARE_COMMANDS
     assert sum(c.runnable for c in COMMANDS) >= 10
 
 
@@ -245,3 +248,29 @@ def test_readme_command_runs_on_a_cpu(command: Command, folder: Path, tmp_path: 
 
         outcome = analyze_run(cfg)
         assert outcome.get("probes") or (tmp_path / "lsa_layers.png").is_file()
+
+
+@pytest.mark.parametrize("command", COMPARE_COMMANDS, ids=[f"line{c.line}" for c in COMPARE_COMMANDS])
+def test_readme_compare_command_runs(command: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ``lsa-compare`` line, in-process from the repository root (the paper's records are there), on run
+    folders written as the app writes them for ``<sweep>`` and ``<run_a>``..., with ``--out`` in a temporary dir."""
+    from compare_runs import write_run, write_sweep
+
+    from lsa_train.app import compare
+
+    jobs = [([f"regularizer.lambda={lam}", f"seed={seed}"], 0.9, 0.4 + 0.01 * lam + 0.001 * seed)
+            for lam in (0, 1) for seed in (1, 2)]
+    sweep = write_sweep(tmp_path / "sweep", jobs)
+    runs = {f"<run_{name}>": write_run(tmp_path / name, [f"attack={attack}", f"seed={seed}"], clean=0.9,
+                                       pgd=0.4 + 0.02 * (attack == "mart") + 0.001 * seed)
+            for name, attack, seed in [("a", "pgd", 1), ("b", "pgd", 2), ("c", "mart", 1), ("d", "mart", 2)]}
+    args = [str(runs.get(a, a)).replace("logs/train/multiruns/<sweep>", str(sweep)) for a in command.args]
+    if "--out" in args:
+        args[args.index("--out") + 1] = str(tmp_path / "out")
+    monkeypatch.chdir(README.parent)
+    assert compare.main(args) == 0, capsys.readouterr().err
+    report = capsys.readouterr().out
+    assert "Holm t p" in report and " → " in report and "Runs in no pair" not in report
+    if "--out" in args:
+        assert (tmp_path / "out" / "compare.csv").is_file() and (tmp_path / "out" / "compare.png").is_file()
