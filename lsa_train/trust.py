@@ -14,6 +14,9 @@ checkpoints, weights files, tensor files and the saved configs of run folders. T
   :data:`ALLOWED_TARGETS` (the project's own classes and builders and the few outside classes its configs
   name) or allowed by the command line (``trusted_targets=[my_nets.*]``, or the same ``++<key>._target_=...``
   given again).
+* **Signed runs are the user's own** (:mod:`lsa_train.signing`): their configs are honoured as written;
+  any other run's config is parsed as data (:mod:`lsa_train.foreign`), and every place a run writes is
+  checked by the one write door (:mod:`lsa_train.writes`).
 * **Run folders are what the path says.** :func:`check_checkpoint_link` refuses a symlinked checkpoint
   whose target lies outside the run folder its path names.
 """

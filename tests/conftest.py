@@ -54,3 +54,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+def _temporary_signing_key() -> None:
+    """Runs signed by the suite use a key of their own (lsa_train.signing), never the user's."""
+    import tempfile
+
+    from lsa_train.signing import KEY_ENV
+
+    folder = tempfile.mkdtemp(prefix="lsa_train_key_")
+    os.environ[KEY_ENV] = os.path.join(folder, "signing.key")
+
+
+_temporary_signing_key()

@@ -207,7 +207,11 @@ def determinism_arguments(cfg: DictConfig) -> dict[str, Any]:
     return {"deterministic": "warn", "benchmark": False}
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> Trainer:
-    """The Lightning ``Trainer`` of ``cfg.trainer`` (determinism from the top-level ``deterministic``)."""
+def build_trainer(
+    cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], checkpoint_io: Any = None
+) -> Trainer:
+    """The Lightning ``Trainer`` of ``cfg.trainer`` (determinism from the top-level ``deterministic``), writing
+    checkpoints through ``checkpoint_io`` unless ``trainer.plugins`` is set (then the user's plugins are kept)."""
+    extra = {"plugins": [checkpoint_io]} if checkpoint_io is not None and cfg.trainer.get("plugins") is None else {}
     return _instantiate(cfg.trainer, _where("trainer"), callbacks=callbacks, logger=loggers or False,
-                        **determinism_arguments(cfg))
+                        **extra, **determinism_arguments(cfg))

@@ -233,6 +233,7 @@ class LoadedRun:
     epoch: int | None
     global_step: int | None
     model_cfg: Any = None
+    signed: bool = False
 
     @property
     def weights(self) -> str:
@@ -381,7 +382,7 @@ def load_run(
                 f"(give {group}._target_={saved} or trusted_targets=[...]), or give model=... data=... without "
                 "ckpt_path"
             )
-    check_saved_targets(run_cfg, policy, config_path)  # before anything it names is imported
+    signed = check_run_config(run_cfg, policy, config_path)  # before anything it names is imported
     checkpoint, safe = load_checkpoint(ckpt, policy)
     if data:
         run_cfg.data = OmegaConf.merge(run_cfg.data, dict(data))
@@ -394,8 +395,42 @@ def load_run(
     return LoadedRun(
         ckpt_path=ckpt, run_dir=config_path.parent.parent, run_config_path=config_path, run_cfg=run_cfg,
         datamodule=datamodule, model=model, model_kwargs=kwargs, weights_only=safe,
-        epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"),
+        epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"), signed=signed,
     )
+
+
+#: Keys of a saved run config that this command line sets (never read from the file).
+COMMAND_LINE_CONFIG_KEYS: tuple[str, ...] = ("ckpt_path", "trust_checkpoint", "trusted_targets", "paths.output_dir")
+
+
+def run_folder_of_config(config_path: Path) -> Path:
+    """``<run>`` for ``<run>/.hydra/config.yaml`` (or a resume's ``<run>/.hydra/resumes/<stamp>/config.yaml``),
+    else the config's folder."""
+    for parent in config_path.parents:
+        if parent.name == ".hydra":
+            return parent.parent
+    return config_path.parent
+
+
+def check_run_config(cfg: DictConfig, policy: TrustPolicy, config_path: Path) -> bool:
+    """Whether the run of ``config_path`` is the user's own (signed, :mod:`lsa_train.signing`): its config is
+    then honoured as written. A foreign run's config must be plain data of the project's schema
+    (:func:`lsa_train.foreign.check_foreign_config`); returns ``False`` for one that is.
+
+    Raises:
+        ConfigError: A foreign config that holds more than data, in one line.
+    """
+    from lsa_train.foreign import check_foreign_config
+    from lsa_train.signing import verify_run
+
+    verdict = verify_run(run_folder_of_config(config_path))
+    if verdict.signed:
+        return True
+    try:
+        check_foreign_config(cfg, policy, config_path, verdict.reason, ignore=COMMAND_LINE_CONFIG_KEYS)
+    except UntrustedError as err:
+        raise ConfigError(one_line(err)) from err
+    return False
 
 
 def model_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -484,6 +519,7 @@ def run_facts(run: LoadedRun) -> dict[str, Any]:
         "checkpoint_epoch": run.epoch,
         "checkpoint_global_step": run.global_step,
         "weights_only_load": run.weights_only,
+        "run_signed": run.signed,
     }
     attack = run.run_cfg.get("attack")
     if isinstance(attack, DictConfig):

@@ -19,13 +19,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, validation
+from lsa_train.app.errors import ConfigError
 from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
 from lsa_train.app.resume import ResumePlan
 from lsa_train.app.resume import describe as describe_resume
 from lsa_train.app.schemas import MVLMode
 from lsa_train.factory import data_class_names
-from lsa_train.trust import TrustPolicy
+from lsa_train.training.guards import CheckpointStateGuard, GuardedCheckpointIO
+from lsa_train.trust import CHECKPOINT_DIR, TrustPolicy
 from lsa_train.utils.runtime import torch_threads
+from lsa_train.writes import WriteOutsideError, check_trainer_writes
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def run_training(
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
     policy = policy or TrustPolicy()
-    objects = _build(cfg, policy)
+    objects = _build(cfg, policy, resuming=ckpt_path is not None)
     threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
     with torch_threads(threads):
         return _fit_test_report(cfg, objects, started, ckpt_path, policy, resume, notes or [])
@@ -135,7 +138,7 @@ def _fit_test_report(
         "wall_time_s": round(time.perf_counter() - started, 2),
         "model_kwargs": objects["model_kwargs"],
         "class_names": data_class_names(datamodule),
-        "notes": [*notes, *objects["notes"]],
+        "notes": [*notes, *objects["notes"], *_guard_notes(objects)],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
@@ -165,9 +168,12 @@ def checkpoint_files(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, str | 
     return best, last
 
 
-def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
+def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict[str, Any]:
     """Builds every object, checking each as it is built; nothing is written to the run dir before the
-    trainer starts."""
+    trainer starts. Every place the trainer writes is checked (:func:`lsa_train.writes.check_trainer_writes`),
+    checkpoint files are written and deleted through :class:`~lsa_train.training.guards.GuardedCheckpointIO`,
+    and a resume takes from the checkpoint's callback state only paths inside the run's checkpoints folder
+    (:class:`~lsa_train.training.guards.CheckpointStateGuard`)."""
     datamodule = builders.build_datamodule(cfg)
     validation.check_dataset_available(datamodule)
     model, model_kwargs = builders.build_model(cfg, datamodule, trust=policy.unpickle)
@@ -191,16 +197,32 @@ def _build(cfg: DictConfig, policy: TrustPolicy) -> dict[str, Any]:
     callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
     if parts.callback is not None:
         callbacks.append(parts.callback)
-    trainer = builders.build_trainer(cfg, callbacks, loggers)
+    run_dir = Path(str(cfg.paths.output_dir))
+    guards = [CheckpointStateGuard(run_dir / CHECKPOINT_DIR)] if resuming else []
+    checkpoint_io = GuardedCheckpointIO(run_dir)
+    trainer = builders.build_trainer(cfg, callbacks + guards, loggers, checkpoint_io=checkpoint_io)
+    if trainer.strategy.checkpoint_io is not checkpoint_io:
+        notes.append("trainer.plugins names its own checkpoint writer: checkpoint paths were checked when the "
+                     "trainer was built, not at each write")
+    try:
+        check_trainer_writes(trainer, run_dir)
+    except WriteOutsideError as err:
+        raise ConfigError(str(err)) from err
     _log_config(cfg, trainer)
     return {
         "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,
         "mvl_callback": parts.callback, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
-        "notes": notes,
+        "notes": notes, "guards": guards, "checkpoint_io": checkpoint_io,
     }
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _guard_notes(objects: Mapping[str, Any]) -> list[str]:
+    """What the checkpoint guards dropped from a resumed checkpoint or refused to delete."""
+    lines = [line for guard in objects.get("guards", []) for line in guard.dropped]
+    return lines + list(getattr(objects.get("checkpoint_io"), "refused", []))
+
+
 def _route_lightning_logs_to_root() -> None:
     """Lightning's top-level package gives the ``lightning`` logger a console handler of its own; once
     the root logger is configured (Hydra's job logging), every Lightning message would print twice."""

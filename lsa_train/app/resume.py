@@ -7,9 +7,11 @@ folder (``hydra.run.dir`` is the run dir, see :mod:`lsa_train.app.run_dirs`). Ea
 effective config and overrides in ``<run>/.hydra/resumes/<date>_<time>/``; the run's original
 ``.hydra/config.yaml`` is never rewritten.
 
-The saved config is data (:mod:`lsa_train.trust`): every ``_target_`` of the effective config must be
-one of the project's own or vouched for on this command line, and ``trust_checkpoint`` /
-``trusted_targets`` come from this command line only. What defines the trained network cannot change on
+A run signed by this user (:mod:`lsa_train.signing`) is resumed with its config as written, and its
+signature is extended to the new resume record. Any other run is foreign: its saved config is data
+(:mod:`lsa_train.foreign`; every ``_target_`` of the effective config must be one of the project's own or
+vouched for on this command line), and a resume never signs it. ``trust_checkpoint`` / ``trusted_targets``
+come from this command line only. What defines the trained network cannot change on
 a resume: a group choice other than those of :data:`RESUMABLE_GROUPS` that differs from the run's, or a
 changed ``model.*`` value, is refused in one line.
 """
@@ -48,9 +50,13 @@ class ResumePlan:
     base_config: Path
     overrides: list[str]
     switched_groups: dict[str, str] = field(default_factory=dict)
+    signed: bool = False
 
     def record(self) -> Path:
-        """Writes ``<run>/.hydra/resumes/<date>_<time>/{config,overrides}.yaml`` (atomically); returns the folder."""
+        """Writes ``<run>/.hydra/resumes/<date>_<time>/{config,overrides}.yaml`` (atomically); returns the folder.
+
+        The run's signature then covers the new record when the run was signed (the user's own); a foreign
+        run is never signed by a resume."""
         from lsa_train.utils.io import atomic_write_text
 
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -62,12 +68,16 @@ class ResumePlan:
         folder.mkdir(parents=True)
         atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(self.cfg))
         atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(self.overrides))))
+        if self.signed:
+            from lsa_train.signing import sign_run
+
+            sign_run(self.run_dir)
         return folder
 
     def summary(self) -> dict[str, Any]:
         """Facts for ``metrics.json`` / ``report.md``."""
         return {"run_dir": str(self.run_dir), "base_config": str(self.base_config), "overrides": self.overrides,
-                "switched_groups": dict(self.switched_groups)}
+                "switched_groups": dict(self.switched_groups), "signed": self.signed}
 
 
 def latest_config(run_dir: Path) -> Path:
@@ -107,24 +117,26 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
         ConfigError: A foreign ``_target_``, an unreadable saved config, or an override that would change
             what the run trains.
     """
-    from lsa_train.app.checkpoint_loading import check_saved_targets, load_run_config
+    from lsa_train.app.checkpoint_loading import check_run_config, check_saved_targets, load_run_config
 
     run_dir = run_dirs.checkpoint_run_dir(ckpt)
     if run_dir is None:
         return None
     base = latest_config(run_dir)
     cfg = load_run_config(base)
+    signed = check_run_config(cfg, policy, base)  # a foreign run's config must be plain data
     overrides = validation.hydra_task_overrides()
     switched = _apply_overrides(cfg, cli_cfg, overrides, run_dir)
     with open_dict(cfg):
         for key in COMMAND_LINE_KEYS:
             cfg[key] = cli_cfg.get(key)
         cfg.paths.output_dir = str(run_dir)
-    check_saved_targets(cfg, policy, base)  # what will be instantiated, before anything is imported
+    if not signed:  # what will be instantiated, before anything is imported
+        check_saved_targets(cfg, policy, base)
     check_write_destinations(cfg, run_dir, overrides, switched, base)
     _adopt_run_choices(saved_choices(run_dir), switched)
     return ResumePlan(cfg=cfg, run_dir=run_dir, base_config=base, overrides=list(overrides),
-                      switched_groups=switched)
+                      switched_groups=switched, signed=signed)
 
 
 def _adopt_run_choices(choices: dict[str, str | None], switched: dict[str, str]) -> None:
@@ -284,5 +296,6 @@ def describe(plan: ResumePlan | None, ckpt: Path | None) -> str | None:
                 "command line was used")
     switched = ", ".join(f"{g}={c}" for g, c in plan.switched_groups.items())
     base = os.path.relpath(plan.base_config, plan.run_dir)
+    origin = "" if plan.signed else " (a foreign run, not signed by you: its config was read as data)"
     return (f"resumed the run in '{plan.run_dir}' from '{ckpt}' with its config '{base}'"
-            + (f" and {switched}" if switched else ""))
+            + (f" and {switched}" if switched else "") + origin)

@@ -3,7 +3,9 @@ next to the run its checkpoint belongs to.
 
 Paths are taken as given (symlinks are not followed): a checkpoint symlinked to a file outside the run
 folder its path names gets the default output folder here and is refused by the app
-(:func:`lsa_train.trust.check_checkpoint_link`). Light on purpose (no torch): registered on import of
+(:func:`lsa_train.trust.check_checkpoint_link`); a run folder holding a directory symlink or a symlink
+out of it is refused before Hydra writes into it (:func:`lsa_train.writes.check_run_folder_links`).
+Light on purpose (no torch): registered on import of
 ``lsa_train.conf``, before Hydra composes anything.
 
 A training run dir (made by ``lsa-train``) looks like::
@@ -22,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lsa_train.trust import CHECKPOINT_DIR, escapes_run_folder, run_folder_of
+from lsa_train.writes import check_run_folder_links
 
 #: The run's composed config, relative to the run dir.
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -44,7 +47,10 @@ def checkpoint_run_dir(ckpt_path: Any) -> Path | None:
     if not path.is_file() or path.parent.name != CHECKPOINT_DIR or escapes_run_folder(path):
         return None
     run = run_folder_of(path)
-    return run if (run / RUN_CONFIG).is_file() else None
+    if not (run / RUN_CONFIG).is_file():
+        return None
+    check_run_folder_links(run)  # before Hydra opens <run>/train.log or an app writes into the run
+    return run
 
 
 def run_subdir(ckpt_path: Any, subdir: str, fallback: str) -> str:
@@ -54,6 +60,7 @@ def run_subdir(ckpt_path: Any, subdir: str, fallback: str) -> str:
         return str(fallback)
     path = Path(str(ckpt_path)).expanduser()
     if path.is_file() and path.parent.name == CHECKPOINT_DIR and not escapes_run_folder(path):
+        check_run_folder_links(run_folder_of(path))  # before Hydra opens <run>/<subdir>/<app>.log
         return str(run_folder_of(path) / subdir)
     return str(fallback)
 

@@ -81,11 +81,29 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     notes = [note] if note else []
     notes += inert_overrides("train", cfg, validation.hydra_task_overrides())
+    if resume is None:
+        notes += sign_new_run(Path(str(cfg.paths.output_dir)))
 
     metrics, objects = run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None, policy=policy,
                                     resume=resume, notes=notes)
     objects["only_tested"] = note is not None  # a resume with no epoch left: no fit or validation metrics
     return metrics, objects
+
+
+def sign_new_run(run_dir: Path) -> list[str]:
+    """Signs a new run folder as the user's own (:mod:`lsa_train.signing`); returns a summary line when it
+    could not be signed (a later resume, evaluation or analysis then reads it as foreign)."""
+    from lsa_train.signing import RUN_CONFIG, SigningError, sign_run
+
+    if not (run_dir / RUN_CONFIG).is_file():
+        return []
+    try:
+        sign_run(run_dir)
+    except (SigningError, OSError) as err:
+        log.warning("run not signed: %s", err)
+        return [f"the run folder was not signed ({one_line(err)}): lsa_train reads it as a foreign run until "
+                f"`lsa-trust {run_dir}`"]
+    return []
 
 
 def _check_plain_values(cfg: DictConfig) -> None:

@@ -562,6 +562,15 @@ class LSARegularizedModule(L.LightningModule):
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
         }
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, *args: Any, compile_model: bool | Mapping[str, Any] = False, **kwargs: Any
+    ) -> LSARegularizedModule:
+        """Lightning's ``load_from_checkpoint``, except that ``compile_model`` comes only from the caller:
+        the value saved in the file's hyper-parameters is ignored (``torch.compile`` options such as
+        ``cpp.cxx`` name programs to run, and a checkpoint is data)."""
+        return super().load_from_checkpoint(checkpoint_path, *args, compile_model=compile_model, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lsa_train"] = {
             "mvl": self.mvl,

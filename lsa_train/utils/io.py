@@ -13,12 +13,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Calls ``write(handle)`` on a temporary file in the same folder, then renames it to ``path``.
 
     A crash, an exception in ``write`` or a full disk mid-write leaves the previous file intact,
-    never half a file; the temporary file is removed on failure. Parent folders are created.
+    never half a file; the temporary file is removed on failure. Parent folders are created. The file gets
+    the permissions ``open()`` would give it (0666 less the umask), so shared lab folders stay readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; follow the umask like open() does
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -28,6 +30,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where ``/proc`` tells it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -34,6 +34,7 @@ PROGRAMS = {
     "lsa_train.evaluate": "evaluate", "lsa_train.app.evaluate": "evaluate", "lsa-evaluate": "evaluate",
     "lsa_train.analyze": "analyze", "lsa_train.app.analyze": "analyze", "lsa-analyze": "analyze",
     "lsa_train.app.compare": "compare", "lsa-compare": "compare",
+    "lsa_train.app.trust_run": "trust", "lsa-trust": "trust",
 }
 #: Overrides that make each CPU run short; the command's own choices stay.
 FAST_RUN = {
@@ -95,8 +96,9 @@ def readme_commands() -> list[Command]:
 
 
 #: The Hydra apps' commands; ``lsa-compare`` (argparse, no config) is run by test_readme_compare_command_runs.
-COMMANDS = [c for c in readme_commands() if c.program != "compare"]
+COMMANDS = [c for c in readme_commands() if c.program not in ("compare", "trust")]
 COMPARE_COMMANDS = [c for c in readme_commands() if c.program == "compare"]
+TRUST_COMMANDS = [c for c in readme_commands() if c.program == "trust"]
 
 
 def test_the_readme_has_commands_of_every_program() -> None:
@@ -274,3 +276,22 @@ def test_readme_compare_command_runs(command: Command, tmp_path: Path, monkeypat
     assert "Holm t p" in report and " → " in report and "Runs in no pair" not in report
     if "--out" in args:
         assert (tmp_path / "out" / "compare.csv").is_file() and (tmp_path / "out" / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("command", TRUST_COMMANDS, ids=[f"line{c.line}" for c in TRUST_COMMANDS])
+def test_readme_trust_command_runs(command: Command, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ``lsa-trust`` line, in-process, on a foreign run folder (a signed run whose config was edited):
+    ``--check`` reports it foreign (exit 1), signing makes it the user's own."""
+    from lsa_train.app import trust_run
+    from lsa_train.signing import sign_run, verify_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    sign_run(run_dir)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 2\n")
+    assert not verify_run(run_dir).signed
+    assert trust_run.main([str(run_dir), "--check"]) == 1
+    args = [str(run_dir) if a == "<run dir>" else a for a in command.args]
+    assert trust_run.main(args) == 0, capsys.readouterr().err
+    assert verify_run(run_dir).signed and "signed" in capsys.readouterr().out

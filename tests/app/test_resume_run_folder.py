@@ -5,6 +5,7 @@ folder's saved config treated as data (issue 19)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,9 @@ FAST = ["++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", "++t
 USER_MODEL = ["model=custom", "model._target_=my_resumed_nets.SmallCNN", "+model.width=4"]
 
 
-def run(args: list[str], workspace: Path) -> subprocess.CompletedProcess:
+def run(args: list[str], workspace: Path, program: str = "lsa_train") -> subprocess.CompletedProcess:
     env = dict(app_env(), PYTHONPATH=str(workspace / "code"))
-    return subprocess.run([sys.executable, "-m", "lsa_train", *args], cwd=workspace, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", program, *args], cwd=workspace, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
 
 
@@ -50,15 +51,25 @@ def test_resume_continues_the_run_with_its_own_config_in_its_own_folder(first_ru
     workspace = first_run.parents[3]
     last = first_run / "checkpoints" / "last.ckpt"
     saved_config = (first_run / ".hydra" / "config.yaml").read_bytes()
-    # the user's class in the saved config is not trusted by default: one line says how to allow it
-    refused = run([f"ckpt_path={last}", "trainer.max_epochs=2"], workspace)
+    # the same run handed over by someone else (no signature of this user): its class is not trusted by
+    # default, one line says how to allow it
+    colleague = workspace / "colleague" / "first"
+    shutil.copytree(first_run, colleague)
+    (colleague / ".hydra" / "signature.json").unlink()
+    refused = run([f"ckpt_path={colleague / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2"], workspace)
     line = _one_line(refused)
     assert "model._target_=my_resumed_nets.SmallCNN" in line and "trusted_targets=[my_resumed_nets.*]" in line
     # a resume cannot change what the run trains
-    line = _one_line(run([f"ckpt_path={last}", "model=resnet18", "trusted_targets=[my_resumed_nets.*]"], workspace))
+    line = _one_line(run([f"ckpt_path={last}", "model=resnet18"], workspace))
     assert "model=resnet18" in line and "model=custom" in line
 
-    resumed = run([f"ckpt_path={last}", "trainer.max_epochs=2", "trusted_targets=[my_resumed_nets.*]"], workspace)
+    # the user's own run is signed: the README commands evaluate, analyze and resume it as it is
+    evaluated = run([f"ckpt_path={last}", "max_samples=32", "autoattack.enabled=false", "pgd.steps=2"], workspace,
+                    "lsa_train.app.evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    analyzed = run([f"ckpt_path={last}", "num_samples=16"], workspace, "lsa_train.app.analyze")
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    resumed = run([f"ckpt_path={last}", "trainer.max_epochs=2"], workspace)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(p.name for p in first_run.parent.iterdir()) == ["first"]  # no new run dir
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
@@ -74,7 +85,7 @@ def test_resume_continues_the_run_with_its_own_config_in_its_own_folder(first_ru
     assert effective["trainer"]["max_epochs"] == 2 and effective["model"]["_target_"] == "my_resumed_nets.SmallCNN"
     assert "trainer.max_epochs=2" in yaml.safe_load((record / "overrides.yaml").read_text())
     # no epoch left: the run is only tested, says so, and exits 0 (no fit metric to return is not an error)
-    again = run([f"ckpt_path={last}", "trainer.max_epochs=2", "trusted_targets=[my_resumed_nets.*]"], workspace)
+    again = run([f"ckpt_path={last}", "trainer.max_epochs=2"], workspace)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing was trained, the run was only tested" in again.stdout
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6

@@ -76,7 +76,7 @@ def _cases(tmp: Path) -> dict[str, tuple[str, list[str], Path, str]]:
     outside_run = tmp / "writes_outside"
     ckpt = write_run_folder(outside_run)
     edit_run_config(outside_run, **{"callbacks.last_checkpoint.dirpath": str(tmp / "outside")})
-    cases["outside_train"] = ("train", [f"ckpt_path={ckpt}"], tmp / "outside", "outside the run folder")
+    cases["outside_train"] = ("train", [f"ckpt_path={ckpt}"], tmp / "outside", "callbacks.last_checkpoint.dirpath")
     return cases
 
 
