@@ -10,7 +10,8 @@ accepts such a config only where it says what the project's own ``conf/`` could 
 * **No resolver runs** on it except where ``conf/`` has the identical interpolation at that key
   (``dirpath: ${paths.output_dir}/checkpoints``).
 * **Known keys only**: every key is one that ``conf/`` defines (or lies below a key ``conf/`` leaves open,
-  such as a per-probe ``lambda``), or lies below a ``_target_`` this command line trusts.
+  such as a per-probe ``lambda``), a named parameter of the project-allowed ``_target_`` of its node
+  (``trainer.limit_train_batches``; never ``**kwargs``), or lies below a ``_target_`` this command line trusts.
 * **Typed values**: where ``conf/`` has only numbers or booleans, a number or boolean (not a string).
 * **Command-line-only keys** (:data:`COMMAND_LINE_ONLY`): settings that name programs, files, options or
   arguments handed on to third-party code may hold only a value ``conf/`` itself uses there.
@@ -139,6 +140,32 @@ def _known(key: str, known: dict[str, frozenset[tuple[str, str]]], open_keys: fr
     return any(".".join(parts[:i]) in open_keys for i in range(1, len(parts)))
 
 
+@functools.cache
+def _parameters(target: str) -> frozenset[str]:
+    """The named parameters of one of :data:`ALLOWED_TARGETS` (its ``**kwargs`` excluded)."""
+    import importlib
+    import inspect
+
+    module, _, name = target.rpartition(".")
+    try:
+        signature = inspect.signature(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return frozenset()
+    return frozenset(p.name for p in signature.parameters.values()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def _parameter_of_allowed_target(data: dict[str, Any], key: str) -> bool:
+    """``key`` names a parameter of the project-allowed ``_target_`` of its parent node
+    (``trainer.limit_train_batches`` of ``lightning.pytorch.trainer.Trainer``)."""
+    parent, _, leaf = key.rpartition(".")
+    node: Any = data
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    target = node.get("_target_") if isinstance(node, dict) else None
+    return isinstance(target, str) and target in ALLOWED_TARGETS and leaf in _parameters(target)
+
+
 def _command_line_only(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in COMMAND_LINE_ONLY)
 
@@ -205,7 +232,7 @@ def check_foreign_config(
                     f"'{source}' sets {key}={shown}; that setting names a program, file, option or place to "
                     f"write, which only this command line may set for a foreign run; {way_out}")
             continue
-        if not _known(key, known, open_keys):
+        if not _known(key, known, open_keys) and not _parameter_of_allowed_target(data, key):
             raise ForeignConfigError(
                 f"'{source}' sets {key}, a key lsa_train's conf/ does not define; a foreign run's config may "
                 f"hold only the project's settings; {way_out}")

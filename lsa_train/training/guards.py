@@ -100,7 +100,8 @@ class CheckpointStateGuard(L.Callback):
             state["best_k_models"] = {}
 
     def _drop(self, name: str, key: str, value: Any) -> None:
-        line = (f"the checkpoint's {name} state named {key}={str(value)[:120]!r}, not a .ckpt file in "
+        what = "not this run's checkpoints folder" if key == "dirpath" else "not a .ckpt file in"
+        line = (f"the checkpoint's {name} state named {key}={str(value)[:120]!r}, {what} "
                 f"'{self.checkpoint_dir}': dropped, so it is neither reused nor deleted")
         self.dropped.append(line)
         log.warning("%s", line)

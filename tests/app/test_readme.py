@@ -292,6 +292,6 @@ def test_readme_trust_command_runs(command: Command, tmp_path: Path, capsys: pyt
     (run_dir / ".hydra" / "config.yaml").write_text("seed: 2\n")
     assert not verify_run(run_dir).signed
     assert trust_run.main([str(run_dir), "--check"]) == 1
-    args = [str(run_dir) if a == "<run dir>" else a for a in command.args]
+    args = [str(run_dir) if a == "<run>" else a for a in command.args]
     assert trust_run.main(args) == 0, capsys.readouterr().err
     assert verify_run(run_dir).signed and "signed" in capsys.readouterr().out
