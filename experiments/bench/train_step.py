@@ -27,6 +27,7 @@ PGD-7 on the digits settings, every other row against PGD-10 AT), which is added
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -158,6 +159,22 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory (MiB): ``VmHWM`` of ``/proc/self/status``, set back to the current
+    RSS first when ``reset`` (``/proc/self/clear_refs``); elsewhere ``ru_maxrss``. ``ru_maxrss`` alone is not
+    enough in a subprocess: Linux carries the parent's peak over ``fork`` + ``exec``, so a child of a bench
+    process that had grown larger would see no growth at all."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        if reset:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(
     name: str, model_name: str, batch: int, steps: int, warmup: int, device: str, input_size: int | None = None,
     malloc: str = "retain",
@@ -181,12 +198,9 @@ def run_one(
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb(reset=True)
     trainer.fit(module, loader)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb() - rss_before
     return {"median_s": statistics.median(timer.times[warmup:]), "peak_mb": peak}
 
 
