@@ -12,6 +12,13 @@ Usage:
     python experiments/bench/train_step.py --only mart pgd10_at_awp   # interleaved ratios of a few rows only
     python experiments/bench/train_step.py --section lr0_variants --input-size 8 --batch 64 --memory \
         --only mart7_lr0 mart7_lr0_stopgrad mart7_lr0_pairwise pgd7_lr0 pgd7_lr0_stopgrad pgd7_lr0_pairwise
+    python experiments/bench/train_step.py --step-cost --rounds 30   # issue 26: AT-LR's step over PGD-10 AT
+    python experiments/bench/train_step.py --profile pgd10_at pgd10_at_lr   # torch.profiler, by phase and op
+
+``--malloc`` (default ``retain``): whether glibc keeps the memory a step frees
+(:func:`lsa_train.training.allocator.retain_freed_memory`, what ``LSARegularizedModule`` does at fit start
+on a CPU) or returns it to the kernel between steps (``default``: glibc's own thresholds, as before
+issue 26, when every step could pay tens of thousands of page faults).
 
 ``--only`` rows are timed against their own base (``BASE_OF``: the LR-L0 variants against MART-7 or
 PGD-7 on the digits settings, every other row against PGD-10 AT), which is added to the run.
@@ -20,6 +27,7 @@ PGD-7 on the digits settings, every other row against PGD-10 AT), which is added
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -39,9 +47,11 @@ from bench_report import write_section
 from lsa_train.attacks import FGSMRS, PGD, MARTAttack, TRADESAttack
 from lsa_train.models import create_model
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule
+from lsa_train.training.allocator import retain_freed_memory
 
 TARGET_TIME_RATIO = 1.12  # AT-LR / PGD-AT; the floor is 12/11 = 1.09 (one more forward/backward)
 TARGET_MEMORY_RATIO = 1.3
+TARGET_STEP_COST_RATIO = 1.15  # issue 26: AT-LR / PGD-10 AT, fastest step; the floor is about 1.11-1.13 on a CPU
 EPS = 0.1
 
 CONFIGS = {
@@ -149,9 +159,28 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory (MiB): ``VmHWM`` of ``/proc/self/status``, set back to the current
+    RSS first when ``reset`` (``/proc/self/clear_refs``); elsewhere ``ru_maxrss``. ``ru_maxrss`` alone is not
+    enough in a subprocess: Linux carries the parent's peak over ``fork`` + ``exec``, so a child of a bench
+    process that had grown larger would see no growth at all."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        if reset:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(
-    name: str, model_name: str, batch: int, steps: int, warmup: int, device: str, input_size: int | None = None
+    name: str, model_name: str, batch: int, steps: int, warmup: int, device: str, input_size: int | None = None,
+    malloc: str = "retain",
 ) -> dict[str, float]:
+    """``name`` trained for ``steps`` steps under a Trainer: median step time (s, after ``warmup``) and peak
+    memory (MiB); ``malloc="default"`` leaves glibc's thresholds alone (``retain_cpu_memory=False``)."""
     torch.set_num_threads(1)  # steadier medians on a shared CPU; the ratios are what count
     torch.manual_seed(313)
     shape = input_shape(model_name, input_size)
@@ -159,7 +188,9 @@ def run_one(
     y = torch.randint(0, 10, (batch * 4,))
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
     model = create_model(model_name, num_classes=10, in_channels=shape[0], input_size=shape[1])
-    module = LSARegularizedModule(model, check_finite=False, **ALL_CONFIGS[name]())
+    module = LSARegularizedModule(
+        model, check_finite=False, retain_cpu_memory=malloc == "retain", **ALL_CONFIGS[name]()
+    )
     timer = StepTimer(torch.device(device))
     trainer = L.Trainer(
         accelerator=device, devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
@@ -167,12 +198,9 @@ def run_one(
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb(reset=True)
     trainer.fit(module, loader)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb() - rss_before
     return {"median_s": statistics.median(timer.times[warmup:]), "peak_mb": peak}
 
 
@@ -180,11 +208,26 @@ def interleaved_step_times(
     model_name: str, batch: int, rounds: int, device: str, names: list[str] | None = None,
     input_size: int | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Per configuration: median step time and median ratio to its base (:func:`base_of`, PGD-10 AT
-    unless set), the configurations taking turns step by step on the same batch in a shuffled order
-    each round, so that machine noise hits them alike (``training_step`` + backward + optimizer step).
-    The ratio is taken within each round and then the median over rounds, which cancels slow drifts of
-    the machine's speed. ``names`` must hold each row's base."""
+    """Per configuration: median step time (s) and median ratio to its base; see :func:`interleaved_step_stats`."""
+    stats = interleaved_step_stats(model_name, batch, rounds, device, names, input_size)
+    return {name: (row["median_s"], row["ratio"]) for name, row in stats.items()}
+
+
+def interleaved_step_stats(
+    model_name: str, batch: int, rounds: int, device: str, names: list[str] | None = None,
+    input_size: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """The configurations take turns step by step on the same batch in a shuffled order each round, so
+    that machine noise hits them alike (``training_step`` + backward + optimizer step); the first 2
+    rounds are warm-up. ``names`` must hold each row's base (:func:`base_of`, PGD-10 AT unless set).
+
+    Returns:
+        Per configuration: ``median_s`` and ``fastest_s`` (seconds per step); ``ratio``: the median over
+        rounds of the round's ratio to the base (cancels slow drifts of the machine's speed);
+        ``fastest_ratio``: the fastest step over the base's fastest step (the step without
+        interruptions: other processes, page faults); ``faults``: the median number of minor page
+        faults per step (the kernel handing memory to the process, about 2 us per 4 KiB page).
+    """
     import random
     import warnings
 
@@ -200,6 +243,7 @@ def interleaved_step_times(
         module = LSARegularizedModule(model, check_finite=False, **make())
         runs[name] = (module, module.configure_optimizers())
     times: dict[str, list[float]] = {name: [] for name in runs}
+    faults: dict[str, list[int]] = {name: [] for name in runs}
     timer = StepTimer(torch.device(device))
     order = list(runs)
     shuffler = random.Random(0)
@@ -210,6 +254,7 @@ def interleaved_step_times(
             for name in order:
                 module, optimizer = runs[name]
                 timer._sync()
+                faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 loss = module.training_step((x, y), step)
                 loss.backward()
@@ -217,13 +262,18 @@ def interleaved_step_times(
                 optimizer.zero_grad(set_to_none=True)
                 timer._sync()
                 times[name].append(time.perf_counter() - start)
-    return {
-        name: (
-            statistics.median(values[2:]),
-            statistics.median(v / b for v, b in zip(values[2:], times[base_of(name)][2:])),
-        )
-        for name, values in times.items()
-    }
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+    stats = {}
+    for name, values in times.items():
+        base = times[base_of(name)][2:]
+        stats[name] = {
+            "median_s": statistics.median(values[2:]),
+            "fastest_s": min(values[2:]),
+            "ratio": statistics.median(v / b for v, b in zip(values[2:], base)),
+            "fastest_ratio": min(values[2:]) / min(base),
+            "faults": statistics.median(faults[name][2:]),
+        }
+    return stats
 
 
 def main() -> None:
@@ -246,22 +296,40 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true",
                         help="with --only: also a fresh-process peak-memory run per row at --memory-batch")
     parser.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
+    parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                        help="retain: glibc keeps freed memory (what training does on a CPU); default: glibc's "
+                             "thresholds (the memory runs outside --step-cost always use these, as before)")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="issue 26: AT-LR (and checkpoint_clean, stop_clean_grad) vs PGD-10 AT under both --malloc "
+                             "modes, with memory; own results section")
+    parser.add_argument("--profile", nargs="+", choices=list(ALL_CONFIGS),
+                        help="torch.profiler of these configurations' steps, by phase and op (printed only)")
+    parser.add_argument("--stats-json", nargs="+", choices=list(ALL_CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.malloc == "retain" and args.device == "cpu":
+        retain_freed_memory()  # as LSARegularizedModule.on_fit_start does; the --config runs pass it on too
     if args.config:
         print(json.dumps(run_one(args.config, args.model, args.batch, args.steps, args.warmup, args.device,
-                                 args.input_size)))
+                                 args.input_size, args.malloc)))
+        return
+    if args.stats_json:
+        print(json.dumps(interleaved_step_stats(args.model, args.batch, args.rounds + 2, args.device,
+                                                args.stats_json, input_size=args.input_size)))
+        return
+    if args.profile:
+        profile_steps(args)
+        return
+    if args.step_cost:
+        step_cost_section(args)
         return
     if args.only:
         interleaved_subset(args)
         return
     results: dict[str, dict[str, float]] = {}
 
-    def fresh_run(name: str, batch: int, steps: int, warmup: int) -> dict[str, float]:
-        return fresh_process_run(args, name, batch, steps, warmup)
-
     for name in CONFIGS:
-        results[name] = fresh_run(name, args.batch, args.steps, args.warmup)
-        results[name]["peak_mb"] = fresh_run(name, args.memory_batch, 3, 1)["peak_mb"]
+        results[name] = fresh_process_run(args, name, args.batch, args.steps, args.warmup, malloc=args.malloc)
+        results[name]["peak_mb"] = fresh_process_run(args, name, args.memory_batch, 3, 1)["peak_mb"]
     step_times = interleaved_step_times(args.model, args.batch, args.rounds + 2, args.device,
                                         input_size=args.input_size)
     for name, (median, ratio) in step_times.items():
@@ -278,6 +346,10 @@ def main() -> None:
     time_met = "yes" if time_ratio <= TARGET_TIME_RATIO else "NO"
     mem_met = "yes" if mem_ratio <= TARGET_MEMORY_RATIO else "NO"
     memory_kind = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS growth during fit"
+    malloc_note = "" if args.device == "cuda" else (
+        f" Timings with `--malloc {args.malloc}` (`retain`: glibc keeps the memory a step frees, as training does on"
+        " a CPU since issue 26); the memory runs with glibc's default thresholds."
+    )
     mem_checkpoint = results["pgd10_at_lr_checkpoint"]["peak_mb"] / base["peak_mb"]
     time_checkpoint = results["pgd10_at_lr_checkpoint"]["step_ratio"]
     ckpt_mem_met = "yes" if mem_checkpoint <= TARGET_MEMORY_RATIO else "NO"
@@ -289,8 +361,9 @@ Model `{args.model}`, batch {args.batch}, eps {EPS}, one torch thread. AT-LR reg
 one process, in a shuffled order each round ({args.rounds} rounds after 2 warm-up ones); the ratio is the
 median over rounds of each round's ratio to PGD-10 AT: the ratio the target refers to. *Trainer*: each
 configuration alone in a fresh process under a Lightning `Trainer` ({args.steps} steps, median after
-{args.warmup}); noisier, since the runs happen at different times. Memory: {memory_kind} of another
-fresh Trainer run per configuration at batch {args.memory_batch} (3 steps), so that activations dominate.
+{args.warmup}); noisier, since the runs happen at different times.{malloc_note} Memory: {memory_kind}
+of another fresh Trainer run per configuration at batch {args.memory_batch} (3 steps), so that activations
+dominate.
 
 | configuration | interleaved ms/step | ratio | Trainer ms/step | ratio | peak MiB | memory ratio |
 |---|---:|---:|---:|---:|---:|---:|
@@ -328,12 +401,13 @@ MEMORY_RUN_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def fresh_process_run(
-    args: argparse.Namespace, name: str, batch: int, steps: int, warmup: int, env: dict[str, str] | None = None
+    args: argparse.Namespace, name: str, batch: int, steps: int, warmup: int, env: dict[str, str] | None = None,
+    malloc: str = "default",
 ) -> dict[str, float]:
     """:func:`run_one` of ``name`` in a fresh Python process (so that its peak RSS is its own), with
-    ``env`` added to the environment."""
+    ``env`` added to the environment and glibc's thresholds as ``malloc`` says (``default``: untouched)."""
     command = [sys.executable, __file__, "--config", name, "--model", args.model, "--batch", str(batch),
-               "--steps", str(steps), "--warmup", str(warmup), "--device", args.device]
+               "--steps", str(steps), "--warmup", str(warmup), "--device", args.device, "--malloc", malloc]
     if args.input_size is not None:
         command += ["--input-size", str(args.input_size)]
     out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -372,7 +446,7 @@ def interleaved_subset(args: argparse.Namespace) -> None:
 
 Model `{args.model}` on random {shape} inputs, batch {args.batch}, eps {EPS}, one torch thread. The
 configurations take turns step by step on the same batch in a shuffled order each round ({args.rounds}
-rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio to the row's base.
+rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio to the row's base.{malloc_line(args)}
 {memory_text}
 
 {header}
@@ -382,6 +456,15 @@ rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio t
 """
     write_section(f"train_step_{args.device}_{args.section}", body)
     print(body)
+
+
+def malloc_line(args: argparse.Namespace) -> str:
+    """The sentence of an ``--only`` section that says how glibc's thresholds were set for the timings."""
+    if args.device != "cpu":
+        return ""
+    if args.malloc == "retain":
+        return "\nTimed with freed memory retained (`--malloc retain`, as training does on a CPU since issue 26)."
+    return "\nTimed with glibc's default malloc thresholds (`--malloc default`, as before issue 26)."
 
 
 #: ``--section``: title and closing notes of the ``--only`` sections.
@@ -407,7 +490,8 @@ def mart_awp_section(args: argparse.Namespace, step_times: dict[str, tuple[float
 
 Model `{args.model}`, batch {args.batch}, eps {EPS}, one torch thread; the configurations of the table above
 (same definitions), taking turns step by step on the same batch in a shuffled order each round
-({args.rounds} rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio to PGD-10 AT.
+({args.rounds} rounds after 2 warm-up ones); ratio = median over rounds of each round's ratio to PGD-10
+AT.{malloc_line(args)}
 No fresh-process or memory runs in this section.
 
 | configuration | interleaved ms/step | ratio |
@@ -420,6 +504,186 @@ adversarial training pass); AWP adds one forward and backward of the proxy copy 
 """
     write_section(f"train_step_{args.device}_mart_awp", body)
     print(body)
+
+
+def stats_in_fresh_process(args: argparse.Namespace, names: list[str], malloc: str) -> dict[str, dict[str, float]]:
+    """:func:`interleaved_step_stats` of ``names`` in a fresh process with ``--malloc malloc`` (glibc's
+    thresholds, once changed, stay changed for the process)."""
+    command = [sys.executable, __file__, "--stats-json", *names, "--model", args.model, "--batch", str(args.batch),
+               "--rounds", str(args.rounds), "--device", args.device, "--malloc", malloc]
+    if args.input_size is not None:
+        command += ["--input-size", str(args.input_size)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def live_tensor_peak_mb(name: str, model_name: str, batch: int, input_size: int | None = None) -> float | None:
+    """Peak of the bytes held by live CPU tensors (MiB) during one training step (attack, outer loss,
+    backward, optimizer step) after a warm-up step, from ``torch.profiler``'s memory timeline: what the
+    step needs, whatever the allocator keeps or returns. ``None`` where this torch's profiler lacks the
+    timeline (a private API)."""
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    torch.manual_seed(313)
+    shape = input_shape(model_name, input_size)
+    x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
+    model = create_model(model_name, num_classes=10, in_channels=shape[0], input_size=shape[1])
+    module = LSARegularizedModule(model, check_finite=False, **ALL_CONFIGS[name]())
+    optimizer = module.configure_optimizers()
+
+    def step(index: int) -> None:
+        loss = module.training_step((x, y), index)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer
+        step(0)
+        try:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                         with_stack=True) as prof:
+                step(1)
+            timeline = prof._memory_profile().timeline
+        except Exception:  # a private API: report nothing rather than fail the benchmark
+            return None
+    live = peak = 0
+    for _, action, _, size in timeline:
+        if action.name == "CREATE":
+            live += size
+        elif action.name == "DESTROY":
+            live -= size
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+#: The rows of the ``--step-cost`` section: PGD-10 AT, AT-LR on probe 2 and its two cheaper variants.
+STEP_COST_ROWS = ["pgd10_at", "pgd10_at_lr", "pgd10_at_lr_checkpoint", "pgd10_at_lr_stopgrad"]
+
+
+def step_cost_section(args: argparse.Namespace) -> None:
+    """Issue 26: AT-LR's step time over PGD-10 AT's (fastest step and median per round), under glibc's
+    default thresholds and with freed memory retained, each in its own process; peak memory per row
+    (RSS growth of a fresh Trainer run, both malloc modes, and the live tensors of one step); the load
+    average before and after."""
+    load_before = os.getloadavg()
+    timings = {malloc: stats_in_fresh_process(args, STEP_COST_ROWS, malloc) for malloc in ("default", "retain")}
+    memory = {}
+    for name in STEP_COST_ROWS:
+        memory[name] = {
+            malloc: fresh_process_run(args, name, args.memory_batch, args.memory_steps, 1, malloc=malloc)["peak_mb"]
+            for malloc in ("default", "retain")
+        }
+        memory[name]["live"] = live_tensor_peak_mb(name, args.model, args.memory_batch, args.input_size)
+    load_after = os.getloadavg()
+    time_rows, memory_rows = [], []
+    for malloc in ("default", "retain"):
+        for name in STEP_COST_ROWS:
+            row = timings[malloc][name]
+            time_rows.append(f"| {name} | {malloc} | {row['fastest_s'] * 1000:.1f} | {row['median_s'] * 1000:.1f} | "
+                             f"{row['fastest_ratio']:.3f} | {row['ratio']:.3f} | {row['faults']:.0f} |")
+    for name in STEP_COST_ROWS:
+        cells = []
+        for kind in ("default", "retain", "live"):
+            value, base = memory[name][kind], memory["pgd10_at"][kind]
+            cells.append("n/a" if value is None or base is None else f"{value:.0f} | {value / base:.2f}")
+        memory_rows.append(f"| {name} | {' | '.join(cells)} |")
+    lr, ckpt = timings["retain"]["pgd10_at_lr"], timings["retain"]["pgd10_at_lr_checkpoint"]
+    fastest_met = "yes" if lr["fastest_ratio"] <= TARGET_STEP_COST_RATIO else "NO"
+    median_met = "yes" if lr["ratio"] <= TARGET_STEP_COST_RATIO else "NO"
+    memory_ratio = memory["pgd10_at_lr"]["default"] / memory["pgd10_at"]["default"]
+    memory_met = "yes" if memory_ratio <= TARGET_MEMORY_RATIO else "NO"
+    loads = ", ".join(f"{v:.2f}" for v in load_before), ", ".join(f"{v:.2f}" for v in load_after)
+    body = f"""## Training step cost of AT-LR (issue 26) ({args.device})
+
+Model `{args.model}`, batch {args.batch}, eps {EPS}, one torch thread, the configurations of the first
+training-step table. Timing: the four rows take turns step by step on the same batch in a shuffled order each
+round ({args.rounds} rounds after 2 warm-up ones), once in a process with glibc's default malloc thresholds
+(`default`) and once in a process where glibc keeps the memory a step frees (`retain`:
+`lsa_train.training.allocator.retain_freed_memory`, which `LSARegularizedModule` applies at fit start on a
+CPU since issue 26). *fastest*: the fastest step and its ratio to PGD-10 AT's fastest step; *median*: the
+median step and the median over rounds of each round's ratio to PGD-10 AT; *faults*: median minor page faults
+per step.
+
+| configuration | malloc | fastest ms | median ms | fastest ratio | median ratio | faults / step |
+|---|---|---:|---:|---:|---:|---:|
+{chr(10).join(time_rows)}
+
+Memory at batch {args.memory_batch}: peak RSS growth of a fresh Trainer run per row ({args.memory_steps} steps)
+under each malloc mode (`default` is the method of the first table), and the peak of the bytes held by live
+tensors in one step, from `torch.profiler`'s memory timeline (what the step needs, whatever the allocator
+keeps); MiB and ratio to PGD-10 AT.
+
+| configuration | peak RSS, default | ratio | peak RSS, retain | ratio | live tensors | ratio |
+|---|---:|---:|---:|---:|---:|---:|
+{chr(10).join(memory_rows)}
+
+| target | value | bound | met |
+|---|---:|---:|:---:|
+| AT-LR / PGD-10 AT, fastest step (retain) | {lr['fastest_ratio']:.3f} | <= {TARGET_STEP_COST_RATIO} | {fastest_met} |
+| AT-LR / PGD-10 AT, median per round (retain) | {lr['ratio']:.3f} | <= {TARGET_STEP_COST_RATIO} | {median_met} |
+| AT-LR / PGD-10 AT, peak RSS (default) | {memory_ratio:.2f} | <= {TARGET_MEMORY_RATIO} | {memory_met} |
+| `checkpoint_clean` / AT-LR, median step (retain) | {ckpt['median_s'] / lr['median_s']:.3f} | - | - |
+
+Load average (1, 5, 15 min) before the runs: {loads[0]}; after: {loads[1]}.
+"""
+    write_section(f"train_step_{args.device}_step_cost", body)
+    print(body)
+
+
+def profile_steps(args: argparse.Namespace) -> None:
+    """Prints where the steps of ``args.profile`` spend their time: ``torch.profiler`` (CPU) over 5 rounds
+    after 2 warm-up ones, the configurations taking turns; per configuration the phases (attack, outer
+    forward and loss, backward, optimizer step) and the ops by self time."""
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    torch.set_num_threads(1)
+    torch.manual_seed(313)
+    shape = input_shape(args.model, args.input_size)
+    x, y = torch.rand(args.batch, *shape), torch.randint(0, 10, (args.batch,))
+    runs = {}
+    for name in args.profile:
+        model = create_model(args.model, num_classes=10, in_channels=shape[0], input_size=shape[1])
+        module = LSARegularizedModule(model, check_finite=False, **ALL_CONFIGS[name]())
+        runs[name] = (module, module.configure_optimizers())
+
+    def step(name: str, index: int) -> None:
+        module, optimizer = runs[name]
+        with record_function(f"{name}/step"):
+            with record_function(f"{name}/1 attack"):
+                mvl = module._active_mvl(x)
+                x_adv = module.attack(module.fast_model, x, y)
+            with record_function(f"{name}/2 outer forward + loss"):
+                loss = module._outer_step(x, y, x_adv, mvl, index)
+            with record_function(f"{name}/3 backward"):
+                loss.backward()
+            with record_function(f"{name}/4 optimizer"):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer
+        for index in range(2):
+            for name in runs:
+                step(name, index)
+        profiles = {}
+        for name in runs:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for index in range(5):
+                    step(name, index)
+            profiles[name] = prof
+    for name, prof in profiles.items():
+        averages = prof.key_averages()
+        print(f"== {name}: ms per step")
+        for event in sorted(averages, key=lambda e: e.key):
+            if event.key.startswith(f"{name}/"):
+                print(f"  {event.key.split('/', 1)[1]:28s} {event.cpu_time_total / 1000 / event.count:9.2f}")
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
