@@ -156,7 +156,7 @@ def test_the_app_reports_bad_limits_as_one_line_config_errors(tmp_path: Path) ->
     assert defaults.data.max_files == DEFAULT_MAX_FILES and tensors.data.max_gib == "abc"
     with pytest.raises(ConfigError, match=r"^data(=\w+)?: max_gib must be a positive number .*got 'abc'$"):
         build_datamodule(tensors)
-    with pytest.raises(ConfigError, match=r"^data: max_files must be an integer >= 1 \(default 2000000\), got 0$"):
+    with pytest.raises(ConfigError, match=r"^data(=\w+)?: max_files must be an integer >= 1 .*got 0$"):
         build_datamodule(folder)
 
 
