@@ -161,8 +161,10 @@ def check_write_destinations(
 
     A resume writes checkpoints, logs and LSA figures where the saved config says (``dirpath``,
     ``save_dir``, ``default_root_dir``, ... under :data:`WRITING_NODES`). Those paths are data from the
-    run folder: each must resolve into ``run_dir`` unless this command line set it (the key, a node above
-    it, or a switched group such as ``logger=tensorboard``, whose paths come from ``conf/``).
+    run folder: each must resolve into ``run_dir``. Keys this command line set (the key, a node above it,
+    or a switched group such as ``logger=tensorboard``, whose paths come from ``conf/``) are not checked
+    here but, like every path, by the write door once the trainer is built
+    (:func:`lsa_train.writes.check_trainer_writes`), which also keeps them inside the run folder.
 
     Raises:
         ConfigError: One line naming the key, the path and how to allow it.
@@ -181,7 +183,7 @@ def check_write_destinations(
         if escapes:
             raise ConfigError(
                 f"'{base}' sets {key}={text}, outside the run folder '{run_dir}'; a resume writes only into its "
-                f"run folder unless this command line says where: give {key}=<path> (or {key}={text}) to allow it"
+                f"run folder: give {key}=<path> inside '{run_dir}' on the command line"
             )
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lsa_train.signing import RUN_CONFIG, SigningError, key_path, sign_run, verify_run
+from lsa_train.writes import check_run_folder_links
 
 PROG = "lsa-trust"
 
@@ -64,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 foreign += not verdict.signed
                 print(f"{run}: " + ("signed by you" if verdict.signed else f"foreign ({verdict.reason})"))
                 continue
-            from lsa_train.writes import check_run_folder_links
-
             check_run_folder_links(run)
             targets = ", ".join(_targets(run)) or "none"
             sign_run(run)
