@@ -6,6 +6,10 @@ Finds what those attacks need and says so when something is missing, instead of 
   trained on, read from its checkpoint (``checkpoint["lsa_train"]["mvl"]``, written by
   :class:`~lsa_train.training.LSARegularizedModule`); a run without the LSA term, an empty MVL or a
   ``model=``/``data=`` evaluation without the override skips that attack, with the reason in the report;
+- the per-probe weights of its feature term: on the run's MVL, the run's ``regularizer.lambda`` (one number
+  for every probe, or one per MVL probe, as :class:`~lsa_train.training.LayerwiseRegularizer` weighted them),
+  so at kappa 1 the attacker maximizes the term the defense minimized; on probes named by
+  ``adaptive_attacks.probes``, 1 each (the run put no weight on them); both stated in the report;
 - the source model of the transfer attack: ``transfer_from=<checkpoint or run dir of an lsa-train run>``,
   loaded by :func:`lsa_train.app.checkpoint_loading.load_run` with the same ``trust_checkpoint`` as
   ``ckpt_path``.
@@ -58,7 +62,12 @@ def check_config(cfg: DictConfig) -> None:
     if not isinstance(kappas, ListConfig | list) or any(
         isinstance(k, bool) or not isinstance(k, int | float) or not math.isfinite(k) or k < 0 for k in kappas
     ):
-        raise ConfigError(f"adaptive_attacks.kappas={kappas} must be a list of numbers >= 0, e.g. [0, 1, 10]")
+        raise ConfigError(f"adaptive_attacks.kappas={kappas} must be a list of numbers > 0, e.g. [1, 10]")
+    if any(k == 0 for k in kappas):
+        raise ConfigError(
+            f"adaptive_attacks.kappas={kappas} has 0: the feature-level PGD at kappa 0 is plain PGD (the pgd attack, "
+            "already in the worst case, and pgd_ce_restarts); give numbers > 0, e.g. [1, 10]"
+        )
     probes = node.probes
     if probes is not None and (
         not isinstance(probes, ListConfig | list) or not probes or not all(isinstance(p, str | int) for p in probes)
@@ -93,7 +102,7 @@ def build(cfg: DictConfig, run: Any, model: nn.Module, example: torch.Tensor, ep
         setup.skipped[TRANSFER_ATTACK] = (
             "no transfer_from given (a checkpoint of another run, e.g. the base run of the same seed)"
         )
-    probes, measure = None, "relative_error"
+    probes, weights, measure = None, None, "relative_error"
     if cfg.adaptive:
         names, where = probe_names(cfg, run)
         if names is None:
@@ -103,7 +112,10 @@ def build(cfg: DictConfig, run: Any, model: nn.Module, example: torch.Tensor, ep
         else:
             probes = resolve_probes(model, example, names, run, where)
             measure = feature_measure(run)
-            setup.facts["feature_probes"] = {"probes": [p.name for p in probes], "from": where, "measure": measure}
+            weights, weights_from = feature_weights(cfg, run, [p.name for p in probes])
+            setup.facts["feature_probes"] = {"probes": [p.name for p in probes], "from": where, "measure": measure,
+                                             "weights": dict(zip([p.name for p in probes], weights, strict=True)),
+                                             "weights_from": weights_from}
     else:
         setup.skipped["adaptive attacks"] = "adaptive=false (the worst case covers the attacks above only)"
     node = cfg.adaptive_attacks
@@ -111,7 +123,7 @@ def build(cfg: DictConfig, run: Any, model: nn.Module, example: torch.Tensor, ep
     attacks = adaptive_attacks(
         eps, steps=steps, alpha=None if cfg.pgd.alpha is None else float(cfg.pgd.alpha),
         restarts=int(node.restarts), base_restarts=int(cfg.pgd.restarts),
-        kappas=[float(k) for k in node.kappas], probes=probes, transfer_source=source,
+        kappas=[float(k) for k in node.kappas], probes=probes, weights=weights, transfer_source=source,
         transfer_name=None if source_path is None else str(source_path), seed=int(cfg.seed), measure=measure,
     )
     setup.attacks = attacks if cfg.adaptive else [a for a in attacks if a.name == TRANSFER_ATTACK]
@@ -146,6 +158,34 @@ def probe_names(cfg: DictConfig, run: Any) -> tuple[list[str] | None, str]:
         return None, (f"the run's MVL was empty at its checkpoint (epoch {epoch}): the term regularized no probe "
                       "then; give adaptive_attacks.probes=[...] to attack representations anyway")
     return [str(p) for p in mvl], f"the run's MVL at its checkpoint (epoch {epoch})"
+
+
+def feature_weights(cfg: DictConfig, run: Any, probes: list[str]) -> tuple[list[float], str]:
+    """``(one weight per probe, where they come from)`` for the feature term of the attack.
+
+    On the run's MVL (no ``adaptive_attacks.probes``): the run's ``regularizer.lambda``, one number for every
+    probe or one per MVL probe in the MVL's order (the forward order, as the training zipped them). On probes
+    the command line names: 1 each, since the run's term put no weight on probes outside its MVL.
+
+    Raises:
+        ConfigError: The run's lambda list does not have one value per MVL probe, or its values are not
+            numbers >= 0 (:func:`lsa_train.app.validation.lambda_values`), or they are all 0.
+    """
+    from lsa_train.app.validation import lambda_values
+
+    if cfg.adaptive_attacks.probes is not None or run.run_cfg is None:
+        return [1.0] * len(probes), ("1 per probe: adaptive_attacks.probes names them, not the run's MVL, so the "
+                                     "run's regularizer.lambda does not apply")
+    lam = lambda_values(run.run_cfg.regularizer)
+    if isinstance(lam, float):
+        return [lam] * len(probes), f"the run's regularizer.lambda={lam:g}, for every MVL probe"
+    if len(lam) != len(probes):
+        raise ConfigError(f"the run's regularizer.lambda={lam} has {len(lam)} values but its MVL has {len(probes)} "
+                          f"probes {probes}; the feature-level attack weights each MVL probe by its lambda")
+    if not any(v > 0 for v in lam):
+        raise ConfigError(f"the run's regularizer.lambda={lam} is 0 for every MVL probe {probes}: its term weighted "
+                          "no probe; give adaptive_attacks.probes=[...] to attack representations anyway")
+    return list(lam), f"the run's regularizer.lambda={lam}, one per MVL probe in forward order"
 
 
 def feature_measure(run: Any) -> str:

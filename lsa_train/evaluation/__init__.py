@@ -48,6 +48,7 @@ from lsa_train.evaluation.robustness import (
     pgd_accuracy,
     rg_score,
 )
+from lsa_train.evaluation.seeding import attack_seed
 from lsa_train.evaluation.utils import collect_samples, eval_mode
 from lsa_train.evaluation.worst_case import AttackOutcome, WorstCase, worst_case
 
@@ -67,6 +68,7 @@ __all__ = [
     "WorstCase",
     "adaptive_attacks",
     "attack_accuracy",
+    "attack_seed",
     "autoattack_accuracy",
     "autoattack_sample_count",
     "check_blackbox_vs_whitebox",

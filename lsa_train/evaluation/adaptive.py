@@ -7,22 +7,26 @@ A layer-wise consistency term can look robust to standard attacks and fall to an
 - ``pgd_ce_restarts``: Linf PGD on the cross-entropy with several random restarts.
 - ``pgd_margin``: Linf PGD on the Carlini-Wagner margin ``max_{i != y} z_i - z_y``
   (:func:`lsa_train.attacks.losses.margin_loss`), which does not saturate like the cross-entropy.
-- ``feature_pgd_kappa_<k>``: :class:`FeaturePGD`, Linf PGD on ``CE + kappa * sum_l mean_batch CM_l``
+- ``feature_pgd_kappa_<k>``: :class:`FeaturePGD`, Linf PGD on ``CE + kappa * sum_l w_l * mean_batch CM_l``
   with ``CM_l`` the comparison between clean and adversarial representations at the probes the
   defense regularized (its MVL), in the measure it trained with (``regularizer.measure``: the relative
-  error, or its pairwise-normalized form) as :class:`lsa_train.training.LayerwiseRegularizer` computes it.
-  With ``kappa = 0`` it is exactly :class:`lsa_train.attacks.PGD`.
+  error, or its pairwise-normalized form) and with its per-probe weights ``w_l`` (the run's
+  ``regularizer.lambda``), as :class:`lsa_train.training.LayerwiseRegularizer` computes the training term:
+  at ``kappa = 1`` the attacker maximizes the objective the defense minimized. ``kappa > 0`` only: at
+  ``kappa = 0`` :class:`FeaturePGD` is exactly :class:`lsa_train.attacks.PGD`, already in the evaluation.
 - ``transfer``: :class:`TransferAttack`, PGD examples crafted on a source model (e.g. the base run of
   the same seed, or an undefended twin) and applied to the evaluated model; it needs no gradient of the
   evaluated model, so masking its gradient does not stop it.
 
 Every attack works in input space ``[0, 1]`` with the model in eval mode; BatchNorm statistics and
 parameter gradients are left untouched (:class:`lsa_train.attacks.Attack`), probe hooks are removed on
-exit (:class:`lsa_train.analysis.ProbeCapture`), and random starts come from a seeded generator.
+exit (:class:`lsa_train.analysis.ProbeCapture`), and random starts come from a seeded generator, each
+attack with its own seed (:func:`lsa_train.evaluation.seeding.attack_seed` of the evaluation seed and its
+name), so no attack retraces another's random starts.
 
 Example:
-    >>> attacks = adaptive_attacks(0.2, steps=20, restarts=5, kappas=(0, 1, 10), probes=mvl_probes, seed=0,
-    ...                            transfer_source=base_model)
+    >>> attacks = adaptive_attacks(0.2, steps=20, restarts=5, kappas=(1, 10), probes=mvl_probes, weights=0.1,
+    ...                            seed=0, transfer_source=base_model)
     >>> report = evaluate_robustness(model, loader, 0.2, extra_attacks=attacks)
 """
 
@@ -43,9 +47,10 @@ from lsa_train.attacks import PGD
 from lsa_train.attacks.base import autocast_off
 from lsa_train.attacks.losses import cross_entropy_per_sample, margin_loss
 from lsa_train.evaluation.robustness import AttackFn
+from lsa_train.evaluation.seeding import attack_seed
 
-#: Default kappa grid of the feature-level attack.
-DEFAULT_KAPPAS: tuple[float, ...] = (0.0, 1.0, 10.0)
+#: Default kappa grid of the feature-level attack (kappa 0 is plain PGD: not an adaptive attack).
+DEFAULT_KAPPAS: tuple[float, ...] = (1.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -64,20 +69,24 @@ class NamedAttack:
 
 
 class FeaturePGD(PGD):
-    """Linf PGD on ``CE + kappa * sum_l mean_batch measure(phi_l(x), phi_l(x_adv))`` (the relative error, or the
-    measure the defense trained with).
+    """Linf PGD on ``CE + kappa * sum_l w_l * mean_batch measure(phi_l(x), phi_l(x_adv))`` (the relative error,
+    or the measure the defense trained with; ``w_l`` its per-probe weights, the run's ``regularizer.lambda``).
 
     The clean representations ``phi_l(x)`` are recorded once per call (a constant: the attacker moves
     ``x_adv`` only); the adversarial ones on every step, through a :class:`ProbeCapture` that keeps the
     graph and is removed when the call returns. Restarts are ranked by the same objective per sample.
     With ``kappa = 0`` the steps, the random starts and the result are exactly those of
-    :class:`~lsa_train.attacks.PGD` with the same arguments.
+    :class:`~lsa_train.attacks.PGD` with the same arguments. A probe of weight 0 is not captured and adds
+    nothing to the objective.
 
     Args:
         eps: Linf radius, input units.
         probes: The probes of the term (e.g. the run's MVL), from
             :func:`~lsa_train.analysis.select_probes` on the attacked model.
         kappa: Weight of the representation term, ``>= 0``.
+        weights: Per-probe weights ``w_l`` (finite, ``>= 0``, not all 0): one number for every probe, one per
+            probe in the order of ``probes``, or ``None`` for 1 each. With the run's ``regularizer.lambda``
+            (:class:`~lsa_train.training.LayerwiseRegularizer`'s ``gamma``), ``kappa = 1`` is the training term.
         alpha: Step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         steps: Steps per restart.
         restarts: Random restarts.
@@ -91,7 +100,7 @@ class FeaturePGD(PGD):
         - images: ``(N, ...)`` in ``[0, 1]``; labels ``(N,)`` int64; output like ``images``.
     """
 
-    _repr_fields = ("eps", "alpha", "steps", "restarts", "kappa", "probe_names", "measure_name")
+    _repr_fields = ("eps", "alpha", "steps", "restarts", "kappa", "probe_weights", "measure_name")
 
     def __init__(
         self,
@@ -104,6 +113,7 @@ class FeaturePGD(PGD):
         *,
         seed: int | None = None,
         measure: str = "relative_error",
+        weights: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__(eps, alpha=alpha, steps=steps, restarts=restarts, norm="linf", seed=seed)
         if not probes:
@@ -113,7 +123,10 @@ class FeaturePGD(PGD):
         if not math.isfinite(float(kappa)) or float(kappa) < 0:
             raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
         self.probes = list(probes)
+        self.weights = probe_weights(weights, len(self.probes))
         self.kappa = float(kappa)
+        # the probes that enter the objective: a weight-0 probe is neither captured nor computed
+        self._active = [(p, w) for p, w in zip(self.probes, self.weights, strict=True) if w > 0]
         self._capture: ProbeCapture | None = None
         self._clean: dict[str, Tensor] = {}
 
@@ -121,8 +134,13 @@ class FeaturePGD(PGD):
     def probe_names(self) -> list[str]:
         return [probe.name for probe in self.probes]
 
+    @property
+    def probe_weights(self) -> dict[str, float]:
+        """Probe name -> its weight ``w_l`` in the objective."""
+        return {probe.name: weight for probe, weight in zip(self.probes, self.weights, strict=True)}
+
     def perturb(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        with ProbeCapture(model, self.probes, detach=False) as capture:
+        with ProbeCapture(model, [p for p, _ in self._active], detach=False) as capture:
             with torch.no_grad():
                 self._clean = capture.forward_until_captured(images)
             self._capture = capture
@@ -132,13 +150,15 @@ class FeaturePGD(PGD):
                 self._capture, self._clean = None, {}
 
     def _feature_term(self) -> Tensor:
-        """``(N,)``: the summed relative error of the forward just run, at every probe."""
+        """``(N,)``: ``sum_l w_l * measure_l`` of the forward just run, over the probes of weight > 0."""
         assert self._capture is not None, "FeaturePGD's loss is only defined inside perturb"
         adversarial = self._capture.pop()
         measure = self._measure
-        if self.measure_name == "relative_error_pairwise" and adversarial[self.probes[0].name].shape[0] < 2:
+        if self.measure_name == "relative_error_pairwise" and adversarial[self._active[0][0].name].shape[0] < 2:
             measure = relative_error  # one sample has no partner (see the class docstring)
-        return torch.stack([measure(self._clean[p.name], adversarial[p.name]) for p in self.probes]).sum(0)
+        return torch.stack(
+            [weight * measure(self._clean[p.name], adversarial[p.name]) for p, weight in self._active]
+        ).sum(0)
 
     def _loss_and_grad(self, model: nn.Module, x_adv: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         x_adv = x_adv.detach().requires_grad_(True)
@@ -151,6 +171,29 @@ class FeaturePGD(PGD):
         with autocast_off(logits.device.type):
             ce = cross_entropy_per_sample(logits, labels)
         return (ce + self.kappa * self._feature_term()).detach()
+
+
+def probe_weights(weights: float | Sequence[float] | None, n_probes: int) -> list[float]:
+    """``weights`` as one finite weight ``>= 0`` per probe (``None``: 1 each; one number: that for each).
+
+    Raises:
+        ValueError: A negative or non-finite weight, a list of another length than the probes, or every
+            weight 0 (the feature term would be off: the attack would be plain PGD).
+    """
+    if weights is None:
+        values = [1.0] * n_probes
+    elif isinstance(weights, int | float) and not isinstance(weights, bool):
+        values = [float(weights)] * n_probes
+    else:
+        values = [float(w) for w in weights]
+        if len(values) != n_probes:
+            raise ValueError(f"FeaturePGD has {n_probes} probes but {len(values)} weights {values}; give one "
+                             "number, or one per probe")
+    if any(not math.isfinite(w) or w < 0 for w in values):
+        raise ValueError(f"probe weights must be finite numbers >= 0, got {values}")
+    if not any(w > 0 for w in values):
+        raise ValueError(f"every probe weight is 0 ({values}): the feature term is off and the attack is plain PGD")
+    return values
 
 
 class TransferAttack:
@@ -185,6 +228,7 @@ def adaptive_attacks(
     base_restarts: int = 1,
     kappas: Sequence[float] = DEFAULT_KAPPAS,
     probes: Sequence[Probe] | None = None,
+    weights: float | Sequence[float] | None = None,
     transfer_source: nn.Module | None = None,
     transfer_name: str | None = None,
     seed: int = 0,
@@ -192,56 +236,65 @@ def adaptive_attacks(
 ) -> list[NamedAttack]:
     """The adaptive attacks, named and with their settings, in the order they are reported.
 
+    Every attack gets its own seed, :func:`~lsa_train.evaluation.seeding.attack_seed` of ``seed`` and its
+    name (shown in its settings), so none repeats the random starts of another or of the evaluation's PGD.
+
     Args:
         eps: Linf radius, input units.
         steps: Steps of every attack.
         alpha: Step size of every attack; ``None``: ``max(eps / 4, 2.5 * eps / steps)``.
         restarts: Restarts of the cross-entropy and margin PGD.
-        base_restarts: Restarts of the feature-level and transfer PGD (those of the white-box PGD, so
-            that ``kappa = 0`` and a transfer from the model itself reproduce it).
-        kappas: Weights of the feature-level attack, one attack each; empty for none.
+        base_restarts: Restarts of the feature-level and transfer PGD (those of the white-box PGD).
+        kappas: Weights of the feature-level attack, one attack each, every one ``> 0``; empty for none.
         probes: The probes of the feature-level attack; ``None`` or empty skips it (the caller reports why).
+        weights: Per-probe weights of the feature term (:class:`FeaturePGD`): the run's ``regularizer.lambda``
+            (one number, or one per probe in the order of ``probes``); ``None``: 1 each.
         transfer_source: The source model of the transfer attack; ``None`` skips it.
         transfer_name: What the source is (a checkpoint path), for the report.
-        seed: Seed of every random start.
+        seed: The evaluation seed, from which every attack's seed is derived.
         measure: The representation measure of the feature-level attack (the run's ``regularizer.measure``).
 
     Returns:
         ``pgd_ce_restarts``, ``pgd_margin``, ``feature_pgd_kappa_<k>`` per kappa (with probes) and
         ``transfer`` (with a source).
+
+    Raises:
+        ValueError: A kappa that is not a finite number ``> 0`` (``kappa = 0`` is plain PGD, which the
+            evaluation already runs), or probe weights :func:`probe_weights` refuses.
     """
-    common = {"eps": float(eps), "alpha": alpha, "steps": int(steps), "norm": "linf", "seed": seed}
+    bad = [k for k in kappas if not math.isfinite(float(k)) or float(k) <= 0]
+    if bad:
+        raise ValueError(f"kappas {list(kappas)} must be finite numbers > 0: kappa 0 is plain PGD (the evaluation's "
+                         f"pgd), not an attack on the representations; drop {bad}")
+    common = {"eps": float(eps), "alpha": alpha, "steps": int(steps), "norm": "linf"}
+
+    def named(name: str, make: Any, settings: Mapping[str, Any]) -> NamedAttack:
+        """``make(seed)`` builds the attack with its own seed, shown in its settings."""
+        own_seed = attack_seed(seed, name)
+        return NamedAttack(name, make(own_seed), {**common, "seed": own_seed, **settings})
+
     attacks = [
-        NamedAttack(
-            "pgd_ce_restarts",
-            PGD(eps, alpha=alpha, steps=steps, restarts=restarts, seed=seed),
-            {**common, "loss": "cross_entropy", "restarts": int(restarts)},
-        ),
-        NamedAttack(
-            "pgd_margin",
-            PGD(eps, alpha=alpha, steps=steps, restarts=restarts, seed=seed, loss_fn=margin_loss),
-            {**common, "loss": "margin (CW)", "restarts": int(restarts)},
-        ),
+        named("pgd_ce_restarts", lambda s: PGD(eps, alpha=alpha, steps=steps, restarts=restarts, seed=s),
+              {"loss": "cross_entropy", "restarts": int(restarts)}),
+        named("pgd_margin",
+              lambda s: PGD(eps, alpha=alpha, steps=steps, restarts=restarts, seed=s, loss_fn=margin_loss),
+              {"loss": "margin (CW)", "restarts": int(restarts)}),
     ]
-    for kappa in kappas if probes else ():
-        attacks.append(
-            NamedAttack(
+    if probes:
+        weight_of = dict(zip([p.name for p in probes], probe_weights(weights, len(probes)), strict=True))
+        loss = f"cross_entropy + kappa * sum_l w_l * {canonical_measure_name(measure)} at the probes"
+        for kappa in kappas:
+            attacks.append(named(
                 f"feature_pgd_kappa_{float(kappa):g}",
-                FeaturePGD(eps, probes or [], kappa, alpha=alpha, steps=steps, restarts=base_restarts, seed=seed,
-                           measure=measure),
-                {**common, "loss": f"cross_entropy + kappa * {canonical_measure_name(measure)} at the probes",
-                 "kappa": float(kappa),
-                 "probes": [p.name for p in probes or []], "restarts": int(base_restarts)},
-            )
-        )
+                lambda s, k=kappa: FeaturePGD(eps, probes, k, alpha=alpha, steps=steps, restarts=base_restarts,
+                                              seed=s, measure=measure, weights=list(weight_of.values())),
+                {"loss": loss, "kappa": float(kappa), "probes": list(weight_of), "probe_weights": dict(weight_of),
+                 "restarts": int(base_restarts)}))
     if transfer_source is not None:
-        pgd = PGD(eps, alpha=alpha, steps=steps, restarts=base_restarts, seed=seed)
-        attacks.append(
-            NamedAttack(
-                "transfer",
-                TransferAttack(transfer_source, pgd),
-                {**common, "loss": "cross_entropy on the source model", "restarts": int(base_restarts),
-                 "source": transfer_name or type(transfer_source).__name__},
-            )
-        )
+        attacks.append(named(
+            "transfer",
+            lambda s: TransferAttack(transfer_source, PGD(eps, alpha=alpha, steps=steps, restarts=base_restarts,
+                                                          seed=s)),
+            {"loss": "cross_entropy on the source model", "restarts": int(base_restarts),
+             "source": transfer_name or type(transfer_source).__name__}))
     return attacks

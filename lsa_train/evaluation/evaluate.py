@@ -15,6 +15,7 @@ from lsa_train.evaluation.autoattack import autoattack_accuracy, autoattack_samp
 from lsa_train.evaluation.masking import CHECKS, run_masking_checks
 from lsa_train.evaluation.report import EvaluationReport
 from lsa_train.evaluation.robustness import PAPER_EPS_GRID, correct_mask, fgsm_sweep, pgd_attack
+from lsa_train.evaluation.seeding import attack_seed
 from lsa_train.evaluation.utils import Batches, collect_samples, require_reiterable, resolve_device
 from lsa_train.evaluation.worst_case import AttackOutcome, worst_case
 
@@ -46,8 +47,12 @@ def evaluate_robustness(
     worst case per sample over every attack, and the masking checks.
 
     The worst case (:func:`~lsa_train.evaluation.worst_case.worst_case`) counts a sample as robust only
-    if it is correct clean and under PGD, AutoAttack and every ``extra_attacks`` entry; it is computed on
-    the samples every attack ran on (AutoAttack may run on fewer), and the report says how many.
+    if it is correct clean and under PGD, the masking checks' Square (black-box), AutoAttack and every
+    ``extra_attacks`` entry; it is computed on the samples every attack ran on (AutoAttack and Square may
+    run on fewer), and the report says how many and which attacks it covers.
+
+    PGD runs with ``seed``; every other attack with its own seed derived from ``seed`` and its name
+    (:func:`~lsa_train.evaluation.seeding.attack_seed`), so no two share their random starts.
 
     Args:
         model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``, inputs in ``[0, 1]``.
@@ -69,7 +74,7 @@ def evaluate_robustness(
         skipped_attacks: ``{attack: why it did not run}``, stated in the report.
         masking_checks: Run :func:`~lsa_train.evaluation.masking.run_masking_checks`. Default: ``True``.
         masking_kwargs: Extra keyword arguments for the masking checks (``tol``, ``square_queries``, ...).
-        seed: Seed of PGD, Square and AutoAttack. Default: ``0``.
+        seed: The evaluation seed: PGD's, and the one the other attacks' seeds derive from. Default: ``0``.
         device: Where to evaluate; default: the model's device.
         max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
         model_name: Stored in the report.
@@ -113,6 +118,7 @@ def evaluate_robustness(
             "pgd_alpha": pgd_alpha,
             "pgd_restarts": pgd_restarts,
             "seed": seed,
+            "square_seed": attack_seed(seed, "square"),
             **common,
             **dict(masking_kwargs or {}),
         }
@@ -126,6 +132,11 @@ def evaluate_robustness(
         if result.square is not None:
             other["square_accuracy"] = result.square.blackbox
             other["pgd_accuracy_on_square_samples"] = result.square.whitebox
+            square = result.square
+            if square.blackbox_correct is not None and square.indices is not None:
+                outcomes.append(AttackOutcome("square", square.blackbox_correct, square.indices,
+                                              _square_settings(result.settings)))
+                seconds["square"] = square.blackbox_seconds
         if result.large_eps_accuracy is not None:
             other[f"pgd_accuracy_eps_{result.settings['large_eps']:g}"] = result.large_eps_accuracy
 
@@ -137,7 +148,8 @@ def evaluate_robustness(
         if not torch.equal(y, labels[: y.shape[0]]):
             raise ValueError(_ORDER_MESSAGE.format(what="AutoAttack"))
         aa_settings = autoattack_accuracy(
-            model, x, y, eps, "Linf", autoattack_version, attacks=autoattack_attacks, seed=seed, device=device
+            model, x, y, eps, "Linf", autoattack_version, attacks=autoattack_attacks,
+            seed=attack_seed(seed, "autoattack"), device=device,
         )
         seconds["autoattack"] = aa_settings["seconds"]
         aa_acc = aa_settings.pop("robust_accuracy")
@@ -200,6 +212,13 @@ def _run_attack(
     if not torch.equal(seen, labels):
         raise ValueError(_ORDER_MESSAGE.format(what=name))
     return mask
+
+
+def _square_settings(masking_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The Square parameters of the masking checks, listed beside its number in the worst case."""
+    return {"eps": masking_settings["eps"], "norm": "linf", "loss": "margin (black-box, score-based)",
+            "n_queries": masking_settings["square_queries"], "seed": masking_settings["square_seed"],
+            "n_samples_setting": masking_settings["square_max_samples"], "from": "masking check (c)"}
 
 
 def _outcome_settings(aa_settings: Mapping[str, Any]) -> dict[str, Any]:

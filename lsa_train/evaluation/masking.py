@@ -33,6 +33,7 @@ found, not that the evaluation is sound. Accuracies and tolerances are fractions
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,12 +258,19 @@ class PairedAccuracy:
         whitebox: Accuracy under PGD.
         blackbox_only: Fraction of samples broken by Square but not by PGD.
         n_samples: Samples evaluated.
+        blackbox_correct: ``(n_samples,)`` bool: Square's adversarial input of each sample was classified
+            correctly (for the worst case per sample, :mod:`lsa_train.evaluation.worst_case`).
+        indices: ``(n_samples,)`` int64: the position of each of those samples in the evaluated stream.
+        blackbox_seconds: Time spent in Square, seconds.
     """
 
     blackbox: float
     whitebox: float
     blackbox_only: float
     n_samples: int
+    blackbox_correct: Tensor | None = None
+    indices: Tensor | None = None
+    blackbox_seconds: float = 0.0
 
 
 def square_vs_pgd(
@@ -280,6 +288,7 @@ def square_vs_pgd(
     backend: str = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
+    square_seed: int | None = None,
 ) -> PairedAccuracy:
     """Linf Square Attack (black-box, margin loss) and PGD accuracies on the same samples.
 
@@ -298,14 +307,15 @@ def square_vs_pgd(
         pgd_steps: PGD steps. Default: ``20``.
         pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
-        seed: Seed of both attacks. Default: ``0``.
+        seed: Seed of PGD, and of Square unless ``square_seed`` is given. Default: ``0``.
         backend: ``"auto"`` (torchattacks if installed, else pyautoattack), ``"torchattacks"`` or
             ``"pyautoattack"``.
         device: Where to evaluate; default: the model's device.
         max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
+        square_seed: Seed of Square; ``None``: ``seed``.
 
     Returns:
-        A :class:`PairedAccuracy`.
+        A :class:`PairedAccuracy`, with Square's per-sample results.
     """
     eps = check_eps_value("eps", eps)
     if backend not in SQUARE_BACKENDS:
@@ -313,6 +323,9 @@ def square_vs_pgd(
     device = resolve_device(model, device)
     pgd = PGD(eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed)
     square_ok = pgd_ok = square_only = total = 0
+    square_seed = seed if square_seed is None else int(square_seed)
+    square_masks: list[Tensor] = []
+    square_seconds = 0.0
     attackers: dict[tuple[int, ...], tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]] = {}
     with eval_mode(model), isolated_rng(device):
         for x, y in iter_batches(batches, device, max_samples):
@@ -321,12 +334,14 @@ def square_vs_pgd(
                 image_model = model if x.ndim == 4 else FlatToImage(model, shape)
                 attackers[shape] = (
                     image_model,
-                    _square_attacker(image_model, eps, int(n_queries), p_init, restarts, seed, device, backend),
+                    _square_attacker(image_model, eps, int(n_queries), p_init, restarts, square_seed, device, backend),
                 )
             image_model, square = attackers[shape]
             x_img = x if x.ndim == 4 else FlatToImage.to_image(x)
+            started = time.perf_counter()
             with frozen_parameters(model):
                 x_square = square(x_img, y).detach()
+            square_seconds += time.perf_counter() - started
             x_pgd = pgd(model, x, y)
             with torch.no_grad():
                 sq = image_model(x_square).argmax(dim=1) == y
@@ -334,10 +349,13 @@ def square_vs_pgd(
             square_ok += int(sq.sum().item())
             pgd_ok += int(pg.sum().item())
             square_only += int((~sq & pg).sum().item())
+            square_masks.append(sq.cpu())
             total += y.shape[0]
     if total == 0:
         raise ValueError("the data yielded no samples")
-    return PairedAccuracy(square_ok / total, pgd_ok / total, square_only / total, total)
+    return PairedAccuracy(square_ok / total, pgd_ok / total, square_only / total, total,
+                          blackbox_correct=torch.cat(square_masks), indices=torch.arange(total),
+                          blackbox_seconds=square_seconds)
 
 
 # -- all checks -------------------------------------------------------------------------------
@@ -385,6 +403,7 @@ def run_masking_checks(
     seed: int = 0,
     device: torch.device | str | None = None,
     max_samples: int | None = None,
+    square_seed: int | None = None,
 ) -> MaskingCheckResult:
     """Runs the gradient-masking checks (a)-(d) and returns warnings plus the numbers behind them.
 
@@ -411,9 +430,10 @@ def run_masking_checks(
         large_eps_max_acc: Highest accuracy at ``large_eps`` that passes (d). Default: ``0.1``.
         drop_min_eps: Smallest largest-radius of the sweep at which (b) expects FGSM to cost
             accuracy. Default: ``0.5``.
-        seed: Seed of PGD and Square. Default: ``0``.
+        seed: Seed of PGD, and of Square unless ``square_seed`` is given. Default: ``0``.
         device: Where to evaluate; default: the model's device.
         max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
+        square_seed: Seed of Square; ``None``: ``seed``.
 
     Returns:
         A :class:`MaskingCheckResult`; ``.warnings`` is empty when no check fired.
@@ -487,6 +507,7 @@ def run_masking_checks(
             seed=seed,
             device=device,
             max_samples=limit,
+            square_seed=square_seed,
         )
         run.append("blackbox_vs_whitebox")
         warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
@@ -515,6 +536,7 @@ def run_masking_checks(
         "large_eps_max_acc": large_eps_max_acc,
         "drop_min_eps": drop_min_eps,
         "seed": seed,
+        "square_seed": seed if square_seed is None else int(square_seed),
     }
     return MaskingCheckResult(warnings, sweep, float(pgd_acc), square, large_acc, settings, run, skipped)
 

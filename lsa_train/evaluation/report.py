@@ -29,8 +29,9 @@ METRIC_LABELS: dict[str, str] = {
 
 #: What the worst case leaves out, said under it in the report.
 WORST_CASE_SCOPE = (
-    "A sample counts as robust only if it is correct clean and every attack above failed on it; "
-    "the FGSM sweep and the masking checks' attacks are not part of the worst case."
+    "A sample counts as robust only if it is correct clean and every attack above failed on it "
+    "(Square, of masking check (c), on the samples it ran on); not part of it: the FGSM sweep, the masking "
+    "checks' re-run of the same PGD and their PGD at a huge eps (outside the threat model)."
 )
 #: Version of the JSON layout written by :meth:`EvaluationReport.to_json`.
 SCHEMA_VERSION = 2

@@ -208,7 +208,7 @@ def worst_case(clean_correct: Tensor, outcomes: Sequence[AttackOutcome]) -> Wors
 
 def describe(case: WorstCase) -> list[str]:
     """Plain sentences for reports: which samples the worst case is on and which attacks broke them."""
-    lines: list[str] = []
+    lines: list[str] = [f"It covers {len(case.attacks)} attacks: {', '.join(case.attacks)}."]
     if case.same_samples:
         lines.append(f"Every attack ran on all {case.n_evaluated} samples.")
     else:

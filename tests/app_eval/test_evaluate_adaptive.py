@@ -12,11 +12,11 @@ import torch
 from evaltest_utils import FAST_EVAL, compose_app
 from omegaconf import OmegaConf
 
-from lsa_train.app.adaptive_setup import feature_measure, probe_names
+from lsa_train.app.adaptive_setup import feature_measure, feature_weights, probe_names
 from lsa_train.app.errors import ConfigError
 from lsa_train.app.evaluate import evaluate
 
-ADAPTIVE_FAST = ["adaptive=true", "adaptive_attacks.restarts=2", "adaptive_attacks.kappas=[0,1]",
+ADAPTIVE_FAST = ["adaptive=true", "adaptive_attacks.restarts=2", "adaptive_attacks.kappas=[1]",
                  "masking.enabled=false", "autoattack.version=custom", "autoattack.attacks=[apgd-ce]"]
 
 
@@ -26,7 +26,9 @@ def test_adaptive_run_writes_every_attack_and_the_worst_case(
     pytest.importorskip("pyautoattack", reason="AutoAttack evaluation needs pyautoattack")
     monkeypatch.setenv("COLUMNS", "240")
     ckpt = train_run / "checkpoints" / "last.ckpt"
-    overrides = [f"ckpt_path={ckpt}", *FAST_EVAL, *ADAPTIVE_FAST, f"transfer_from={train_run}"]  # a run dir
+    # with the masking checks, so Square (32 of the 64 samples) joins the worst case; a run dir as transfer source
+    overrides = [f"ckpt_path={ckpt}", *FAST_EVAL, *ADAPTIVE_FAST, "masking.enabled=true", "masking.large_eps=null",
+                 f"transfer_from={train_run}"]
     evaluate(compose_app("evaluate", overrides, tmp_path / "eval"))
     printed = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -34,20 +36,26 @@ def test_adaptive_run_writes_every_attack_and_the_worst_case(
     assert mvl, "the tiny run's MVL is not empty"
 
     attacks = metrics["attacks"]
-    assert list(attacks) == ["pgd", "autoattack", "pgd_ce_restarts", "pgd_margin", "feature_pgd_kappa_0",
-                             "feature_pgd_kappa_1", "transfer"]
+    assert list(attacks) == ["pgd", "square", "autoattack", "pgd_ce_restarts", "pgd_margin", "feature_pgd_kappa_1",
+                             "transfer"]
     for entry in attacks.values():
         assert set(entry) == {"accuracy", "n_samples", "accuracy_on_common", "settings", "seconds"}
         assert 0.0 <= entry["accuracy"] <= 1.0
     assert attacks["autoattack"]["n_samples"] == 16 and attacks["pgd"]["n_samples"] == 64
+    assert attacks["square"]["n_samples"] == 32
     assert attacks["feature_pgd_kappa_1"]["settings"]["probes"] == mvl
+    # the run's regularizer.lambda (0.1, lsa.yaml's default) weights every MVL probe, as in its training term
+    assert attacks["feature_pgd_kappa_1"]["settings"]["probe_weights"] == dict.fromkeys(mvl, 0.1)
+    assert metrics["metadata"]["feature_probes"]["weights"] == dict.fromkeys(mvl, 0.1)
+    assert metrics["metadata"]["feature_probes"]["weights_from"].startswith("the run's regularizer.lambda=0.1")
     assert metrics["metadata"]["feature_probes"]["from"].startswith("the run's MVL at its checkpoint")
     assert metrics["metadata"]["feature_probes"]["measure"] == "relative_error"  # the run's regularizer.measure
-    assert attacks["feature_pgd_kappa_1"]["settings"]["loss"] == "cross_entropy + kappa * relative_error at the probes"
+    assert attacks["feature_pgd_kappa_1"]["settings"]["loss"] == (
+        "cross_entropy + kappa * sum_l w_l * relative_error at the probes")
     assert attacks["transfer"]["settings"]["source"] == str(ckpt)
     assert attacks["pgd_ce_restarts"]["settings"]["restarts"] == 2
-    # a transfer from the run itself and the feature attack at kappa 0 are the white-box PGD
-    assert attacks["transfer"]["accuracy"] == attacks["feature_pgd_kappa_0"]["accuracy"] == metrics["pgd_accuracy"]
+    seeds = {name: entry["settings"]["seed"] for name, entry in attacks.items()}
+    assert seeds["pgd"] == 0 and len(set(seeds.values())) == len(seeds)  # each attack its own random starts
 
     case = metrics["worst_case"]
     assert case["n_samples"] == 16 and case["n_evaluated"] == 64 and case["same_samples"] is False
@@ -59,6 +67,8 @@ def test_adaptive_run_writes_every_attack_and_the_worst_case(
 
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| **Worst case over 7 attacks, per sample (16 of 64 samples, those every attack saw)** |" in report
+    assert ("It covers 7 attacks: pgd, square, autoattack, pgd_ce_restarts, pgd_margin, feature_pgd_kappa_1, "
+            "transfer.") in report
     assert "the worst case is computed on the 16 samples every attack saw" in report
     assert "| feature_pgd_kappa_1 |" in report and "| transfer |" in report
     assert "Worst case over 7 attacks" in printed and "transfer (64 samples)" in printed
@@ -80,6 +90,9 @@ def test_model_without_a_run_says_why_the_feature_and_transfer_attacks_did_not_r
     report = evaluate(compose_app("evaluate", [*base, "adaptive_attacks.probes=[net.features.relu1]"], tmp_path / "b"))
     assert report.attacks["feature_pgd_kappa_1"]["settings"]["probes"] == ["net.features.relu1"]
     assert report.metadata["feature_probes"]["from"] == "adaptive_attacks.probes"
+    # no run, so no lambda: the probes named on the command line weigh 1 each, and the report says why
+    assert report.attacks["feature_pgd_kappa_1"]["settings"]["probe_weights"] == {"net.features.relu1": 1.0}
+    assert report.metadata["feature_probes"]["weights_from"].startswith("1 per probe: adaptive_attacks.probes")
     with pytest.raises(ConfigError, match=r"do not fit the model.*net\.features\.relu1"):
         evaluate(compose_app("evaluate", [*base, "adaptive_attacks.probes=[nope]"], tmp_path / "c"))
 
@@ -98,6 +111,7 @@ def test_run_without_the_term_has_no_probes_to_attack() -> None:
     ("override", "message"),
     [
         ("adaptive_attacks.kappas=[-1]", r"adaptive_attacks\.kappas=\[-1\]"),
+        ("adaptive_attacks.kappas=[0,1]", r"adaptive_attacks\.kappas=\[0, 1\] has 0: .* is plain PGD"),
         ("adaptive_attacks.restarts=0", r"adaptive_attacks\.restarts=0"),
         ("adaptive_attacks.probes=[]", r"adaptive_attacks\.probes=\[\]"),
         ("autoattack.n_samples=some", r"autoattack\.n_samples=some .*auto"),
@@ -109,6 +123,20 @@ def test_bad_adaptive_values_are_config_errors(train_run: Path, tmp_path: Path, 
     cfg = compose_app("evaluate", [f"ckpt_path={ckpt}", "adaptive=true", override], tmp_path / "eval")
     with pytest.raises(ConfigError, match=message):
         evaluate(cfg)
+
+
+def test_the_feature_attack_weights_each_mvl_probe_by_the_runs_lambda() -> None:
+    def run(lam: object) -> SimpleNamespace:
+        return SimpleNamespace(run_cfg=OmegaConf.create({"regularizer": {"lambda": lam}}))
+
+    on_mvl = OmegaConf.create({"adaptive_attacks": {"probes": None}})
+    assert feature_weights(on_mvl, run(0.5), ["a", "b"])[0] == [0.5, 0.5]
+    weights, where = feature_weights(on_mvl, run([0.0, 2.0]), ["a", "b"])  # one per MVL probe, in its order
+    assert weights == [0.0, 2.0] and "one per MVL probe" in where
+    with pytest.raises(ConfigError, match=r"regularizer\.lambda=\[1\.0\] has 1 values but its MVL has 2 probes"):
+        feature_weights(on_mvl, run([1.0]), ["a", "b"])
+    named = OmegaConf.create({"adaptive_attacks": {"probes": ["a"]}})
+    assert feature_weights(named, run(0.5), ["a"])[0] == [1.0]  # the run put no weight on probes it did not pick
 
 
 def test_the_feature_attack_compares_in_the_measure_the_run_trained_with() -> None:

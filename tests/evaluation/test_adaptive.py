@@ -1,6 +1,10 @@
-"""Attacks that know the defense: a masked gradient is found out, kappa 0 is PGD, self-transfer is PGD."""
+"""Attacks that know the defense: a masked gradient is found out, kappa 0 is PGD (and refused as an adaptive
+attack), every attack has its own seed, the feature term is weighted per probe as the training term was."""
 
 from __future__ import annotations
+
+import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +13,15 @@ from torch import nn
 from lsa_train.analysis import relative_error, select_probes
 from lsa_train.attacks import PGD
 from lsa_train.attacks.losses import margin_loss
-from lsa_train.evaluation import FeaturePGD, adaptive_attacks, autoattack_accuracy, evaluate_robustness
+from lsa_train.evaluation import (
+    DEFAULT_KAPPAS,
+    FeaturePGD,
+    adaptive_attacks,
+    autoattack_accuracy,
+    evaluate_robustness,
+    seeding,
+)
+from lsa_train.evaluation.seeding import attack_seed
 
 QUICK = {"eps_grid": (0.0,), "masking_checks": False, "pgd_steps": 10}
 
@@ -66,21 +78,54 @@ def test_feature_pgd_with_kappa_zero_is_pgd_and_with_kappa_attacks_the_probes(di
     assert moved_by_feature_pgd > 1.05 * moved_by_pgd, (moved_by_feature_pgd, moved_by_pgd)
 
 
-def test_adaptive_attacks_on_an_ordinary_model_kappa_zero_and_self_transfer_equal_pgd(digits):
+def test_every_attack_has_its_own_seed_so_none_retraces_pgd(digits):
     batches = digits.batches(100)[:2]
     probes = select_probes(digits.model, digits.x_test[:1])
-    attacks = adaptive_attacks(0.1, steps=10, restarts=2, kappas=(0.0,), probes=probes, transfer_source=digits.model,
-                               seed=5)
+    attacks = adaptive_attacks(0.1, steps=10, restarts=2, kappas=(1.0,), probes=probes, weights=1e-6,
+                               transfer_source=digits.model, seed=5)
+    seeds = {a.name: a.settings["seed"] for a in attacks}
+    assert len(set(seeds.values())) == len(seeds) and 5 not in seeds.values()  # 5: the evaluation's PGD
+    assert seeds == {name: attack_seed(5, name) for name in seeds}
+    x, y = batches[0]
+    pgd = PGD(0.1, steps=10, seed=5)(digits.model, x, y)
+    examples = {a.name: a.attack(digits.model, x, y) for a in attacks}
+    # a transfer from the model itself and a feature term of weight ~0 are PGD with another random start:
+    # before, with the evaluation's seed, both returned exactly PGD's examples
+    for name in ("transfer", "feature_pgd_kappa_1"):
+        assert not torch.equal(examples[name], pgd), name
+    for a, b in itertools.combinations(examples, 2):
+        assert not torch.equal(examples[a], examples[b]), (a, b)
     report = evaluate_robustness(digits.model, batches, 0.1, extra_attacks=attacks, seed=5, **QUICK)
-    pgd = report.attacks["pgd"]
-    for name in ("feature_pgd_kappa_0", "transfer"):
-        assert report.attacks[name]["accuracy"] == report.pgd_accuracy == pgd["accuracy"]
-        assert report.attacks[name]["accuracy_on_common"] == pgd["accuracy_on_common"]
-        assert report.worst_case["only_broken_by"][name] == 0
-        assert report.attacks[name]["settings"]["steps"] == 10 and report.attacks[name]["settings"]["seed"] == 5
-    assert report.attacks["feature_pgd_kappa_0"]["settings"]["probes"] == ["2"]
+    assert report.attacks["pgd"]["settings"]["seed"] == 5
+    assert report.attacks["feature_pgd_kappa_1"]["settings"]["probes"] == ["2"]
+    assert report.attacks["feature_pgd_kappa_1"]["settings"]["probe_weights"] == {"2": 1e-6}
     assert report.attacks["pgd_ce_restarts"]["settings"]["restarts"] == 2
     assert report.worst_case_accuracy <= min(a["accuracy_on_common"] for a in report.attacks.values())
+
+
+def test_attack_seeds_are_stable_across_processes_unlike_python_hash():
+    import subprocess
+    import sys
+
+    script = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('s', sys.argv[1]); "
+              "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+              "print(m.attack_seed(7, 'pgd_margin'), hash('pgd_margin'))")
+    path = Path(seeding.__file__)
+    runs = [subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": salt}).stdout.split() for salt in ("1", "2")]
+    assert runs[0][1] != runs[1][1]  # Python's hash() changes with the process's salt ...
+    assert runs[0][0] == runs[1][0] == str(attack_seed(7, "pgd_margin"))  # ... the attack seed does not
+    assert attack_seed(7, "pgd") == 7 and attack_seed(8, "pgd_margin") != attack_seed(7, "pgd_margin")
+    assert all(0 <= attack_seed(s, n) < 2**31 for s in range(3) for n in ("square", "transfer"))
+
+
+def test_kappa_zero_is_refused_and_no_longer_in_the_default_grid(digits):
+    probes = select_probes(digits.model, digits.x_test[:1])
+    assert 0.0 not in DEFAULT_KAPPAS and DEFAULT_KAPPAS
+    names = [a.name for a in adaptive_attacks(0.1, probes=probes)]
+    assert names == ["pgd_ce_restarts", "pgd_margin", *(f"feature_pgd_kappa_{k:g}" for k in DEFAULT_KAPPAS)]
+    with pytest.raises(ValueError, match=r"kappa 0 is plain PGD.*drop \[0\.0\]"):
+        adaptive_attacks(0.1, kappas=(0.0, 1.0), probes=probes)
 
 
 def test_margin_loss_is_best_other_minus_true_logit():
@@ -110,13 +155,41 @@ def test_autoattack_gives_its_per_sample_mask_and_which_component_broke_each(dig
     assert result["per_attack"]["square"] == pytest.approx((int(clean.sum()) - n_square) / 60)
 
 
-def test_feature_pgd_refuses_no_probe_and_negative_kappa():
+def test_feature_pgd_refuses_no_probe_negative_kappa_and_bad_weights():
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     probes = select_probes(model, torch.zeros(1, 2))
     with pytest.raises(ValueError, match="at least one probe"):
         FeaturePGD(0.1, [], 1.0)
     with pytest.raises(ValueError, match="kappa"):
         FeaturePGD(0.1, probes, -1.0)
+    with pytest.raises(ValueError, match=r"1 probes but 2 weights \[1\.0, 1\.0\]"):
+        FeaturePGD(0.1, probes, 1.0, weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"every probe weight is 0 \(\[0\.0\]\).*plain PGD"):
+        FeaturePGD(0.1, probes, 1.0, weights=0.0)
+    with pytest.raises(ValueError, match=r"finite numbers >= 0, got \[-1\.0\]"):
+        FeaturePGD(0.1, probes, 1.0, weights=[-1.0])
+
+
+def test_feature_pgd_weights_each_probe_as_the_training_term_did(digits):
+    model, x, y = digits.model, digits.x_test[:120], digits.y_test[:120]
+    probes = select_probes(model, x[:1], "learnable")  # the two Linear layers
+    assert [p.name for p in probes] == ["1", "3"]
+
+    def craft(kappa: float, chosen: list, weights: list[float]) -> torch.Tensor:
+        return FeaturePGD(0.1, chosen, kappa, steps=10, seed=3, weights=weights)(model, x, y)
+
+    first_only = craft(1.0, probes[:1], [2.0])
+    # a probe of weight 0 (a lambda of 0 in the run) has no effect on the objective ...
+    assert torch.equal(craft(1.0, probes, [2.0, 0.0]), first_only)
+    # ... and one of weight > 0 has
+    assert not torch.equal(craft(1.0, probes, [2.0, 2.0]), first_only)
+    # the weight scales the term as kappa does: kappa 1 x lambda 2 is kappa 2 x lambda 1
+    assert torch.equal(craft(2.0, probes[:1], [1.0]), first_only)
+    assert FeaturePGD(0.1, probes, 1.0, weights=0.1).probe_weights == {"1": 0.1, "3": 0.1}  # one lambda for all
+    assert FeaturePGD(0.1, probes, 1.0).probe_weights == {"1": 1.0, "3": 1.0}
+    attacks = adaptive_attacks(0.1, kappas=(1.0,), probes=probes, weights=[0.5, 0.0])
+    assert attacks[-1].settings["probe_weights"] == {"1": 0.5, "3": 0.0}
+    assert attacks[-1].attack.probe_weights == {"1": 0.5, "3": 0.0}
 
 
 def test_feature_pgd_on_the_pairwise_measure_moves_that_measure_and_takes_a_batch_of_one(digits):

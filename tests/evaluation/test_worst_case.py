@@ -1,11 +1,18 @@
-"""The worst case per sample over several attacks: bookkeeping on hand-made masks."""
+"""The worst case per sample over several attacks: bookkeeping on hand-made masks, and Square inside it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lsa_train.evaluation import AttackOutcome, WorstCase, autoattack_sample_count, worst_case
+from lsa_train.evaluation import (
+    AttackOutcome,
+    WorstCase,
+    attack_seed,
+    autoattack_sample_count,
+    evaluate_robustness,
+    worst_case,
+)
 from lsa_train.evaluation.worst_case import describe
 
 
@@ -74,11 +81,44 @@ def test_attacks_on_different_samples_use_only_the_common_ones():
     assert case.accuracy == pytest.approx(3 / 4)  # not 7/8 mixed with 3/4
     assert case.accuracy_on_common["pgd"] == 1.0
     text = " ".join(describe(case))
+    assert "It covers 2 attacks: pgd, autoattack." in text
     assert "different samples (pgd on 8, autoattack on 4 of 8)" in text
     assert "computed on the 4 samples every attack saw" in text
     shifted = _outcome("late", "1111", start=4)
     with pytest.raises(ValueError, match="no sample was attacked by every attack"):
         worst_case(CLEAN, [autoattack, shifted])
+
+
+def test_a_sample_broken_only_by_square_on_a_scattered_subset_is_lost():
+    # Square ran on samples 1, 3, 4, 6 (any subset the sampling gives); it alone breaks sample 3
+    square = AttackOutcome("square", _mask("1011"), torch.tensor([1, 3, 4, 6]))
+    pgd = _outcome("pgd", "11111111")
+    without = worst_case(CLEAN, [pgd])
+    case = worst_case(CLEAN, [pgd, square])
+    assert without.accuracy == pytest.approx(7 / 8)
+    assert case.n_samples == 4 and case.accuracy == pytest.approx(3 / 4)  # of 1, 3, 4, 6: 3 is lost
+    assert case.only_broken_by == {"pgd": 0, "square": 1} and case.first_broken_by["square"] == 1
+    assert case.accuracy_on_common == {"pgd": 1.0, "square": 0.75}
+
+
+def test_evaluation_puts_square_in_the_worst_case(masked_moons):
+    # zero input gradients: PGD stalls, the black-box Square breaks samples that every other attack misses
+    batches = masked_moons.batches()
+    report = evaluate_robustness(
+        masked_moons.model, batches, 0.2, eps_grid=(0.0, 0.2), pgd_steps=10, seed=4,
+        masking_kwargs={"square_queries": 300, "square_max_samples": 120, "large_eps": None},
+    )
+    square, case = report.attacks["square"], report.worst_case
+    assert list(report.attacks) == ["pgd", "square"] and case["attacks"] == ["pgd", "square"]
+    assert square["n_samples"] == 120 and case["n_samples"] == 120 and case["n_evaluated"] == 200
+    assert square["accuracy"] == report.other_metrics["square_accuracy"]
+    assert square["settings"]["n_queries"] == 300 and square["settings"]["seed"] == attack_seed(4, "square") != 4
+    assert case["only_broken_by"]["square"] > 10  # measured: 16 of 120 (worst case 66.7 %, PGD alone 80.0 %)
+    # the samples only Square broke count as lost: the worst case is Square's number (PGD breaks no more)
+    assert report.worst_case_accuracy == pytest.approx(square["accuracy_on_common"])
+    assert report.worst_case_accuracy < report.attacks["pgd"]["accuracy_on_common"] - 0.1
+    text = report.to_markdown()
+    assert "It covers 2 attacks: pgd, square." in text and "| square |" in text
 
 
 def test_ensemble_components_are_credited_by_name():
