@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,8 @@ class WorstCase:
             samples correct clean that it was the first, in run order, to break.
         only_broken_by: Per attack, the common samples correct clean that it alone broke.
         misclassified_clean: Common samples already misclassified clean (lost without an attack).
+        excluded: Attacks that ran but are not in the worst case, with why (an optional attack whose
+            samples share none with the others', see :func:`worst_case`).
     """
 
     accuracy: float
@@ -98,6 +100,7 @@ class WorstCase:
     first_broken_by: dict[str, int]
     only_broken_by: dict[str, int]
     misclassified_clean: int
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @property
     def same_samples(self) -> bool:
@@ -129,23 +132,29 @@ class WorstCase:
             "n_lost": self.n_lost,
             "first_broken_by": dict(self.first_broken_by),
             "only_broken_by": dict(self.only_broken_by),
+            "excluded": dict(self.excluded),
         }
 
 
-def worst_case(clean_correct: Tensor, outcomes: Sequence[AttackOutcome]) -> WorstCase:
+def worst_case(
+    clean_correct: Tensor, outcomes: Sequence[AttackOutcome], optional: Collection[str] = ()
+) -> WorstCase:
     """Intersects the attacks' per-sample results on the samples every attack ran on.
 
     Args:
         clean_correct: ``(N,)`` bool: sample ``i`` of the evaluated stream is classified correctly clean.
         outcomes: One per attack, in run order (the order ``first_broken_by`` credits them in); their
             ``indices`` are positions in ``[0, N)``.
+        optional: Names of attacks run on a subset of their own choosing (the masking checks' Square): one
+            whose samples share none with the samples every other attack saw is left out, and named with
+            the reason in :attr:`WorstCase.excluded`, instead of leaving no sample to count.
 
     Returns:
         The :class:`WorstCase`; with no attack, the clean accuracy on all samples.
 
     Raises:
         ValueError: Duplicate attack names, indices out of range or repeated, or no sample that every
-            attack ran on.
+            attack (but an excluded optional one) ran on.
     """
     clean_correct = clean_correct.detach().to("cpu", torch.bool)
     n_evaluated = int(clean_correct.numel())
@@ -166,7 +175,19 @@ def worst_case(clean_correct: Tensor, outcomes: Sequence[AttackOutcome]) -> Wors
         correct = torch.zeros(n_evaluated, dtype=torch.bool)
         correct[indices] = outcome.correct.detach().to("cpu", torch.bool)
         full[outcome.name], ran[outcome.name] = correct, seen
-        common &= seen
+        if outcome.name not in optional:
+            common &= seen
+    excluded: dict[str, str] = {}
+    for name in [n for n in names if n in optional]:
+        if int((common & ran[name]).sum()) == 0:
+            excluded[name] = (f"its {int(ran[name].sum())} samples share none with the {int(common.sum())} samples "
+                              "every other attack ran on")
+        else:
+            common &= ran[name]
+    if excluded:
+        outcomes = [o for o in outcomes if o.name not in excluded]
+        names = [o.name for o in outcomes]
+        full = {name: full[name] for name in names}
     n_common = int(common.sum())
     if n_common == 0:
         raise ValueError(f"no sample was attacked by every attack ({names}); the worst case is undefined")
@@ -203,12 +224,14 @@ def worst_case(clean_correct: Tensor, outcomes: Sequence[AttackOutcome]) -> Wors
         first_broken_by=first,
         only_broken_by=only,
         misclassified_clean=int((common & ~clean_correct).sum()),
+        excluded=excluded,
     )
 
 
 def describe(case: WorstCase) -> list[str]:
     """Plain sentences for reports: which samples the worst case is on and which attacks broke them."""
     lines: list[str] = [f"It covers {len(case.attacks)} attacks: {', '.join(case.attacks)}."]
+    lines += [f"Not in it: {name}, which ran but {why}." for name, why in case.excluded.items()]
     if case.same_samples:
         lines.append(f"Every attack ran on all {case.n_evaluated} samples.")
     else:

@@ -101,6 +101,22 @@ def test_a_sample_broken_only_by_square_on_a_scattered_subset_is_lost():
     assert case.accuracy_on_common == {"pgd": 1.0, "square": 0.75}
 
 
+def test_square_on_other_samples_than_autoattack_is_counted_where_they_overlap_and_named_where_not():
+    pgd, autoattack = _outcome("pgd", "11111111"), _outcome("autoattack", "1111")  # AutoAttack on samples 0-3
+    overlapping = AttackOutcome("square", _mask("0011"), torch.tensor([2, 3, 4, 5]))
+    case = worst_case(CLEAN, [pgd, autoattack, overlapping], optional={"square"})
+    assert case.n_samples == 2 and case.accuracy == 0.0 and case.only_broken_by["square"] == 2  # samples 2, 3
+    assert case.excluded == {}
+    disjoint = AttackOutcome("square", _mask("0000"), torch.tensor([4, 5, 6, 7]))
+    case = worst_case(CLEAN, [pgd, autoattack, disjoint], optional={"square"})
+    assert case.attacks == ["pgd", "autoattack"] and case.n_samples == 4 and case.accuracy == 1.0
+    assert case.excluded == {"square": "its 4 samples share none with the 4 samples every other attack ran on"}
+    assert WorstCase.from_dict(case.to_dict()) == case
+    assert "Not in it: square, which ran but its 4 samples share none" in " ".join(describe(case))
+    with pytest.raises(ValueError, match="no sample was attacked by every attack"):  # not optional: no answer
+        worst_case(CLEAN, [pgd, autoattack, disjoint])
+
+
 def test_evaluation_puts_square_in_the_worst_case(masked_moons):
     # zero input gradients: PGD stalls, the black-box Square breaks samples that every other attack misses
     batches = masked_moons.batches()
