@@ -358,10 +358,13 @@ def test_quick_adaptive_run_trains_both_runs_of_a_pair_and_tables_the_worst_case
     assert base["partner"] == "cnn_b__AT-PGD-LR-L0_lam1__s3" and lr["partner"] == "cnn_b__AT-PGD__s3"
     assert lr["feature_probes"] == lr["train"]["mvl"] == base["feature_probes"] == ["net.features.relu1"]
     for record in (base, lr):
-        assert set(record["attacks"]) == {"pgd", "autoattack", "pgd_ce_restarts", "pgd_margin", "feature_pgd_kappa_0",
+        assert set(record["attacks"]) == {"pgd", "autoattack", "pgd_ce_restarts", "pgd_margin",
                                           "feature_pgd_kappa_10", "transfer"}
         assert record["worst_case_accuracy"] <= min(a["accuracy_on_common"] for a in record["attacks"].values())
-        assert record["attacks"]["feature_pgd_kappa_0"]["accuracy"] == record["attacks"]["pgd"]["accuracy"]
+        # weighted by the lambda (1) of the term attacked; a seed of its own, not PGD's
+        assert record["attacks"]["feature_pgd_kappa_10"]["settings"]["probe_weights"] == {"net.features.relu1": 1.0}
+        seeds = [entry["settings"]["seed"] for entry in record["attacks"].values()]
+        assert len(set(seeds)) == len(seeds)
         assert record["train"]["git"]["commit"] and record["eval_git"]["commit"]
     section = adaptive_tables.adaptive_section(tmp_path)
     row = _table(section, "Table A1")[0]
