@@ -158,6 +158,11 @@ def adaptive_section(results: Path) -> str:
     other_measures = sorted({r["eval_settings"]["feature_measure"] for runs in groups.values() for r in runs
                              if "feature_measure" in r["eval_settings"]})
     measure_note = f" (a run whose term used {' or '.join(other_measures)}: that measure)" if other_measures else ""
+    weighted = all("feature_weights" in r["eval_settings"] for runs in groups.values() for r in runs)
+    weight_note = "the run's lambda x " if weighted else ""
+    duplicate_note = ("" if weighted or 0 not in settings["kappas"] else
+                      " (these records predate per-attack seeds: kappa 0 is PGD-20's own examples, and the first "
+                      "restart of PGD-CE x5 is PGD-20's random start)")
     out = [title, ""]
     out.append(
         f"sklearn digits, eps {settings['eps']:g}, {train['epochs']} epochs, the training of Table D5 (PGD-10 / "
@@ -165,8 +170,8 @@ def adaptive_section(results: Path) -> str:
         f"is evaluated on the whole test split ({n_test} images) with PGD-{settings['pgd_steps']}, AutoAttack "
         f"({' + '.join(a.upper() for a in settings['autoattack_attacks'])}, 100 iterations), PGD on cross-entropy "
         f"and on the CW margin with {settings['restarts']} restarts, a feature-level PGD on cross-entropy + kappa x "
-        f"the relative error{measure_note} at the regularized probe (kappa "
-        f"{', '.join(f'{k:g}' for k in settings['kappas'])}) and "
+        f"{weight_note}the relative error{measure_note} at the regularized probe (kappa "
+        f"{', '.join(f'{k:g}' for k in settings['kappas'])}){duplicate_note} and "
         "a transfer attack from the paired run of the same seed (a run with the term: its base; a base run: its "
         "LR-L0 run, whose probe its feature attack also uses). The worst case counts a sample as robust only if "
         "every attack failed on it. " + provenance(groups)
