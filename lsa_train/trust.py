@@ -60,6 +60,7 @@ ALLOWED_TARGETS: frozenset[str] = frozenset({
     "lsa_train.attacks.PGDL2",
     "lsa_train.attacks.TRADESAttack",
     # training
+    "lsa_train.training.EMAWeightAveraging",
     "lsa_train.training.LSARegularizedModule",
     "lsa_train.training.MVLRefreshCallback",
     "lsa_train.training.RNGStateCallback",
