@@ -76,7 +76,9 @@ ALLOWED_TARGETS: frozenset[str] = frozenset({
     "lightning.pytorch.callbacks.RichProgressBar",
     "lightning.pytorch.callbacks.TQDMProgressBar",
     "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.MLFlowLogger",
     "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.loggers.WandbLogger",
     # optimizers and schedulers
     "torch.optim.Adam",
     "torch.optim.AdamW",

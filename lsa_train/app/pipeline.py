@@ -28,7 +28,7 @@ from lsa_train.factory import data_class_names
 from lsa_train.training.guards import CheckpointStateGuard, GuardedCheckpointIO
 from lsa_train.trust import CHECKPOINT_DIR, TrustPolicy
 from lsa_train.utils.runtime import torch_threads
-from lsa_train.writes import WriteOutsideError, check_trainer_writes
+from lsa_train.writes import WriteOutsideError, check_trainer_writes, remote_logger_notes
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
         check_trainer_writes(trainer, run_dir)
     except WriteOutsideError as err:
         raise ConfigError(str(err)) from err
+    notes += remote_logger_notes(trainer.loggers)
     _log_config(cfg, trainer)
     return {
         "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,
