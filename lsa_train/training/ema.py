@@ -82,6 +82,12 @@ class EMAWeightAveraging(WeightAveraging):
         model = self._average_model
         return int(model.n_averaged) if model is not None else 0
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's setup() made the average before the strategy moved the module to its device, so on a GPU it
+        # would sit on the CPU: every step would copy all weights to the host. Keep it beside the module.
+        if self._average_model is not None:
+            self._average_model.to(pl_module.device)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "decay": self.decay, "use_buffers": self.use_buffers}
 

@@ -193,3 +193,16 @@ def test_a_run_shorter_than_the_average_is_said() -> None:
     assert ema.horizon_note(5000) is None
     assert "BatchNorm statistics averaged too" in ema.describe()
     assert "of the live model" in EMAWeightAveraging(decay=0.99, use_buffers=False).describe()
+
+
+@pytest.mark.gpu
+def test_the_average_lives_on_the_training_device(tmp_path: Path) -> None:
+    # Lightning makes the average in setup(), before the module moves to the GPU
+    train, val = _loaders()
+    ema = EMAWeightAveraging(decay=DECAY)
+    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="gpu", devices=1, max_epochs=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        enable_checkpointing=False, callbacks=[ema])
+    trainer.fit(_module(), train, val)
+    assert ema._average_model is not None
+    assert {p.device.type for p in ema._average_model.parameters()} == {"cuda"}
