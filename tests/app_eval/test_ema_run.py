@@ -103,3 +103,29 @@ def test_a_bad_decay_is_one_line_before_training(tmp_path: Path, monkeypatch: py
     assert "\n" not in line and line.startswith("lsa-train: error: callbacks.ema: decay=1.5 is invalid")
     assert "strictly between 0 and 1" in line
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_an_ema_run_resumed_from_last_ckpt_ends_with_the_uninterrupted_average(
+    ema_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ema_run`` trained 2 epochs straight; the same command for 1 epoch, then resumed to 2, ends with the same
+    EMA, the same live weights and the same number of averaged steps."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    first = [a for a in SHORT if not a.startswith("trainer.max_epochs")]
+    _train(monkeypatch, "callbacks=ema", "callbacks.ema.decay=0.9", *first, "trainer.max_epochs=1",
+           f"hydra.run.dir={run_dir}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    _train(monkeypatch, f"ckpt_path={last}", "trainer.max_epochs=2")
+    straight = torch.load(ema_run / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 6
+    assert int(resumed["averaging_state"]["n_averaged"]) == int(straight["averaging_state"]["n_averaged"]) == 6
+    for key in ("state_dict", "current_model_state"):
+        assert resumed[key].keys() == straight[key].keys()
+        for name, tensor in straight[key].items():
+            assert torch.allclose(resumed[key][name].float(), tensor.float(), atol=1e-6), (key, name)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["weights"].startswith("EMA (decay 0.9;")
