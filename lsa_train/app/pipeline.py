@@ -183,8 +183,9 @@ def weight_averaging(trainer: L.Trainer) -> tuple[str | None, list[str]]:
         return None, []
     callback = averaging[0]
     if isinstance(callback, EMAWeightAveraging):
-        note = callback.horizon_note(callback.updates)
-        return callback.describe(), [note] if note else []
+        module = trainer.lightning_module
+        notes = [callback.horizon_note(callback.updates), callback.inert_note(module)]
+        return callback.describe(module), [note for note in notes if note]
     return f"averaged by {type(callback).__name__}", [
         f"{type(callback).__name__} is not lsa_train's EMAWeightAveraging: Lightning's WeightAveraging tests the "
         "live weights of the tested checkpoint, not its averaged ones; use callbacks=ema"]

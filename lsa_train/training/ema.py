@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 #: The checkpoint key where ``WeightAveraging`` keeps the live (training) weights.
@@ -60,10 +61,19 @@ class EMAWeightAveraging(WeightAveraging):
         self.decay = float(decay)
         self.use_buffers = use_buffers
 
-    def describe(self) -> str:
-        """``EMA (decay 0.999)`` and what happens to the buffers, for the run summary."""
+    def describe(self, module: nn.Module | None = None) -> str:
+        """``EMA (decay 0.999; ...)`` with what happens to the buffers of ``module`` (BatchNorm statistics), for
+        the run summary; without buffers (no BatchNorm), just the decay."""
+        if module is not None and not any(True for _ in module.buffers()):
+            return f"EMA (decay {self.decay:g})"
         buffers = "BatchNorm statistics averaged too" if self.use_buffers else "BatchNorm statistics of the live model"
         return f"EMA (decay {self.decay:g}; {buffers})"
+
+    def inert_note(self, module: nn.Module) -> str | None:
+        """A summary line when ``use_buffers=false`` was chosen for a model without buffers (no effect)."""
+        if self.use_buffers or any(True for _ in module.buffers()):
+            return None
+        return "callbacks.ema.use_buffers=false has no effect: the model has no buffers (no BatchNorm statistics)"
 
     def horizon_note(self, updates: int) -> str | None:
         """A summary line when the run made fewer updates than the average spans: the EMA weights then still hold

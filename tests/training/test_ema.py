@@ -195,6 +195,15 @@ def test_a_run_shorter_than_the_average_is_said() -> None:
     assert "of the live model" in EMAWeightAveraging(decay=0.99, use_buffers=False).describe()
 
 
+def test_use_buffers_false_without_buffers_is_said() -> None:
+    no_buffers, with_bn = nn.Linear(2, 2), TinyCNN()
+    live = EMAWeightAveraging(decay=0.99, use_buffers=False)
+    assert live.describe(no_buffers) == "EMA (decay 0.99)"
+    assert "use_buffers=false has no effect" in live.inert_note(no_buffers)
+    assert live.inert_note(with_bn) is None and EMAWeightAveraging().inert_note(no_buffers) is None
+    assert live.describe(with_bn) == "EMA (decay 0.99; BatchNorm statistics of the live model)"
+
+
 @pytest.mark.gpu
 def test_the_average_lives_on_the_training_device(tmp_path: Path) -> None:
     # Lightning makes the average in setup(), before the module moves to the GPU
