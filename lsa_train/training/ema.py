@@ -11,7 +11,8 @@ average as an uninterrupted one.
 ``decay``, and one fix: Lightning's callback, when a checkpoint is loaded outside fitting (``trainer.test(
 ckpt_path=best)`` after ``fit`` on the same trainer), puts the checkpoint's *live* weights back into the module,
 so the test would not measure the weights that were validated and checkpointed. Here a checkpoint loaded for
-testing or validation keeps its averaged ``state_dict``.
+testing or validation keeps its averaged ``state_dict``. And the average is moved to the module's device at fit
+start (Lightning makes it in ``setup()``, before the strategy moves the module, i.e. on the CPU).
 
 What is averaged: every parameter; with ``use_buffers=True`` (Lightning's default, kept here) also every
 buffer, so BatchNorm running statistics are an EMA (same decay) of the live model's running statistics, which
