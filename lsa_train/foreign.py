@@ -40,6 +40,7 @@ COMMAND_LINE_ONLY: tuple[str, ...] = (
     "model.*kwargs*", "model.*pretrained_cfg*", "*checkpoint_path*",
     "logger.*.name", "logger.*.version", "logger.*.sub_dir", "logger.*.prefix", "logger.*.save_dir",
     "logger.*.root_dir", "logger.*.log_dir", "logger.*.tracking_uri", "logger.*.dir",
+    "logger.*.artifact_location", "logger.*.offline",
     "callbacks.*.dirpath", "callbacks.*.filename", "callbacks.*.*dir*",
     "regularizer.mvl.dirpath",
     "trainer.plugins", "trainer.plugins.*", "trainer.profiler", "trainer.profiler.*", "trainer.default_root_dir",

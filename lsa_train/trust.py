@@ -60,6 +60,7 @@ ALLOWED_TARGETS: frozenset[str] = frozenset({
     "lsa_train.attacks.PGDL2",
     "lsa_train.attacks.TRADESAttack",
     # training
+    "lsa_train.training.EMAWeightAveraging",
     "lsa_train.training.LSARegularizedModule",
     "lsa_train.training.MVLRefreshCallback",
     "lsa_train.training.RNGStateCallback",
@@ -75,7 +76,9 @@ ALLOWED_TARGETS: frozenset[str] = frozenset({
     "lightning.pytorch.callbacks.RichProgressBar",
     "lightning.pytorch.callbacks.TQDMProgressBar",
     "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.MLFlowLogger",
     "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.loggers.WandbLogger",
     # optimizers and schedulers
     "torch.optim.Adam",
     "torch.optim.AdamW",

@@ -12,7 +12,9 @@ checked here, after formatting and resolution, right before use:
   symlink leading out of it; checked before Hydra opens ``train.log`` (by the run-dir resolvers).
 * :class:`lsa_train.training.guards.GuardedCheckpointIO`: Lightning's checkpoint writer and remover, refusing
   paths outside the run folder at the moment of writing or deleting.
-* :func:`check_trainer_writes`: the folders of a built trainer's callbacks and loggers.
+* :func:`check_trainer_writes`: the folders of a built trainer's callbacks and loggers (an MLflow store given as a
+  ``file:`` or ``sqlite:`` URI and its artifact location, a W&B run folder); :func:`remote_logger_notes` names
+  the loggers that send to a server (an MLflow tracking server, W&B online) for the run summary.
 """
 
 from __future__ import annotations
@@ -128,3 +130,44 @@ def check_trainer_writes(trainer: Any, run_dir: str | Path) -> None:
             value = getattr(logger, attribute, None)
             if isinstance(value, str | os.PathLike):
                 check_write_path(value, run_dir, f"{name}.{attribute}")
+        for what, path in _logger_local_stores(logger):
+            check_write_path(path, run_dir, f"{name}.{what}")
+
+
+def _logger_local_stores(logger: Any) -> list[tuple[str, str]]:
+    """Local places an MLflow or W&B logger writes that ``save_dir`` does not show: an MLflow ``sqlite:`` store
+    and artifact location, and the working directory of a W&B logger without ``save_dir``.
+
+    Raises:
+        WriteOutsideError: A W&B logger without ``save_dir`` (it would write into the working directory).
+    """
+    kind = type(logger).__name__
+    if kind == "MLFlowLogger":
+        stores = []
+        uri = str(getattr(logger, "_tracking_uri", "") or "")
+        if uri.startswith("sqlite:"):  # sqlite:///relative.db, sqlite:////absolute.db
+            stores.append(("tracking_uri", uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri))
+        location = getattr(logger, "_artifact_location", None)
+        if location:  # a URL is refused by check_write_path: artifacts stay in the run folder
+            stores.append(("artifact_location", str(location).removeprefix("file:")))
+        return stores
+    if kind == "WandbLogger" and getattr(logger, "save_dir", None) is None:
+        raise WriteOutsideError(f"{kind} has no save_dir: W&B would write into the working directory; set "
+                                "logger.<name>.save_dir=${paths.output_dir} (logger=wandb does)")
+    return []
+
+
+def remote_logger_notes(loggers: Any) -> list[str]:
+    """Summary lines for loggers that send the run's metrics and config to a server rather than (only) into the
+    run folder: MLflow with a tracking server, W&B with ``offline=false``."""
+    notes = []
+    for logger in loggers:
+        kind = type(logger).__name__
+        uri = str(getattr(logger, "_tracking_uri", "") or "")
+        if kind == "MLFlowLogger" and not uri.startswith(("file:", "sqlite:")):
+            notes.append(f"MLFlowLogger sends the run's metrics and config to the tracking server '{uri}', outside "
+                         "the run folder (logger=mlflow alone keeps them in <run dir>/mlruns)")
+        if kind == "WandbLogger" and not getattr(logger, "_offline", True):
+            notes.append("WandbLogger sends the run's metrics and config to the W&B server (offline=false; "
+                         "logger=wandb alone keeps them in <run dir>/wandb)")
+    return notes

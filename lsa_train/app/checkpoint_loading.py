@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, run_dirs, validation
 from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.training.ema import checkpoint_averaging
 from lsa_train.trust import (
     TrustPolicy,
     UntrustedError,
@@ -234,13 +235,15 @@ class LoadedRun:
     global_step: int | None
     model_cfg: Any = None
     signed: bool = False
+    averaging: str | None = None  # the checkpoint's weights are an average (``EMA (decay 0.999)``), not the live ones
 
     @property
     def weights(self) -> str:
         """Where the weights came from: the run's checkpoint, ``model.checkpoint`` (with the tensors loaded),
         pretrained weights, or none."""
         if self.ckpt_path is not None:
-            return f"'{self.ckpt_path}' (epoch {self.epoch}, step {self.global_step})"
+            averaged = f"; {self.averaging} weights" if self.averaging else ""
+            return f"'{self.ckpt_path}' (epoch {self.epoch}, step {self.global_step}{averaged})"
         from lsa_train.factory import weights_source
 
         return weights_source(self.model_kwargs)
@@ -396,6 +399,7 @@ def load_run(
         ckpt_path=ckpt, run_dir=config_path.parent.parent, run_config_path=config_path, run_cfg=run_cfg,
         datamodule=datamodule, model=model, model_kwargs=kwargs, weights_only=safe,
         epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"), signed=signed,
+        averaging=checkpoint_averaging(checkpoint),
     )
 
 
@@ -521,6 +525,8 @@ def run_facts(run: LoadedRun) -> dict[str, Any]:
         "weights_only_load": run.weights_only,
         "run_signed": run.signed,
     }
+    if run.averaging:  # the checkpoint's state_dict is the average, as validated and tested in training
+        setting["weight_averaging"] = run.averaging
     attack = run.run_cfg.get("attack")
     if isinstance(attack, DictConfig):
         setting["train_attack"] = str(attack.get("_target_", "")).rsplit(".", 1)[-1]

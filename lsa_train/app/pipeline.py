@@ -28,7 +28,7 @@ from lsa_train.factory import data_class_names
 from lsa_train.training.guards import CheckpointStateGuard, GuardedCheckpointIO
 from lsa_train.trust import CHECKPOINT_DIR, TrustPolicy
 from lsa_train.utils.runtime import torch_threads
-from lsa_train.writes import WriteOutsideError, check_trainer_writes
+from lsa_train.writes import WriteOutsideError, check_trainer_writes, remote_logger_notes
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def _fit_test_report(
     if best_callback is not None and best_callback.best_model_score is not None:
         metrics[f"{best_callback.monitor}_best"] = float(best_callback.best_model_score)
 
+    weights, averaging_notes = weight_averaging(trainer)
     trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     metrics.update(_floats(trainer.callback_metrics))
 
@@ -130,6 +131,7 @@ def _fit_test_report(
         "best_checkpoint": best,
         "last_checkpoint": last,
         "tested_checkpoint": best,
+        "weights": weights,
         "resumed_from": ckpt_path,
         "resume": resume.summary() if resume is not None else None,
         "resume_note": resumed,
@@ -138,7 +140,7 @@ def _fit_test_report(
         "wall_time_s": round(time.perf_counter() - started, 2),
         "model_kwargs": objects["model_kwargs"],
         "class_names": data_class_names(datamodule),
-        "notes": [*notes, *objects["notes"], *_guard_notes(objects)],
+        "notes": [*notes, *objects["notes"], *averaging_notes, *_guard_notes(objects)],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
@@ -166,6 +168,27 @@ def checkpoint_files(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, str | 
     saved_last = [cb.last_model_path for cb in callbacks if cb.last_model_path]
     last = (every_epoch or saved_last or [None])[0]
     return best, last
+
+
+def weight_averaging(trainer: L.Trainer) -> tuple[str | None, list[str]]:
+    """What the validated, checkpointed and tested weights are when a ``WeightAveraging`` callback runs
+    (``EMA (decay 0.999; ...)``; ``None``: the live weights), and summary lines about it (an EMA longer than the
+    run). Called after ``fit``, before ``test`` (which restores the tested checkpoint's callback state)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from lsa_train.training.ema import EMAWeightAveraging
+
+    averaging = [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]
+    if not averaging:
+        return None, []
+    callback = averaging[0]
+    if isinstance(callback, EMAWeightAveraging):
+        module = trainer.lightning_module
+        notes = [callback.horizon_note(callback.updates), callback.inert_note(module)]
+        return callback.describe(module), [note for note in notes if note]
+    return f"averaged by {type(callback).__name__}", [
+        f"{type(callback).__name__} is not lsa_train's EMAWeightAveraging: Lightning's WeightAveraging tests the "
+        "live weights of the tested checkpoint, not its averaged ones; use callbacks=ema"]
 
 
 def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict[str, Any]:
@@ -208,6 +231,7 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
         check_trainer_writes(trainer, run_dir)
     except WriteOutsideError as err:
         raise ConfigError(str(err)) from err
+    notes += remote_logger_notes(trainer.loggers)
     _log_config(cfg, trainer)
     return {
         "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,

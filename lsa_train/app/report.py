@@ -89,6 +89,8 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows += [(f"FGSM accuracy at eps={eps} (%)", _pct(acc)) for eps, acc in (summary.get("fgsm") or {}).items()]
     rg = summary.get("rg_score")
     rows.append(("R&G score (sum of FGSM accuracies, %)", "n/a" if rg is None else f"{rg:.2f}"))
+    if summary.get("weights"):
+        rows.append(("weights", str(summary["weights"])))
     rows.append(("final MVL", ", ".join(summary.get("mvl") or []) or "(none)"))
     if summary.get("lsa_term") is not None:
         rows.append(("LSA term active (training steps)", lsa_term_text(summary["lsa_term"])))

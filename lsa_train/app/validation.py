@@ -143,7 +143,7 @@ def check_top_level(cfg: DictConfig) -> None:
 
 
 def check_loggers(logger: DictConfig | None) -> None:
-    """Loggers whose backend package is missing (TensorBoard) are refused up front."""
+    """Loggers whose backend package is missing (TensorBoard, MLflow, W&B) are refused up front."""
     for name, node in (logger or {}).items():
         target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
         if target.endswith("TensorBoardLogger") and not _tensorboard_available():
@@ -151,6 +151,16 @@ def check_loggers(logger: DictConfig | None) -> None:
                 f"logger '{name}' ({_option('logger', 'logger=tensorboard')}) needs the 'tensorboard' package, "
                 "which is not installed; pip install tensorboard, or use logger=csv"
             )
+        for logger_class, package in OPTIONAL_LOGGERS.items():
+            if target.endswith(logger_class) and importlib.util.find_spec(package) is None:
+                choice = hydra_choice("logger")  # logger=mlflow, or a config of the user's that names it
+                shown = f"logger={package}" if choice in (None, package) else f"logger '{name}' (logger={choice})"
+                raise ConfigError(f"{shown} needs the {package} package: pip install 'lsa-train[{package}]' "
+                                  "(it is not installed; logger=csv needs nothing more)")
+
+
+#: Loggers whose package is an optional extra of lsa-train (``pip install 'lsa-train[<package>]'``).
+OPTIONAL_LOGGERS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
 
 
 def _tensorboard_available() -> bool:

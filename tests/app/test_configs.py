@@ -340,3 +340,13 @@ def test_attack_clip_forward_reaches_the_attack_and_the_setting(tmp_path: Path, 
 def test_attack_clip_bad_values_fail_at_compose_time(tmp_path: Path, overrides: list[str], match: str) -> None:
     with pytest.raises(ConfigCompositionException, match=match):
         compose_train(overrides, tmp_path)
+
+
+def test_ema_callbacks_are_the_default_ones_plus_the_ema(tmp_path: Path) -> None:
+    cfg = compose_train(["callbacks=ema", "callbacks.ema.decay=0.99"], tmp_path)
+    callbacks = builders.build_callbacks(cfg, has_logger=True)
+    default = builders.build_callbacks(compose_train([], tmp_path), has_logger=True)
+    assert sorted(type(cb).__name__ for cb in callbacks) == sorted(
+        [*(type(cb).__name__ for cb in default), "EMAWeightAveraging"])
+    ema = next(cb for cb in callbacks if type(cb).__name__ == "EMAWeightAveraging")
+    assert ema.decay == 0.99 and ema.use_buffers is True
