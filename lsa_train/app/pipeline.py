@@ -26,6 +26,7 @@ from lsa_train.app.resume import describe as describe_resume
 from lsa_train.app.schemas import MVLMode
 from lsa_train.factory import data_class_names
 from lsa_train.training.guards import CheckpointStateGuard, GuardedCheckpointIO
+from lsa_train.training.wall_time import WallTimeCallback
 from lsa_train.trust import CHECKPOINT_DIR, TrustPolicy
 from lsa_train.utils.runtime import torch_threads
 from lsa_train.writes import WriteOutsideError, check_trainer_writes
@@ -64,7 +65,7 @@ def run_training(
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
     policy = policy or TrustPolicy()
-    objects = _build(cfg, policy, resuming=ckpt_path is not None)
+    objects = _build(cfg, policy, resuming=ckpt_path is not None, started=started)
     threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
     with torch_threads(threads):
         return _fit_test_report(cfg, objects, started, ckpt_path, policy, resume, notes or [])
@@ -135,10 +136,10 @@ def _fit_test_report(
         "resume_note": resumed,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        **_wall_time_facts(objects["wall_time"], resumed=ckpt_path is not None),
         "model_kwargs": objects["model_kwargs"],
         "class_names": data_class_names(datamodule),
-        "notes": [*notes, *objects["notes"], *_guard_notes(objects)],
+        "notes": [*notes, *objects["notes"], *_guard_notes(objects), *_wall_time_notes(objects, ckpt_path)],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
@@ -168,7 +169,9 @@ def checkpoint_files(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, str | 
     return best, last
 
 
-def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict[str, Any]:
+def _build(
+    cfg: DictConfig, policy: TrustPolicy, resuming: bool = False, started: float | None = None
+) -> dict[str, Any]:
     """Builds every object, checking each as it is built; nothing is written to the run dir before the
     trainer starts. Every place the trainer writes is checked (:func:`lsa_train.writes.check_trainer_writes`),
     checkpoint files are written and deleted through :class:`~lsa_train.training.guards.GuardedCheckpointIO`,
@@ -200,7 +203,8 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
     run_dir = Path(str(cfg.paths.output_dir))
     guards = [CheckpointStateGuard(run_dir / CHECKPOINT_DIR)] if resuming else []
     checkpoint_io = GuardedCheckpointIO(run_dir)
-    trainer = builders.build_trainer(cfg, callbacks + guards, loggers, checkpoint_io=checkpoint_io)
+    wall_time = WallTimeCallback(time.perf_counter() if started is None else started)  # kept across resumes
+    trainer = builders.build_trainer(cfg, callbacks + guards + [wall_time], loggers, checkpoint_io=checkpoint_io)
     if trainer.strategy.checkpoint_io is not checkpoint_io:
         notes.append("trainer.plugins names its own checkpoint writer: checkpoint paths were checked when the "
                      "trainer was built, not at each write")
@@ -212,11 +216,26 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
     return {
         "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,
         "mvl_callback": parts.callback, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
-        "notes": notes, "guards": guards, "checkpoint_io": checkpoint_io,
+        "notes": notes, "guards": guards, "checkpoint_io": checkpoint_io, "wall_time": wall_time,
     }
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _wall_time_facts(wall_time: WallTimeCallback, resumed: bool) -> dict[str, float]:
+    """``wall_time_s``: the whole run's seconds (a resumed run adds the time up to the checkpoint it resumed
+    from, recorded in that checkpoint), and for a resume the parts."""
+    facts = {"wall_time_s": round(wall_time.total_s(), 2)}
+    if resumed:
+        facts["wall_time_before_resume_s"] = round(wall_time.before_s, 2)
+        facts["wall_time_this_part_s"] = round(wall_time.elapsed_s(), 2)
+    return facts
+
+
+def _wall_time_notes(objects: Mapping[str, Any], ckpt_path: str | None) -> list[str]:
+    note = objects["wall_time"].resume_note() if ckpt_path is not None else None
+    return [note] if note else []
+
+
 def _guard_notes(objects: Mapping[str, Any]) -> list[str]:
     """What the checkpoint guards dropped from a resumed checkpoint or refused to delete."""
     lines = [line for guard in objects.get("guards", []) for line in guard.dropped]

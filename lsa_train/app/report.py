@@ -94,7 +94,11 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("LSA term active (training steps)", lsa_term_text(summary["lsa_term"])))
     if summary.get("resume_note"):
         rows.append(("resumed", str(summary["resume_note"])))
-    rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {summary.get('wall_time_s', 0):.1f}"))
+    wall = f"{summary.get('wall_time_s', 0):.1f}"
+    if summary.get("wall_time_before_resume_s") is not None:  # a resumed run: both parts
+        wall += (f" ({summary['wall_time_before_resume_s']:.1f} before the resume + "
+                 f"{summary.get('wall_time_this_part_s', 0):.1f})")
+    rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {wall}"))
     return rows
 
 

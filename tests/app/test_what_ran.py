@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
+from lsa_train.app.report import summary_rows
 from lsa_train.app.train import train
 
 #: A few batches per epoch, no loggers or rich output, no figures.
@@ -29,3 +31,21 @@ def test_last_ckpt_holds_every_epoch_also_without_validation(make_cfg, tmp_path:
     last = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 6)  # 0-based epoch index 2: the third, 2 steps each
     assert objects["trainer"].global_step == 6
+
+
+def test_a_resumed_runs_wall_time_counts_both_parts(make_cfg, tmp_path: Path) -> None:
+    _, first = train(make_cfg(*SHORT, "trainer.max_epochs=1", out="first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    recorded = next(v["wall_time_s"] for k, v in _load(last)["callbacks"].items() if "WallTime" in k)
+    assert 0 < recorded <= first["summary"]["wall_time_s"]  # the time up to the checkpoint, saved in it
+    _, second = train(make_cfg(*SHORT, "trainer.max_epochs=2", f"ckpt_path={last}", out="second"))
+    summary = second["summary"]
+    assert summary["wall_time_before_resume_s"] == round(recorded, 2)
+    assert summary["wall_time_s"] == pytest.approx(recorded + summary["wall_time_this_part_s"], abs=0.02)
+    row = dict(summary_rows(summary))["epochs / wall time (s)"]
+    assert row == (f"2 / {summary['wall_time_s']:.1f} ({recorded:.1f} before the resume + "
+                   f"{summary['wall_time_this_part_s']:.1f})")
+    # the second part's checkpoint carries the total on
+    total = next(v["wall_time_s"] for k, v in _load(tmp_path / "second" / "checkpoints" / "last.ckpt")["callbacks"]
+                 .items() if "WallTime" in k)
+    assert recorded < total <= summary["wall_time_s"]
