@@ -176,6 +176,38 @@ def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Pa
     return None
 
 
+def weights_label(checkpoint: Mapping[str, Any], path: Path | None) -> str:
+    """Which weights a Lightning checkpoint holds, for the training summary and the evaluation alike:
+    ``last (after 3 epochs, step 30)`` for the run's ``last.ckpt``, ``best by val/acc_pgd = 0.6125 (after 2
+    epochs, step 20)`` for the best epoch of a monitored ``ModelCheckpoint`` (its state in the checkpoint names
+    the file), else ``'<file name>' (after ...)``. The checkpoint is data: values of the wrong type are left out."""
+    epoch, step = checkpoint.get("epoch"), checkpoint.get("global_step")
+    done = int(epoch) + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+    when = ", ".join(part for part in (
+        None if done is None else f"after {done} epoch{'s' if done != 1 else ''}",
+        f"step {step}" if isinstance(step, int) and not isinstance(step, bool) else None) if part)
+    when = f" ({when})" if when else ""
+    name = path.name if path is not None else None
+    states = checkpoint.get("callbacks")
+    for state in states.values() if isinstance(states, Mapping) else []:
+        if not isinstance(state, Mapping) or name is None:
+            continue
+        saved = state.get("best_model_path")
+        if not isinstance(saved, str) or Path(saved).name != name:
+            continue
+        monitor, score = state.get("monitor"), state.get("best_model_score")
+        if monitor is None:  # a ModelCheckpoint without a monitor rewrites its file every epoch
+            return f"last{when}"
+        try:
+            value = f" = {float(score):.4f}"
+        except (TypeError, ValueError, RuntimeError):
+            value = ""
+        return f"best by {monitor}{value}{when}"
+    if name == "last.ckpt":
+        return f"last{when}"
+    return f"'{name}'{when}" if name else f"checkpoint{when}"
+
+
 def _corrupt(path: Path, err: BaseException) -> ConfigError:
     return ConfigError(
         f"ckpt_path='{path}' cannot be loaded, the file is corrupt or not a PyTorch checkpoint "
@@ -234,13 +266,16 @@ class LoadedRun:
     global_step: int | None
     model_cfg: Any = None
     signed: bool = False
+    #: Which weights the run's checkpoint holds (:func:`weights_label`), as the training summary names them.
+    weights_label: str | None = None
 
     @property
     def weights(self) -> str:
-        """Where the weights came from: the run's checkpoint, ``model.checkpoint`` (with the tensors loaded),
-        pretrained weights, or none."""
+        """Where the weights came from: the run's checkpoint (``last (after 3 epochs, step 30): '<path>'``),
+        ``model.checkpoint`` (with the tensors loaded), pretrained weights, or none."""
         if self.ckpt_path is not None:
-            return f"'{self.ckpt_path}' (epoch {self.epoch}, step {self.global_step})"
+            label = self.weights_label or f"epoch {self.epoch}, step {self.global_step}"
+            return f"{label}: '{self.ckpt_path}'"
         from lsa_train.factory import weights_source
 
         return weights_source(self.model_kwargs)
@@ -396,6 +431,7 @@ def load_run(
         ckpt_path=ckpt, run_dir=config_path.parent.parent, run_config_path=config_path, run_cfg=run_cfg,
         datamodule=datamodule, model=model, model_kwargs=kwargs, weights_only=safe,
         epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"), signed=signed,
+        weights_label=weights_label(checkpoint, ckpt),
     )
 
 

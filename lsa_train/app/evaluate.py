@@ -208,6 +208,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_row("output dir", str(out_dir))
     console = Console()
     console.print(table)
+    if report.metadata.get("weights"):  # the same words as the training summary's
+        console.print(f"weights: {report.metadata['weights']}", soft_wrap=True, markup=False, highlight=False)
     if report.worst_case:
         for line in describe(WorstCase.from_dict(report.worst_case)):
             console.print(f"worst case: {line}", soft_wrap=True, markup=False)

@@ -104,9 +104,8 @@ def _fit_test_report(
         log.info("resume recorded in %s", resume.record())
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not policy.unpickle)
     metrics = _floats(trainer.callback_metrics)
-    final_mvl = list(module.mvl)
     mvl_callback = objects["mvl_callback"]
-    # trainer.test(ckpt_path=best) restores the module's and the callbacks' state of the best epoch: keep the
+    # trainer.test(ckpt_path=...) restores the module's and the callbacks' state of that checkpoint: keep the
     # whole run's MVL history, LSA-term counts and checkpoint paths
     history = list(mvl_callback.history) if mvl_callback is not None else []
     lsa_term = module.lsa_term_usage()
@@ -115,8 +114,15 @@ def _fit_test_report(
     if best_callback is not None and best_callback.best_model_score is not None:
         metrics[f"{best_callback.monitor}_best"] = float(best_callback.best_model_score)
 
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    # the test takes last.ckpt, the weights the README's `lsa-evaluate ckpt_path=<run>/checkpoints/last.ckpt`
+    # evaluates; without one (no last_checkpoint callback) the weights in memory, those of the last epoch
+    tested = last
+    weights = (tested_weights(Path(tested)) if tested else
+               f"current weights (after {trainer.current_epoch} epochs, step {trainer.global_step}; not in a "
+               "checkpoint: the callbacks have no last_checkpoint)")
+    trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
     metrics.update(_floats(trainer.callback_metrics))
+    final_mvl = list(module.mvl)  # the MVL of the tested weights (restored with them from their checkpoint)
 
     info = {
         "setting": _setting(cfg, module.base_loss_name),
@@ -130,7 +136,8 @@ def _fit_test_report(
         ),
         "best_checkpoint": best,
         "last_checkpoint": last,
-        "tested_checkpoint": best,
+        "tested_checkpoint": tested,
+        "weights": weights,
         "resumed_from": ckpt_path,
         "resume": resume.summary() if resume is not None else None,
         "resume_note": resumed,
@@ -150,6 +157,15 @@ def _fit_test_report(
         write_report_md(run_dir, summary)
         print_summary(summary)
     return metrics, {**objects, "summary": summary}
+
+
+def tested_weights(path: Path) -> str:
+    """:func:`~lsa_train.app.checkpoint_loading.weights_label` of the run's own checkpoint ``path`` (read with
+    ``weights_only=True``, memory-mapped: only its small records are touched)."""
+    from lsa_train.app.checkpoint_loading import weights_label
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return weights_label(checkpoint, path)
 
 
 def checkpoint_files(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, str | None]:

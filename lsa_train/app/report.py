@@ -82,7 +82,8 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     pgd_name = f"PGD-{summary.get('test_pgd_steps', '?')} accuracy (%)"
     if eval_eps is not None:
         pgd_name = f"PGD-{summary.get('test_pgd_steps', '?')} accuracy at eps={eval_eps:g} (%)"
-    rows = [
+    rows = [("weights", str(summary["weights"]))] if summary.get("weights") else []
+    rows += [
         ("clean accuracy (%)", _pct(summary.get("acc_clean"))),
         (pgd_name, _pct(summary.get("acc_pgd"))),
     ]
@@ -119,6 +120,8 @@ def path_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights"))]
     if summary.get("last_checkpoint"):
         rows.append(("last checkpoint", str(summary["last_checkpoint"])))
+    if summary.get("best_checkpoint") and summary["best_checkpoint"] != summary.get("tested_checkpoint"):
+        rows.append(("best checkpoint", str(summary["best_checkpoint"])))
     rows.append(("run dir", str(summary.get("run_dir"))))
     return rows
 

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
+import lsa_train.app.checkpoint_loading as checkpoint_loading
 from lsa_train.app.report import summary_rows
 from lsa_train.app.train import train
 
@@ -49,3 +53,56 @@ def test_a_resumed_runs_wall_time_counts_both_parts(make_cfg, tmp_path: Path) ->
     total = next(v["wall_time_s"] for k, v in _load(tmp_path / "second" / "checkpoints" / "last.ckpt")["callbacks"]
                  .items() if "WallTime" in k)
     assert recorded < total <= summary["wall_time_s"]
+
+
+def compose_app(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    """``<config_name>.yaml`` (evaluate, analyze) composed with ``overrides``, writing into ``out_dir``."""
+    checkpoint_loading.register_resolvers()
+    with initialize_config_module("lsa_train.conf", version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.log_dir = str(out_dir / "logs")
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def _as_run_folder(cfg, run_dir: Path) -> None:
+    """``.hydra/config.yaml`` as ``python -m lsa_train`` saves it, signed as the user's own run (the in-process
+    ``train`` of a composed config writes no ``.hydra/``)."""
+    from omegaconf import OmegaConf
+
+    from lsa_train.signing import sign_run
+
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run_dir / ".hydra" / "config.yaml")
+    sign_run(run_dir)
+
+
+def test_the_summary_and_the_readme_evaluate_command_test_the_same_weights(make_cfg, tmp_path: Path) -> None:
+    from lsa_train.app.evaluate import evaluate
+
+    # a monitor that gets worse every epoch (the global step, mode min): the best epoch is the first, not the last
+    cfg = make_cfg(*SHORT, "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=step",
+                   "callbacks.model_checkpoint.mode=min")
+    metrics, objects = train(cfg)
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    summary = objects["summary"]
+    assert summary["tested_checkpoint"] == str(last) != summary["best_checkpoint"]
+    assert summary["weights"] == "last (after 2 epochs, step 4)"
+    assert summary["mvl"] == _load(last)["lsa_train"]["mvl"]  # the MVL of the tested epoch
+    rows = dict(summary_rows(summary))
+    assert rows["weights"] == summary["weights"]
+    assert "| weights | last (after 2 epochs, step 4) |" in (run_dir / "report.md").read_text()
+
+    # the README's command, on the same 180 test points (one test batch of the run): the same weights, named alike
+    _as_run_folder(cfg, run_dir)
+    report = evaluate(compose_app("evaluate", [f"ckpt_path={last}", "max_samples=180", "autoattack.enabled=false",
+                                               "masking.enabled=false", "pgd.steps=2", "torch_threads=1"],
+                                  tmp_path / "eval"))
+    assert report.metadata["weights"] == f"{summary['weights']}: '{last}'"
+    assert report.n_samples == 180 and report.clean_accuracy == pytest.approx(metrics["test/acc_clean"], abs=1e-6)
+    best = Path(summary["best_checkpoint"])
+    label = checkpoint_loading.weights_label(_load(best), best)
+    assert label.startswith("best by step = 2.0000 (after 1 epoch, step 2)")
