@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -268,6 +268,8 @@ class LoadedRun:
     signed: bool = False
     #: Which weights the run's checkpoint holds (:func:`weights_label`), as the training summary names them.
     weights_label: str | None = None
+    #: Lines for the report: what the checkpoint records and the run config do not agree on (data paths, ...).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def weights(self) -> str:
@@ -419,11 +421,27 @@ def load_run(
             )
     signed = check_run_config(run_cfg, policy, config_path)  # before anything it names is imported
     checkpoint, safe = load_checkpoint(ckpt, policy)
+    notes: list[str] = []
+    own_run = run_dirs.checkpoint_run_dir(ckpt)
+    bare = own_run is None or own_run.absolute() != run_folder_of_config(config_path).absolute()
+    if bare:
+        # a checkpoint without its run folder, or with another run's config: it must have trained what that says
+        from lsa_train.app.checkpoint_record import check_checkpoint_record
+
+        notes = check_checkpoint_record(checkpoint, ckpt, run_cfg, f"run_config='{config_path}'")
     if data:
         run_cfg.data = OmegaConf.merge(run_cfg.data, dict(data))
     validation.check_model_name(run_cfg.model)
     datamodule = builders.build_datamodule(run_cfg)
     prepare_data(datamodule)
+    if bare:  # the checkpoint's module records what it trained on: the classes and the probes
+        from lsa_train.app.checkpoint_record import check_hyper_parameters
+
+        probes = OmegaConf.select(run_cfg, "regularizer.mvl.probes", default=None)
+        check_hyper_parameters(checkpoint, ckpt, {
+            "num_classes": datamodule.num_classes,
+            **({"probes": OmegaConf.to_container(probes) if OmegaConf.is_config(probes) else probes}
+               if probes is not None else {})})
     model, kwargs = builders.build_model(run_cfg, datamodule, trust=policy.unpickle)
     load_weights(model, checkpoint["state_dict"], ckpt, config_path)
     model.eval()
@@ -431,7 +449,7 @@ def load_run(
         ckpt_path=ckpt, run_dir=config_path.parent.parent, run_config_path=config_path, run_cfg=run_cfg,
         datamodule=datamodule, model=model, model_kwargs=kwargs, weights_only=safe,
         epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"), signed=signed,
-        weights_label=weights_label(checkpoint, ckpt),
+        weights_label=weights_label(checkpoint, ckpt), notes=notes,
     )
 
 

@@ -123,6 +123,7 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         extra_warnings.append(f"the run was trained with an {run.attack_norm()} attack; its eps={eps:g} is used "
                               "as a Linf budget here (set pgd.eps for a meaningful Linf evaluation)")
     extra_warnings += inert_overrides("evaluate", cfg, validation.hydra_task_overrides())
+    extra_warnings += run.notes  # what a checkpoint without its run folder and the run config differ in
     aa_version = _autoattack_version(cfg, extra_warnings)
     if run.weights.startswith("no weights"):
         extra_warnings.append(f"{run.model_name} has no weights (no ckpt_path, model.checkpoint or pretrained "

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, validation
+from lsa_train.app.checkpoint_record import RunRecordCallback, check_hyper_parameters, run_record
 from lsa_train.app.errors import ConfigError
 from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
 from lsa_train.app.resume import ResumePlan
@@ -48,6 +49,7 @@ def run_training(
     policy: TrustPolicy | None = None,
     resume: ResumePlan | None = None,
     notes: list[str] | None = None,
+    bare_checkpoint: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Seeds, sets determinism and threads, then builds (checking each object), fits, tests and reports.
 
@@ -58,6 +60,8 @@ def run_training(
         policy: The command line's trust (``trust_checkpoint``); default: none.
         resume: The resume of a run folder (``cfg`` is then its effective config), recorded before fitting.
         notes: Lines for the run summary (what the run did differently from what a reader would assume).
+        bare_checkpoint: The content of ``ckpt_path`` when it is not in a run folder: its ``hyper_parameters``
+            must agree with the module built here (:func:`~lsa_train.app.checkpoint_record.check_hyper_parameters`).
     """
     _route_lightning_logs_to_root()
     if (cfg.get("extras") or {}).get("ignore_warnings", True):
@@ -66,6 +70,8 @@ def run_training(
     L.seed_everything(cfg.seed, workers=True)
     policy = policy or TrustPolicy()
     objects = _build(cfg, policy, resuming=ckpt_path is not None, started=started)
+    if bare_checkpoint is not None and ckpt_path is not None:  # before anything is trained
+        check_hyper_parameters(bare_checkpoint, Path(ckpt_path), objects["module"].hparams)
     threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
     with torch_threads(threads):
         return _fit_test_report(cfg, objects, started, ckpt_path, policy, resume, notes or [])
@@ -220,7 +226,9 @@ def _build(
     guards = [CheckpointStateGuard(run_dir / CHECKPOINT_DIR)] if resuming else []
     checkpoint_io = GuardedCheckpointIO(run_dir)
     wall_time = WallTimeCallback(time.perf_counter() if started is None else started)  # kept across resumes
-    trainer = builders.build_trainer(cfg, callbacks + guards + [wall_time], loggers, checkpoint_io=checkpoint_io)
+    record = RunRecordCallback(run_record(cfg))  # what the checkpoints trained, for their use without the run folder
+    trainer = builders.build_trainer(cfg, callbacks + guards + [wall_time, record], loggers,
+                                     checkpoint_io=checkpoint_io)
     if trainer.strategy.checkpoint_io is not checkpoint_io:
         notes.append("trainer.plugins names its own checkpoint writer: checkpoint paths were checked when the "
                      "trainer was built, not at each write")

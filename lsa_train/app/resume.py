@@ -416,7 +416,8 @@ def describe(plan: ResumePlan | None, ckpt: Path | None) -> str | None:
         return None
     if plan is None:
         return (f"resumed from '{ckpt}', which is not in a run folder with a saved config: the config of this "
-                "command line was used")
+                "command line was used, checked against the model, data, attack and module settings the checkpoint "
+                "records")
     switched = ", ".join(f"{g}={c}" for g, c in plan.switched_groups.items())
     base = os.path.relpath(plan.base_config, plan.run_dir)
     origin = "" if plan.signed else " (a foreign run, not signed by you: its config was read as data)"

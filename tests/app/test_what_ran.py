@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import lsa_train.app.checkpoint_loading as checkpoint_loading
+from lsa_train.app.errors import ConfigError
 from lsa_train.app.report import summary_rows
 from lsa_train.app.train import train
 
@@ -106,3 +107,79 @@ def test_the_summary_and_the_readme_evaluate_command_test_the_same_weights(make_
     best = Path(summary["best_checkpoint"])
     label = checkpoint_loading.weights_label(_load(best), best)
     assert label.startswith("best by step = 2.0000 (after 1 epoch, step 2)")
+
+
+def _without_run_record(source: Path, target: Path, record: object = None) -> Path:
+    """A copy of checkpoint ``source`` with its run record removed (``record=None``) or replaced."""
+    checkpoint = _load(source)
+    states = checkpoint["callbacks"]
+    key = next(k for k in states if k == "RunRecordCallback")
+    if record is None:
+        del states[key]
+    else:
+        states[key] = record
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_a_checkpoint_without_its_run_folder_is_checked_against_what_it_records(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(*SHORT, "trainer.max_epochs=1", out="first"))
+    bare = tmp_path / "bare.ckpt"  # handed over without its run folder
+    bare.write_bytes((tmp_path / "first" / "checkpoints" / "last.ckpt").read_bytes())
+    record = next(v for k, v in _load(bare)["callbacks"].items() if k == "RunRecordCallback")
+    assert record["attack"]["eps"] == 0.1 and record["model"]["name"] == "cnn_b" and record["probes"] == "activations"
+
+    resume = [*SHORT, "trainer.max_epochs=2", f"ckpt_path={bare}"]
+    with pytest.raises(ConfigError, match=r"^ckpt_path='.*bare.ckpt' \(no run folder\) was trained otherwise than this "
+                                          r"command line says: attack.eps=0.1 in the checkpoint, 0.2 here"):
+        train(make_cfg(*resume, "attack.eps=0.2", out="eps"))
+    with pytest.raises(ConfigError, match=r"model.name='cnn_b' in the checkpoint, 'mlp_a' here"):
+        train(make_cfg(*resume, "model=mlp_a", out="model"))
+    # a module setting the run record does not hold: from the checkpoint's hyper_parameters (Lightning's)
+    with pytest.raises(ConfigError, match=r"other module settings: trades_beta=6.0 in the checkpoint, 3 here"):
+        train(make_cfg(*resume, "module.trades_beta=3", out="beta"))
+    for refused in ("eps", "model", "beta"):
+        assert not (tmp_path / refused / "checkpoints").exists()  # refused before anything was trained
+
+    # the same training with another batch size: resumed, and the summary says what differs
+    _, objects = train(make_cfg(*resume, "data.batch_size=32", out="second"))
+    assert objects["trainer"].current_epoch == 2
+    assert any("differs from this command line in data.batch_size=64 in the checkpoint, 32 here" in note
+               for note in objects["summary"]["notes"])
+
+    # an older checkpoint records no run: resumed, said in the summary
+    older = _without_run_record(bare, tmp_path / "older.ckpt")
+    _, objects = train(make_cfg(*SHORT, "trainer.max_epochs=2", f"ckpt_path={older}", out="older"))
+    assert any("records no run" in note for note in objects["summary"]["notes"])
+    # a record is data: an interpolation in it is refused, never resolved
+    hostile = _without_run_record(bare, tmp_path / "hostile.ckpt", {**record, "probes": "${oc.env:HOME}"})
+    with pytest.raises(ConfigError, match=r"run record of ckpt_path=.* holds an interpolation at probes"):
+        train(make_cfg(*SHORT, "trainer.max_epochs=2", f"ckpt_path={hostile}", out="hostile"))
+
+
+def test_evaluate_checks_a_checkpoint_without_its_run_folder_against_run_config(make_cfg, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from lsa_train.app.evaluate import evaluate
+
+    cfg = make_cfg(*SHORT, "trainer.max_epochs=1", out="run")
+    train(cfg)
+    bare = tmp_path / "bare.ckpt"
+    bare.write_bytes((tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes())
+    _as_run_folder(cfg, tmp_path / "run")
+    other = tmp_path / "other" / ".hydra" / "config.yaml"  # the config of another run, with another budget
+    other.parent.mkdir(parents=True)
+    saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    saved.attack.eps = 0.3
+    OmegaConf.save(saved, other)
+    from lsa_train.signing import sign_run
+
+    sign_run(other.parent.parent)
+    quick = ["max_samples=32", "autoattack.enabled=false", "masking.enabled=false", "pgd.steps=1", "torch_threads=1"]
+    with pytest.raises(ConfigError, match=r"was trained otherwise than run_config=.*: attack.eps=0.1 in the "
+                                          r"checkpoint, 0.3 here"):
+        evaluate(compose_app("evaluate", [f"ckpt_path={bare}", f"run_config={other}", *quick], tmp_path / "e1"))
+    report = evaluate(compose_app("evaluate", [f"ckpt_path={bare}",
+                                               f"run_config={tmp_path / 'run' / '.hydra' / 'config.yaml'}", *quick],
+                                  tmp_path / "e2"))
+    assert report.metadata["weights"] == f"'bare.ckpt' (after 1 epoch, step 2): '{bare}'"  # named by its file
