@@ -270,6 +270,8 @@ class LoadedRun:
     weights_label: str | None = None
     #: Lines for the report: what the checkpoint records and the run config do not agree on (data paths, ...).
     notes: list[str] = field(default_factory=list)
+    #: The run record of ``model.checkpoint`` when it is an lsa-train checkpoint (its budget is then the default).
+    record: dict[str, Any] | None = None
 
     @property
     def weights(self) -> str:
@@ -294,6 +296,11 @@ class LoadedRun:
             ConfigError: No training run (``setting`` must be given), or no budget in its config.
         """
         if self.run_cfg is None:
+            recorded = (self.record or {}).get("attack") or {}
+            for key in keys:  # a model.checkpoint of lsa-train records its budget
+                value = recorded.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return float(value)
             raise ConfigError(f"{setting} is required when no ckpt_path of an lsa-train run is given "
                               f"(e.g. {setting}=0.03137 for 8/255 on [0, 1] inputs)")
         attack = self.run_cfg.get("attack") or {}
@@ -305,6 +312,9 @@ class LoadedRun:
 
     def attack_norm(self) -> str:
         attack = self.run_cfg.get("attack") if self.run_cfg is not None else None
+        if attack is None and self.record is not None:
+            norm = (self.record.get("attack") or {}).get("norm")
+            return str(norm).lower() if isinstance(norm, str) else "linf"
         return str(attack.get("norm", "linf")).lower() if isinstance(attack, DictConfig) else "linf"
 
 
@@ -374,10 +384,40 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
     prepare_data(datamodule)
     model, kwargs = builders.build_model(app_cfg, datamodule, trust=policy.unpickle)
     model.eval()
+    record, notes = weights_file_record(OmegaConf.select(app_cfg, "model.checkpoint", default=None), app_cfg)
     return LoadedRun(
         ckpt_path=None, run_dir=None, run_config_path=None, run_cfg=None, datamodule=datamodule, model=model,
         model_kwargs=kwargs, weights_only=True, epoch=None, global_step=None, model_cfg=app_cfg.model,
+        notes=notes, record=record,
     )
+
+
+def weights_file_record(weights_file: Any, app_cfg: DictConfig) -> tuple[dict[str, Any] | None, list[str]]:
+    """The run record of a ``model.checkpoint`` written by lsa-train (``None`` for any other file) and the report
+    lines on where it differs from ``model=`` / ``data=`` here (evaluating trained weights on other data is
+    allowed: every difference is a line, never an error). Its budget becomes the default ``pgd.eps``/``eps``.
+
+    Raises:
+        ConfigError: A record that is not plain data (:func:`lsa_train.app.checkpoint_record.saved_record`).
+    """
+    from lsa_train.app.checkpoint_record import NOTE_KEYS, compare_records, run_record, saved_record
+
+    if weights_file is None:
+        return None, []
+    path = Path(str(weights_file)).expanduser()
+    try:
+        content = read_torch_file(path, what="weights file")  # weights_only=True; the model loaded it already
+    except (UntrustedError, ValueError, OSError):
+        return None, []
+    record = saved_record(content, path) if isinstance(content, Mapping) else None
+    if record is None:
+        return None, []
+    here = {k: v for k, v in run_record(app_cfg).items() if k in ("model", "data")}
+    errors, notes = compare_records({k: record.get(k) for k in here}, here)
+    lines = [line for line in errors + notes if line.split("=", 1)[0] not in NOTE_KEYS or
+             not line.startswith("model.")]  # model.checkpoint/strict: how the weights are loaded here
+    return record, [f"model.checkpoint='{weights_file}' is an lsa-train checkpoint trained otherwise than given here: "
+                    f"{line}" for line in lines]
 
 
 def prepare_data(datamodule: Any) -> None:

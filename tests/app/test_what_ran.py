@@ -183,3 +183,12 @@ def test_evaluate_checks_a_checkpoint_without_its_run_folder_against_run_config(
                                                f"run_config={tmp_path / 'run' / '.hydra' / 'config.yaml'}", *quick],
                                   tmp_path / "e2"))
     assert report.metadata["weights"] == f"'bare.ckpt' (after 1 epoch, step 2): '{bare}'"  # named by its file
+    # the same file as model.checkpoint of model=... data=...: its budget is the default, differences are lines
+    given = ["model=cnn_b", "data=digits", f"model.checkpoint={bare}", *quick]
+    report = evaluate(compose_app("evaluate", [*given, "data.test_fraction=0.3"], tmp_path / "e3"))
+    assert report.pgd_settings["eps"] == 0.1  # the checkpoint's attack.eps: pgd.eps was not given
+    # data.seed: ${seed}, evaluate's seed 0, not the run's 313: another split, which the line makes visible
+    prefix = f"model.checkpoint='{bare}' is an lsa-train checkpoint trained otherwise than given here: "
+    assert [w for w in report.warnings if "model.checkpoint=" in w] == [
+        f"{prefix}data.seed=313 in the checkpoint, 0 here",
+        f"{prefix}data.test_fraction=0.2 in the checkpoint, 0.3 here"]
