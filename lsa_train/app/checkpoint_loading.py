@@ -233,7 +233,8 @@ def find_run_config(ckpt: Path, run_config: Any = None) -> Path:
     raise ConfigError(
         f"no training config next to ckpt_path='{ckpt}': expected '{candidates[0]}' (a checkpoint in "
         "<run dir>/checkpoints/ of a run made by lsa-train, whose <run dir>/.hydra/config.yaml it reads); "
-        "or set run_config=<path to that config.yaml>"
+        "or set run_config=<path to that config.yaml>, or give model=<its model> data=<its data> "
+        "model.checkpoint=<the .ckpt> instead of ckpt_path (the budget it records is then the default)"
     )
 
 

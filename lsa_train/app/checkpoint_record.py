@@ -187,7 +187,8 @@ def check_hyper_parameters(checkpoint: Mapping[str, Any], source: Path, hparams:
     saved = checkpoint.get("hyper_parameters")
     if not isinstance(saved, Mapping):
         return
-    check_plain_data(dict(saved), f"the hyper_parameters of ckpt_path='{source}'")
+    saved = {key: saved[key] for key in HPARAM_KEYS if key in saved}  # only what is compared is read
+    check_plain_data(saved, f"the hyper_parameters of ckpt_path='{source}'")
     built = dict(hparams)
     differ = [f"{key}={_shown(saved[key])} in the checkpoint, {_shown(built[key])} here" for key in HPARAM_KEYS
               if key in saved and key in built and _comparable(saved[key]) != _comparable(built[key])]
