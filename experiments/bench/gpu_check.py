@@ -216,7 +216,7 @@ def run_summary(run_dir: Path, returncode: int) -> dict[str, Any]:
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     log = run_dir / "app.log"
-    # counted in the log: metrics.json's mvl_history is that of the tested (best) checkpoint
+    # counted in the log, as the refreshes this process ran (metrics.json's mvl_history is the whole run's)
     refreshes = len(re.findall(r"\[LSA\] epoch \d+: MVL", log.read_text(errors="replace"))) if log.exists() else 0
     return {"returncode": returncode, "status": metrics.get("status", "no metrics.json"),
             "acc_clean": metrics.get("acc_clean"), "acc_pgd": metrics.get("acc_pgd"),

@@ -158,7 +158,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         model = run.model.to(device)
         map_probes = analysis_figures.named_feature_map_probes(cfg, model, x[:1].to(device))
         notes = [*probe_notes(model, x[:1].to(device), settings["probes"]),
-                 *inert_overrides("analyze", cfg, validation.hydra_task_overrides())]
+                 *inert_overrides("analyze", cfg, validation.hydra_task_overrides()), *run.notes]
         log.info("analysing %s (weights: %s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.weights,
                  x.shape[0], cfg.split, eps, settings["probes"])
         try:

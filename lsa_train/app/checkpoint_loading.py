@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +177,38 @@ def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Pa
     return None
 
 
+def weights_label(checkpoint: Mapping[str, Any], path: Path | None) -> str:
+    """Which weights a Lightning checkpoint holds, for the training summary and the evaluation alike:
+    ``last (after 3 epochs, step 30)`` for the run's ``last.ckpt``, ``best by val/acc_pgd = 0.6125 (after 2
+    epochs, step 20)`` for the best epoch of a monitored ``ModelCheckpoint`` (its state in the checkpoint names
+    the file), else ``'<file name>' (after ...)``. The checkpoint is data: values of the wrong type are left out."""
+    epoch, step = checkpoint.get("epoch"), checkpoint.get("global_step")
+    done = int(epoch) + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+    when = ", ".join(part for part in (
+        None if done is None else f"after {done} epoch{'s' if done != 1 else ''}",
+        f"step {step}" if isinstance(step, int) and not isinstance(step, bool) else None) if part)
+    when = f" ({when})" if when else ""
+    name = path.name if path is not None else None
+    states = checkpoint.get("callbacks")
+    for state in states.values() if isinstance(states, Mapping) else []:
+        if not isinstance(state, Mapping) or name is None:
+            continue
+        saved = state.get("best_model_path")
+        if not isinstance(saved, str) or Path(saved).name != name:
+            continue
+        monitor, score = state.get("monitor"), state.get("best_model_score")
+        if monitor is None:  # a ModelCheckpoint without a monitor rewrites its file every epoch
+            return f"last{when}"
+        try:
+            value = f" = {float(score):.4f}"
+        except (TypeError, ValueError, RuntimeError):
+            value = ""
+        return f"best by {monitor}{value}{when}"
+    if name == "last.ckpt":
+        return f"last{when}"
+    return f"'{name}'{when}" if name else f"checkpoint{when}"
+
+
 def _corrupt(path: Path, err: BaseException) -> ConfigError:
     return ConfigError(
         f"ckpt_path='{path}' cannot be loaded, the file is corrupt or not a PyTorch checkpoint "
@@ -202,7 +234,8 @@ def find_run_config(ckpt: Path, run_config: Any = None) -> Path:
     raise ConfigError(
         f"no training config next to ckpt_path='{ckpt}': expected '{candidates[0]}' (a checkpoint in "
         "<run dir>/checkpoints/ of a run made by lsa-train, whose <run dir>/.hydra/config.yaml it reads); "
-        "or set run_config=<path to that config.yaml>"
+        "or set run_config=<path to that config.yaml>, or give model=<its model> data=<its data> "
+        "model.checkpoint=<the .ckpt> instead of ckpt_path (the budget it records is then the default)"
     )
 
 
@@ -236,14 +269,21 @@ class LoadedRun:
     model_cfg: Any = None
     signed: bool = False
     averaging: str | None = None  # the checkpoint's weights are an average (``EMA (decay 0.999)``), not the live ones
+    #: Which weights the run's checkpoint holds (:func:`weights_label`), as the training summary names them.
+    weights_label: str | None = None
+    #: Lines for the report: what the checkpoint records and the run config do not agree on (data paths, ...).
+    notes: list[str] = field(default_factory=list)
+    #: The run record of ``model.checkpoint`` when it is an lsa-train checkpoint (its budget is then the default).
+    record: dict[str, Any] | None = None
 
     @property
     def weights(self) -> str:
-        """Where the weights came from: the run's checkpoint, ``model.checkpoint`` (with the tensors loaded),
-        pretrained weights, or none."""
+        """Where the weights came from: the run's checkpoint (``last (after 3 epochs, step 30): '<path>'``),
+        ``model.checkpoint`` (with the tensors loaded), pretrained weights, or none."""
         if self.ckpt_path is not None:
+            label = self.weights_label or f"epoch {self.epoch}, step {self.global_step}"
             averaged = f"; {self.averaging} weights" if self.averaging else ""
-            return f"'{self.ckpt_path}' (epoch {self.epoch}, step {self.global_step}{averaged})"
+            return f"{label}{averaged}: '{self.ckpt_path}'"
         from lsa_train.factory import weights_source
 
         return weights_source(self.model_kwargs)
@@ -260,6 +300,11 @@ class LoadedRun:
             ConfigError: No training run (``setting`` must be given), or no budget in its config.
         """
         if self.run_cfg is None:
+            recorded = (self.record or {}).get("attack") or {}
+            for key in keys:  # a model.checkpoint of lsa-train records its budget
+                value = recorded.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return float(value)
             raise ConfigError(f"{setting} is required when no ckpt_path of an lsa-train run is given "
                               f"(e.g. {setting}=0.03137 for 8/255 on [0, 1] inputs)")
         attack = self.run_cfg.get("attack") or {}
@@ -271,6 +316,9 @@ class LoadedRun:
 
     def attack_norm(self) -> str:
         attack = self.run_cfg.get("attack") if self.run_cfg is not None else None
+        if attack is None and self.record is not None:
+            norm = (self.record.get("attack") or {}).get("norm")
+            return str(norm).lower() if isinstance(norm, str) else "linf"
         return str(attack.get("norm", "linf")).lower() if isinstance(attack, DictConfig) else "linf"
 
 
@@ -340,10 +388,40 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
     prepare_data(datamodule)
     model, kwargs = builders.build_model(app_cfg, datamodule, trust=policy.unpickle)
     model.eval()
+    record, notes = weights_file_record(OmegaConf.select(app_cfg, "model.checkpoint", default=None), app_cfg)
     return LoadedRun(
         ckpt_path=None, run_dir=None, run_config_path=None, run_cfg=None, datamodule=datamodule, model=model,
         model_kwargs=kwargs, weights_only=True, epoch=None, global_step=None, model_cfg=app_cfg.model,
+        notes=notes, record=record,
     )
+
+
+def weights_file_record(weights_file: Any, app_cfg: DictConfig) -> tuple[dict[str, Any] | None, list[str]]:
+    """The run record of a ``model.checkpoint`` written by lsa-train (``None`` for any other file) and the report
+    lines on where it differs from ``model=`` / ``data=`` here (evaluating trained weights on other data is
+    allowed: every difference is a line, never an error). Its budget becomes the default ``pgd.eps``/``eps``.
+
+    Raises:
+        ConfigError: A record that is not plain data (:func:`lsa_train.app.checkpoint_record.saved_record`).
+    """
+    from lsa_train.app.checkpoint_record import NOTE_KEYS, compare_records, run_record, saved_record
+
+    if weights_file is None:
+        return None, []
+    path = Path(str(weights_file)).expanduser()
+    try:
+        content = read_torch_file(path, what="weights file")  # weights_only=True; the model loaded it already
+    except (UntrustedError, ValueError, OSError):
+        return None, []
+    record = saved_record(content, path) if isinstance(content, Mapping) else None
+    if record is None:
+        return None, []
+    here = {k: v for k, v in run_record(app_cfg).items() if k in ("model", "data")}
+    errors, notes = compare_records({k: record.get(k) for k in here}, here)
+    lines = [line for line in errors + notes if line.split("=", 1)[0] not in NOTE_KEYS or
+             not line.startswith("model.")]  # model.checkpoint/strict: how the weights are loaded here
+    return record, [f"model.checkpoint='{weights_file}' is an lsa-train checkpoint trained otherwise than given here: "
+                    f"{line}" for line in lines]
 
 
 def prepare_data(datamodule: Any) -> None:
@@ -387,11 +465,27 @@ def load_run(
             )
     signed = check_run_config(run_cfg, policy, config_path)  # before anything it names is imported
     checkpoint, safe = load_checkpoint(ckpt, policy)
+    notes: list[str] = []
+    own_run = run_dirs.checkpoint_run_dir(ckpt)
+    bare = own_run is None or own_run.absolute() != run_folder_of_config(config_path).absolute()
+    if bare:
+        # a checkpoint without its run folder, or with another run's config: it must have trained what that says
+        from lsa_train.app.checkpoint_record import check_checkpoint_record
+
+        notes = check_checkpoint_record(checkpoint, ckpt, run_cfg, f"run_config='{config_path}'")
     if data:
         run_cfg.data = OmegaConf.merge(run_cfg.data, dict(data))
     validation.check_model_name(run_cfg.model)
     datamodule = builders.build_datamodule(run_cfg)
     prepare_data(datamodule)
+    if bare:  # the checkpoint's module records what it trained on: the classes and the probes
+        from lsa_train.app.checkpoint_record import check_hyper_parameters
+
+        probes = OmegaConf.select(run_cfg, "regularizer.mvl.probes", default=None)
+        check_hyper_parameters(checkpoint, ckpt, {
+            "num_classes": datamodule.num_classes,
+            **({"probes": OmegaConf.to_container(probes) if OmegaConf.is_config(probes) else probes}
+               if probes is not None else {})})
     model, kwargs = builders.build_model(run_cfg, datamodule, trust=policy.unpickle)
     load_weights(model, checkpoint["state_dict"], ckpt, config_path)
     model.eval()
@@ -399,7 +493,7 @@ def load_run(
         ckpt_path=ckpt, run_dir=config_path.parent.parent, run_config_path=config_path, run_cfg=run_cfg,
         datamodule=datamodule, model=model, model_kwargs=kwargs, weights_only=safe,
         epoch=checkpoint.get("epoch"), global_step=checkpoint.get("global_step"), signed=signed,
-        averaging=checkpoint_averaging(checkpoint),
+        averaging=checkpoint_averaging(checkpoint), weights_label=weights_label(checkpoint, ckpt), notes=notes,
     )
 
 

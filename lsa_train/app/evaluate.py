@@ -123,6 +123,7 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         extra_warnings.append(f"the run was trained with an {run.attack_norm()} attack; its eps={eps:g} is used "
                               "as a Linf budget here (set pgd.eps for a meaningful Linf evaluation)")
     extra_warnings += inert_overrides("evaluate", cfg, validation.hydra_task_overrides())
+    extra_warnings += run.notes  # what a checkpoint without its run folder and the run config differ in
     aa_version = _autoattack_version(cfg, extra_warnings)
     if run.weights.startswith("no weights"):
         extra_warnings.append(f"{run.model_name} has no weights (no ckpt_path, model.checkpoint or pretrained "
@@ -208,6 +209,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_row("output dir", str(out_dir))
     console = Console()
     console.print(table)
+    if report.metadata.get("weights"):  # the same words as the training summary's
+        console.print(f"weights: {report.metadata['weights']}", soft_wrap=True, markup=False, highlight=False)
     if report.worst_case:
         for line in describe(WorstCase.from_dict(report.worst_case)):
             console.print(f"worst case: {line}", soft_wrap=True, markup=False)

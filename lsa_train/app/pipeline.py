@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, validation
+from lsa_train.app.checkpoint_record import RunRecordCallback, check_hyper_parameters, run_record
 from lsa_train.app.errors import ConfigError
 from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
 from lsa_train.app.resume import ResumePlan
@@ -26,6 +27,7 @@ from lsa_train.app.resume import describe as describe_resume
 from lsa_train.app.schemas import MVLMode
 from lsa_train.factory import data_class_names
 from lsa_train.training.guards import CheckpointStateGuard, GuardedCheckpointIO
+from lsa_train.training.wall_time import WallTimeCallback
 from lsa_train.trust import CHECKPOINT_DIR, TrustPolicy
 from lsa_train.utils.runtime import torch_threads
 from lsa_train.writes import WriteOutsideError, check_trainer_writes, remote_logger_notes
@@ -47,6 +49,7 @@ def run_training(
     policy: TrustPolicy | None = None,
     resume: ResumePlan | None = None,
     notes: list[str] | None = None,
+    bare_checkpoint: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Seeds, sets determinism and threads, then builds (checking each object), fits, tests and reports.
 
@@ -57,6 +60,8 @@ def run_training(
         policy: The command line's trust (``trust_checkpoint``); default: none.
         resume: The resume of a run folder (``cfg`` is then its effective config), recorded before fitting.
         notes: Lines for the run summary (what the run did differently from what a reader would assume).
+        bare_checkpoint: The content of ``ckpt_path`` when it is not in a run folder: its ``hyper_parameters``
+            must agree with the module built here (:func:`~lsa_train.app.checkpoint_record.check_hyper_parameters`).
     """
     _route_lightning_logs_to_root()
     if (cfg.get("extras") or {}).get("ignore_warnings", True):
@@ -64,7 +69,9 @@ def run_training(
             warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
     policy = policy or TrustPolicy()
-    objects = _build(cfg, policy, resuming=ckpt_path is not None)
+    objects = _build(cfg, policy, resuming=ckpt_path is not None, started=started)
+    if bare_checkpoint is not None and ckpt_path is not None:  # before anything is trained
+        check_hyper_parameters(bare_checkpoint, Path(ckpt_path), objects["module"].hparams)
     threads = resolve_torch_threads(cfg.get("torch_threads"), objects["model"])
     with torch_threads(threads):
         return _fit_test_report(cfg, objects, started, ckpt_path, policy, resume, notes or [])
@@ -103,9 +110,8 @@ def _fit_test_report(
         log.info("resume recorded in %s", resume.record())
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not policy.unpickle)
     metrics = _floats(trainer.callback_metrics)
-    final_mvl = list(module.mvl)
     mvl_callback = objects["mvl_callback"]
-    # trainer.test(ckpt_path=best) restores the module's and the callbacks' state of the best epoch: keep the
+    # trainer.test(ckpt_path=...) restores the module's and the callbacks' state of that checkpoint: keep the
     # whole run's MVL history, LSA-term counts and checkpoint paths
     history = list(mvl_callback.history) if mvl_callback is not None else []
     lsa_term = module.lsa_term_usage()
@@ -114,9 +120,18 @@ def _fit_test_report(
     if best_callback is not None and best_callback.best_model_score is not None:
         metrics[f"{best_callback.monitor}_best"] = float(best_callback.best_model_score)
 
-    weights, averaging_notes = weight_averaging(trainer)
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    averaging, averaging_notes = weight_averaging(trainer)
+    # the test takes last.ckpt, the weights the README's `lsa-evaluate ckpt_path=<run>/checkpoints/last.ckpt`
+    # evaluates; without one (no last_checkpoint callback) the weights in memory, those of the last epoch
+    tested = last
+    weights = (tested_weights(Path(tested)) if tested else
+               f"current weights (after {trainer.current_epoch} epochs, step {trainer.global_step}; not in a "
+               "checkpoint: the callbacks have no last_checkpoint)")
+    if averaging:
+        weights = f"{weights}; {averaging}"
+    trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
     metrics.update(_floats(trainer.callback_metrics))
+    final_mvl = list(module.mvl)  # the MVL of the tested weights (restored with them from their checkpoint)
 
     info = {
         "setting": _setting(cfg, module.base_loss_name),
@@ -130,17 +145,18 @@ def _fit_test_report(
         ),
         "best_checkpoint": best,
         "last_checkpoint": last,
-        "tested_checkpoint": best,
+        "tested_checkpoint": tested,
         "weights": weights,
         "resumed_from": ckpt_path,
         "resume": resume.summary() if resume is not None else None,
         "resume_note": resumed,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        **_wall_time_facts(objects["wall_time"], resumed=ckpt_path is not None),
         "model_kwargs": objects["model_kwargs"],
         "class_names": data_class_names(datamodule),
-        "notes": [*notes, *objects["notes"], *averaging_notes, *_guard_notes(objects)],
+        "notes": [*notes, *objects["notes"], *averaging_notes, *_guard_notes(objects),
+                  *_wall_time_notes(objects, ckpt_path)],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
@@ -151,6 +167,15 @@ def _fit_test_report(
         write_report_md(run_dir, summary)
         print_summary(summary)
     return metrics, {**objects, "summary": summary}
+
+
+def tested_weights(path: Path) -> str:
+    """:func:`~lsa_train.app.checkpoint_loading.weights_label` of the run's own checkpoint ``path`` (read with
+    ``weights_only=True``, memory-mapped: only its small records are touched)."""
+    from lsa_train.app.checkpoint_loading import weights_label
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return weights_label(checkpoint, path)
 
 
 def checkpoint_files(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, str | None]:
@@ -191,7 +216,9 @@ def weight_averaging(trainer: L.Trainer) -> tuple[str | None, list[str]]:
         "live weights of the tested checkpoint, not its averaged ones; use callbacks=ema"]
 
 
-def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict[str, Any]:
+def _build(
+    cfg: DictConfig, policy: TrustPolicy, resuming: bool = False, started: float | None = None
+) -> dict[str, Any]:
     """Builds every object, checking each as it is built; nothing is written to the run dir before the
     trainer starts. Every place the trainer writes is checked (:func:`lsa_train.writes.check_trainer_writes`),
     checkpoint files are written and deleted through :class:`~lsa_train.training.guards.GuardedCheckpointIO`,
@@ -223,7 +250,10 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
     run_dir = Path(str(cfg.paths.output_dir))
     guards = [CheckpointStateGuard(run_dir / CHECKPOINT_DIR)] if resuming else []
     checkpoint_io = GuardedCheckpointIO(run_dir)
-    trainer = builders.build_trainer(cfg, callbacks + guards, loggers, checkpoint_io=checkpoint_io)
+    wall_time = WallTimeCallback(time.perf_counter() if started is None else started)  # kept across resumes
+    record = RunRecordCallback(run_record(cfg))  # what the checkpoints trained, for their use without the run folder
+    trainer = builders.build_trainer(cfg, callbacks + guards + [wall_time, record], loggers,
+                                     checkpoint_io=checkpoint_io)
     if trainer.strategy.checkpoint_io is not checkpoint_io:
         notes.append("trainer.plugins names its own checkpoint writer: checkpoint paths were checked when the "
                      "trainer was built, not at each write")
@@ -236,11 +266,26 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
     return {
         "cfg": cfg, "datamodule": datamodule, "model": model, "model_kwargs": model_kwargs, "module": module,
         "mvl_callback": parts.callback, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
-        "notes": notes, "guards": guards, "checkpoint_io": checkpoint_io,
+        "notes": notes, "guards": guards, "checkpoint_io": checkpoint_io, "wall_time": wall_time,
     }
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _wall_time_facts(wall_time: WallTimeCallback, resumed: bool) -> dict[str, float]:
+    """``wall_time_s``: the whole run's seconds (a resumed run adds the time up to the checkpoint it resumed
+    from, recorded in that checkpoint), and for a resume the parts."""
+    facts = {"wall_time_s": round(wall_time.total_s(), 2)}
+    if resumed:
+        facts["wall_time_before_resume_s"] = round(wall_time.before_s, 2)
+        facts["wall_time_this_part_s"] = round(wall_time.elapsed_s(), 2)
+    return facts
+
+
+def _wall_time_notes(objects: Mapping[str, Any], ckpt_path: str | None) -> list[str]:
+    note = objects["wall_time"].resume_note() if ckpt_path is not None else None
+    return [note] if note else []
+
+
 def _guard_notes(objects: Mapping[str, Any]) -> list[str]:
     """What the checkpoint guards dropped from a resumed checkpoint or refused to delete."""
     lines = [line for guard in objects.get("guards", []) for line in guard.dropped]

@@ -82,21 +82,24 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     pgd_name = f"PGD-{summary.get('test_pgd_steps', '?')} accuracy (%)"
     if eval_eps is not None:
         pgd_name = f"PGD-{summary.get('test_pgd_steps', '?')} accuracy at eps={eval_eps:g} (%)"
-    rows = [
+    rows = [("weights", str(summary["weights"]))] if summary.get("weights") else []
+    rows += [
         ("clean accuracy (%)", _pct(summary.get("acc_clean"))),
         (pgd_name, _pct(summary.get("acc_pgd"))),
     ]
     rows += [(f"FGSM accuracy at eps={eps} (%)", _pct(acc)) for eps, acc in (summary.get("fgsm") or {}).items()]
     rg = summary.get("rg_score")
     rows.append(("R&G score (sum of FGSM accuracies, %)", "n/a" if rg is None else f"{rg:.2f}"))
-    if summary.get("weights"):
-        rows.append(("weights", str(summary["weights"])))
     rows.append(("final MVL", ", ".join(summary.get("mvl") or []) or "(none)"))
     if summary.get("lsa_term") is not None:
         rows.append(("LSA term active (training steps)", lsa_term_text(summary["lsa_term"])))
     if summary.get("resume_note"):
         rows.append(("resumed", str(summary["resume_note"])))
-    rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {summary.get('wall_time_s', 0):.1f}"))
+    wall = f"{summary.get('wall_time_s', 0):.1f}"
+    if summary.get("wall_time_before_resume_s") is not None:  # a resumed run: both parts
+        wall += (f" ({summary['wall_time_before_resume_s']:.1f} before the resume + "
+                 f"{summary.get('wall_time_this_part_s', 0):.1f})")
+    rows.append(("epochs / wall time (s)", f"{summary.get('epochs', '?')} / {wall}"))
     return rows
 
 
@@ -117,6 +120,8 @@ def path_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("tested checkpoint", str(summary.get("tested_checkpoint") or "current weights"))]
     if summary.get("last_checkpoint"):
         rows.append(("last checkpoint", str(summary["last_checkpoint"])))
+    if summary.get("best_checkpoint") and summary["best_checkpoint"] != summary.get("tested_checkpoint"):
+        rows.append(("best checkpoint", str(summary["best_checkpoint"])))
     rows.append(("run dir", str(summary.get("run_dir"))))
     return rows
 

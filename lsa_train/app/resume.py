@@ -14,6 +14,11 @@ vouched for on this command line), and a resume never signs it. ``trust_checkpoi
 come from this command line only. What defines the trained network cannot change on
 a resume: a group choice other than those of :data:`RESUMABLE_GROUPS` that differs from the run's, or a
 changed ``model.*`` value, is refused in one line.
+
+Switching a group (``trainer=gpu``) changes only the keys on which the new group's ``conf/`` file differs
+from the run's (``trainer.accelerator``, ``trainer.devices``): the run's own values of every other key
+(``trainer.max_epochs``, ``trainer.gradient_clip_val``, a callback's ``monitor``) are kept, and keys this
+command line names go on top. The summary lists every key the switch changed (:func:`merge_group_switch`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class ResumePlan:
     overrides: list[str]
     switched_groups: dict[str, str] = field(default_factory=dict)
     signed: bool = False
+    #: What the group switches changed: ``{"key", "was", "now", "group"}`` per key (see :func:`merge_group_switch`).
+    group_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self) -> Path:
         """Writes ``<run>/.hydra/resumes/<date>_<time>/{config,overrides}.yaml`` (atomically); returns the folder.
@@ -77,7 +84,8 @@ class ResumePlan:
     def summary(self) -> dict[str, Any]:
         """Facts for ``metrics.json`` / ``report.md``."""
         return {"run_dir": str(self.run_dir), "base_config": str(self.base_config), "overrides": self.overrides,
-                "switched_groups": dict(self.switched_groups), "signed": self.signed}
+                "switched_groups": dict(self.switched_groups), "group_changes": list(self.group_changes),
+                "signed": self.signed}
 
 
 def latest_config(run_dir: Path) -> Path:
@@ -96,6 +104,24 @@ def saved_choices(run_dir: Path) -> dict[str, str | None]:
     except Exception:  # a broken record is a missing one: group switches are then refused
         return {}
     return {str(k): (None if v is None else str(v)) for k, v in (node or {}).items()}
+
+
+def run_choices(run_dir: Path) -> dict[str, str | None]:
+    """The run's group choices as its latest resume left them: :func:`saved_choices`, then the group switches
+    recorded in each ``.hydra/resumes/<stamp>/overrides.yaml`` in order (``trainer=gpu`` on an earlier resume
+    makes ``gpu`` the run's trainer, as its latest config is)."""
+    choices = saved_choices(run_dir)
+    for record in sorted((run_dir / run_dirs.RESUMES_DIR).glob("*/overrides.yaml")):
+        try:
+            recorded = OmegaConf.load(record)
+            parsed = validation.parse_overrides([str(o) for o in recorded]) if OmegaConf.is_list(recorded) else []
+        except Exception:  # an unreadable record switches nothing; its config is still the base when latest
+            continue
+        for override in parsed:
+            group = override.key_or_group
+            if group in choices and group in RESUMABLE_GROUPS and not override.is_delete():
+                choices[group] = str(override.value())
+    return choices
 
 
 def _current_groups() -> set[str]:
@@ -126,7 +152,7 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
     cfg = load_run_config(base)
     signed = check_run_config(cfg, policy, base)  # a foreign run's config must be plain data
     overrides = validation.hydra_task_overrides()
-    switched = _apply_overrides(cfg, cli_cfg, overrides, run_dir)
+    switched, changes = _apply_overrides(cfg, cli_cfg, overrides, run_dir)
     with open_dict(cfg):
         for key in COMMAND_LINE_KEYS:
             cfg[key] = cli_cfg.get(key)
@@ -134,9 +160,9 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
     if not signed:  # what will be instantiated, before anything is imported
         check_saved_targets(cfg, policy, base)
     check_write_destinations(cfg, run_dir, overrides, switched, base)
-    _adopt_run_choices(saved_choices(run_dir), switched)
+    _adopt_run_choices(run_choices(run_dir), switched)
     return ResumePlan(cfg=cfg, run_dir=run_dir, base_config=base, overrides=list(overrides),
-                      switched_groups=switched, signed=signed)
+                      switched_groups=switched, signed=signed, group_changes=changes)
 
 
 def _adopt_run_choices(choices: dict[str, str | None], switched: dict[str, str]) -> None:
@@ -221,47 +247,142 @@ def _destinations(cfg: DictConfig) -> list[tuple[str, Any]]:
     return found
 
 
-def _apply_overrides(cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict[str, str]:
-    """Applies this command line's ``overrides`` to the saved ``cfg``; returns the switched groups."""
+def _apply_overrides(
+    cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str], run_dir: Path
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Applies this command line's ``overrides`` to the saved ``cfg``: group switches first, then values and
+    deletions on top (as Hydra composes them). Returns the switched groups and the keys they changed."""
     try:
         parsed = validation.parse_overrides(overrides)
     except Exception as err:  # Hydra parsed them once already; this is a guard
         raise ConfigError(f"cannot read the overrides {overrides}: {one_line(err)}") from err
     groups = _current_groups()
-    choices = saved_choices(run_dir)
+    choices = run_choices(run_dir)
     switched: dict[str, str] = {}
-    for override in parsed:
+    changes: list[dict[str, Any]] = []
+    own = [o for o in parsed if not (o.key_or_group in COMMAND_LINE_KEYS or o.key_or_group.startswith("hydra.")
+                                     or o.key_or_group.startswith("hydra/"))]
+    for override in own:
+        if override.key_or_group in groups:
+            changes += _switch_group(cfg, cli_cfg, override.key_or_group, override.value(), choices, run_dir,
+                                     switched)
+    for override in own:
         key = override.key_or_group
-        if key in COMMAND_LINE_KEYS or key.startswith("hydra.") or key.startswith("hydra/"):
-            continue
         if key in groups:
-            _switch_group(cfg, cli_cfg, key, override.value(), choices, run_dir, switched)
-        elif override.is_delete():
+            continue
+        if override.is_delete():
             _delete(cfg, key)
         else:
             _set_value(cfg, key, override.value(), run_dir)
-    return switched
+    return switched, changes
 
 
 def _switch_group(
     cfg: DictConfig, cli_cfg: DictConfig, group: str, choice: Any, choices: dict[str, str | None], run_dir: Path,
     switched: dict[str, str],
-) -> None:
+) -> list[dict[str, Any]]:
+    """Switches ``group`` of the saved ``cfg`` to ``choice`` (see :func:`merge_group_switch`); returns what
+    changed."""
     saved = choices.get(group)
     if group in choices and str(choice) == str(saved):
-        return  # the run's own choice, repeated
-    if group in RESUMABLE_GROUPS and group in cli_cfg:
-        with open_dict(cfg):
-            cfg[group] = OmegaConf.create(OmegaConf.to_container(cli_cfg[group], resolve=False))
-        switched[group] = str(choice)
-        return
+        return []  # the run's own choice, repeated
     record = run_dir / run_dirs.HYDRA_CONFIG
-    was = f"{group}={saved}" if group in choices else f"a {group} that '{record}' does not record"
+    if group in RESUMABLE_GROUPS and group in cli_cfg:
+        if group not in choices or saved is None:
+            raise ConfigError(
+                f"{group}={choice}: '{record}' does not record the run's {group} choice, so the switch cannot tell "
+                f"the run's own {group} values from its group's; give the {group}.<key>=<value> settings to change "
+                f"instead of {group}={choice}"
+            )
+        was = _group_node(group, str(saved), choice)
+        now = _group_node(group, str(choice), choice)
+        run_node = OmegaConf.to_container(cfg[group], resolve=False) if group in cfg else {}
+        merged, changes = merge_group_switch(run_node, was, now, group)
+        with open_dict(cfg):
+            cfg[group] = OmegaConf.create(merged)
+        switched[group] = str(choice)
+        return [{**change, "group": f"{group}={choice}"} for change in changes]
+    was_text = f"{group}={saved}" if group in choices else f"a {group} that '{record}' does not record"
     raise ConfigError(
-        f"{group}={choice}: ckpt_path resumes the run in '{run_dir}', trained with {was}; a resume keeps what the "
-        f"run trains (only {', '.join(RESUMABLE_GROUPS[:4])} can switch): drop {group}={choice}, or leave out "
+        f"{group}={choice}: ckpt_path resumes the run in '{run_dir}', trained with {was_text}; a resume keeps what "
+        f"the run trains (only {', '.join(RESUMABLE_GROUPS[:4])} can switch): drop {group}={choice}, or leave out "
         "ckpt_path to start a new run"
     )
+
+
+def _group_node(group: str, choice: str, asked: Any) -> Any:
+    """``conf/``'s ``group`` node for ``group=choice`` (the other groups at their defaults), unresolved.
+
+    Raises:
+        ConfigError: ``conf/`` has no such choice (any more).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"{group}={choice}"]
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside the app: its own config search path
+            composed = compose("train", overrides=overrides)
+        else:
+            with initialize_config_module("lsa_train.conf", version_base="1.3"):
+                composed = compose("train", overrides=overrides)
+    except Exception as err:
+        raise ConfigError(
+            f"{group}={asked}: cannot compose {group}={choice} to compare the run's {group} with the new one "
+            f"({one_line(err)[:160]}); give the {group}.<key>=<value> settings to change instead of {group}={asked}"
+        ) from err
+    node = composed.get(group)
+    return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+
+
+#: A key absent from a config node (distinct from a ``null`` value).
+_ABSENT = object()
+
+
+def merge_group_switch(run: Any, was: Any, now: Any, prefix: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The run's node ``run`` after switching its group from ``conf/``'s node ``was`` to ``now``.
+
+    A key whose value is the same in ``was`` and ``now`` keeps the run's own value (what the run set or left as
+    its group gave it); a key on which the groups differ takes ``now``'s value (what the switch is for). Nested
+    nodes are merged key by key; lists are values.
+
+    Args:
+        run: The run's saved node (plain containers, unresolved).
+        was: ``conf/``'s node for the run's choice.
+        now: ``conf/``'s node for the new choice.
+        prefix: The node's dotted key (``trainer``), for the changes.
+
+    Returns:
+        The merged node and the changes, ``{"key", "was", "now"}`` per key whose value the switch changed
+        (values as text; ``(unset)`` for a key that was absent or is removed, ``{...}`` for a whole node).
+    """
+    changes: list[dict[str, Any]] = []
+
+    def merge(r: Any, o: Any, n: Any, key: str) -> Any:
+        if all(isinstance(v, dict) for v in (r, o, n)):
+            out: dict[str, Any] = {}
+            for k in [*r, *(k for k in n if k not in r), *(k for k in o if k not in r and k not in n)]:
+                value = merge(r.get(k, _ABSENT), o.get(k, _ABSENT), n.get(k, _ABSENT), f"{key}.{k}")
+                if value is not _ABSENT:
+                    out[k] = value
+            return out
+        if o == n:
+            return r
+        if n != r:
+            changes.append({"key": key, "was": _shown(r), "now": _shown(n)})
+        return n
+
+    merged = merge(run, was, now, prefix)
+    return ({} if merged is _ABSENT else merged), changes
+
+
+def _shown(value: Any) -> str:
+    """A value for the summary: ``(unset)`` for an absent key, ``{...}`` for a whole node."""
+    if value is _ABSENT:
+        return "(unset)"
+    if isinstance(value, dict):
+        return "{...}"
+    return str(value)
 
 
 def _set_value(cfg: DictConfig, key: str, value: Any, run_dir: Path) -> None:
@@ -295,9 +416,13 @@ def describe(plan: ResumePlan | None, ckpt: Path | None) -> str | None:
         return None
     if plan is None:
         return (f"resumed from '{ckpt}', which is not in a run folder with a saved config: the config of this "
-                "command line was used")
+                "command line was used, checked against the model, data, attack and module settings the checkpoint "
+                "records")
     switched = ", ".join(f"{g}={c}" for g, c in plan.switched_groups.items())
     base = os.path.relpath(plan.base_config, plan.run_dir)
     origin = "" if plan.signed else " (a foreign run, not signed by you: its config was read as data)"
+    changed = "; ".join(f"{c['key']}: {c['was']} -> {c['now']}" for c in plan.group_changes)
+    kept = (f" ({switched} changed {changed}; the run's other values kept)" if changed else
+            f" ({switched} changed no value of the run)") if switched else ""
     return (f"resumed the run in '{plan.run_dir}' from '{ckpt}' with its config '{base}'"
-            + (f" and {switched}" if switched else "") + origin)
+            + (f" and {switched}{kept}" if switched else "") + origin)

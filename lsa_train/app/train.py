@@ -64,13 +64,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     policy = command_line_policy(cfg)  # trust comes from this command line, before any file is read
     checked = check_ckpt_path(cfg.get("ckpt_path"), policy)
-    ckpt_path, resume, note = None, None, None
+    ckpt_path, resume, note, bare, record_notes = None, None, None, None, []
     if checked is not None:
         ckpt_path, checkpoint = checked
         resume = plan_resume(cfg, ckpt_path, policy)
         if resume is not None:  # the run's own config, this command line's overrides on top: checked again
             cfg = resume.cfg
             _check_plain_values(cfg)
+        else:  # no run folder: what the checkpoint says it trained must be what this command line trains
+            from lsa_train.app.checkpoint_record import check_checkpoint_record
+
+            record_notes = check_checkpoint_record(checkpoint, ckpt_path, cfg, "this command line")
+            bare = checkpoint
         note = check_resume_epochs(cfg.trainer.get("max_epochs"), checkpoint, ckpt_path)
     else:
         validation.check_epochs_to_train(cfg.trainer)
@@ -79,13 +84,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.app.pipeline import run_training
 
-    notes = [note] if note else []
+    notes = ([note] if note else []) + record_notes
     notes += inert_overrides("train", cfg, validation.hydra_task_overrides())
     if resume is None:
         notes += sign_new_run(Path(str(cfg.paths.output_dir)))
 
     metrics, objects = run_training(cfg, started, ckpt_path=str(ckpt_path) if ckpt_path else None, policy=policy,
-                                    resume=resume, notes=notes)
+                                    resume=resume, notes=notes, bare_checkpoint=bare)
     objects["only_tested"] = note is not None  # a resume with no epoch left: no fit or validation metrics
     return metrics, objects
 

@@ -44,7 +44,8 @@ def test_short_real_run_writes_the_run_dir(tmp_path: Path) -> None:
     assert summary["acc_clean"] == pytest.approx(fgsm["0"])
     assert 0.0 <= summary["acc_pgd"] <= summary["acc_clean"] and isinstance(summary["mvl"], list)
     assert summary["acc_clean"] > 0.3  # 8 steps of PGD-AT on 10 digit classes: well above chance (0.1)
-    assert summary["tested_checkpoint"].startswith(str(run_dir / "checkpoints" / "epoch_"))
+    assert summary["tested_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")  # what lsa-evaluate reads
+    assert summary["weights"].startswith("last (after 2 epochs, step ") and "weights" in result.stdout
     assert summary["run_dir"] == str(run_dir)
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from evaltest_utils import compose_app, last_line, run_module
 from matplotlib import image
 from omegaconf import OmegaConf
@@ -124,7 +125,11 @@ def test_analyze_of_a_normal_run_asks_for_eps(train_run: Path, tmp_path: Path) -
     run_cfg.attack.eps = 0.0
     config_path = tmp_path / "normal_run.yaml"
     OmegaConf.save(run_cfg, config_path)
-    ckpt = train_run / "checkpoints" / "last.ckpt"
+    # the run's checkpoint without its run record (which would refuse this config's attack.eps=0 as not its own)
+    checkpoint = torch.load(train_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del checkpoint["callbacks"]["RunRecordCallback"]
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(checkpoint, ckpt)
     args = [f"ckpt_path={ckpt}", f"run_config={config_path}", "num_samples=8", "torch_threads=1"]
     with pytest.raises(ConfigError, match=r"attack\.eps=0.*set eps=<budget>, e\.g\. eps=0\.1"):
         analyze_run(compose_app("analyze", args, tmp_path / "refused"))

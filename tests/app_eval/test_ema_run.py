@@ -48,8 +48,9 @@ def ema_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_the_summary_says_ema_and_the_tested_checkpoint_holds_the_ema_weights(ema_run: Path) -> None:
     summary = json.loads((ema_run / "metrics.json").read_text())
-    assert summary["weights"] == "EMA (decay 0.9; BatchNorm statistics averaged too)"
-    assert "| weights | EMA (decay 0.9; BatchNorm statistics averaged too) |" in (ema_run / "report.md").read_text()
+    assert summary["weights"] == "last (after 2 epochs, step 6); EMA (decay 0.9; BatchNorm statistics averaged too)"
+    weights_row = "| weights | last (after 2 epochs, step 6); EMA (decay 0.9; BatchNorm statistics averaged too) |"
+    assert (ema_run / "report.md").read_text().count(weights_row) == 1
     # 6 updates of an average spanning about 10 steps: said, with the share the first step still has (0.9 ** 5)
     assert any("spans about 10 optimizer steps" in n and "made 6" in n and "59%" in n for n in summary["notes"])
     tested = torch.load(summary["tested_checkpoint"], weights_only=True)
@@ -128,4 +129,4 @@ def test_an_ema_run_resumed_from_last_ckpt_ends_with_the_uninterrupted_average(
         for name, tensor in straight[key].items():
             assert torch.allclose(resumed[key][name].float(), tensor.float(), atol=1e-6), (key, name)
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert summary["weights"].startswith("EMA (decay 0.9;")
+    assert "; EMA (decay 0.9;" in summary["weights"]

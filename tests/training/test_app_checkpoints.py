@@ -56,7 +56,7 @@ def test_last_ckpt_holds_the_last_epoch_when_it_is_not_the_best(tmp_path: Path) 
     checkpoints = run_dir / "checkpoints"
     best, last = checkpoints / "epoch_000.ckpt", checkpoints / "last.ckpt"
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert summary["best_checkpoint"] == summary["tested_checkpoint"] == str(best)
+    assert summary["best_checkpoint"] == str(best) and summary["tested_checkpoint"] == str(last)
     assert summary["last_checkpoint"] == str(last)
     final = load(tmp_path / "final.pt")
     saved = load(last)
@@ -67,6 +67,7 @@ def test_last_ckpt_holds_the_last_epoch_when_it_is_not_the_best(tmp_path: Path) 
     assert any(not torch.equal(best_weights[k], v) for k, v in final["state_dict"].items())
     # the summary prints the paths the next command needs whole, however long
     assert f"last checkpoint: {last}" in result.stdout and f"run dir: {run_dir}" in result.stdout
+    assert f"best checkpoint: {best}" in result.stdout
 
 
 def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 12) -> None:
