@@ -319,19 +319,18 @@ def check_model_input(model: nn.Module, name: str, input_shape: Sequence[int], n
     """One dry forward of two zero samples of the data's shape; logits must be ``(2, num_classes)``."""
     import torch
 
+    from lsa_train.utils.modes import eval_mode
+
     shape = tuple(int(s) for s in input_shape)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        # eval_mode gives every submodule its own mode back (a frozen BatchNorm stays in eval)
+        with torch.no_grad(), eval_mode(model):
             out = model(torch.zeros(2, *shape))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ConfigError(
             f"model {name} cannot take the data's input shape {shape} ({one_line(err)[:200]}); "
             "check model.input_size / model.in_channels, or choose another model"
         ) from err
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(

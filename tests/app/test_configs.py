@@ -91,6 +91,19 @@ def test_model_configs_instantiate(tmp_path: Path, name: str) -> None:
         validation.check_model_input(model, cfg.model.name, dm.input_shape, dm.num_classes)
 
 
+def test_model_input_check_keeps_each_submodule_mode() -> None:
+    """The dry forward runs in eval mode and gives every submodule its own mode back: a BatchNorm the
+    user froze in eval stays in eval (``model.train(was_training)`` would switch it to train)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    model.train()
+    model[1].eval()
+    running_mean = model[1].running_mean.clone()
+    validation.check_model_input(model, "frozen-bn", (4,), 3)
+    assert model.training and model[0].training and model[2].training
+    assert not model[1].training
+    assert torch.equal(model[1].running_mean, running_mean)
+
+
 def test_model_keys_from_data_can_be_overridden(tmp_path: Path) -> None:
     cfg = compose_train(["data=moons", "model=mlp_a", "model.hidden=16"], tmp_path)
     model, kwargs = builders.build_model(cfg, builders.build_datamodule(cfg), trust=False)
