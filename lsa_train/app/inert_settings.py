@@ -61,6 +61,18 @@ def _given(key: str) -> Callable[[DictConfig], str | None]:
     return why
 
 
+def _mvl_analysis_skipped(cfg: DictConfig) -> str | None:
+    """Off while ``lambda`` is 0 and the MVL analysis is not asked for as a measurement (nothing under
+    ``regularizer`` acts then; see :func:`lsa_train.app.builders.mvl_analysis_plan`)."""
+    from lsa_train.app.builders import mvl_analysis_plan
+
+    regularizer = OmegaConf.select(cfg, "regularizer")
+    if regularizer is None or OmegaConf.select(regularizer, "mvl.mode") is None or "lambda" not in regularizer:
+        return None
+    analyse, note = mvl_analysis_plan(regularizer)
+    return None if analyse or note is None else note.split(";")[0]
+
+
 #: Per app (config name), its switches.
 SWITCHES: dict[str, tuple[Switch, ...]] = {
     "train": (
@@ -69,6 +81,8 @@ SWITCHES: dict[str, tuple[Switch, ...]] = {
         Switch("module.trades_beta", _other_than("attack.base_loss", "trades")),
         Switch("regularizer.mvl.eta", _given("regularizer.mvl.top_k")),
         Switch("regularizer.mvl.min_layers", _given("regularizer.mvl.top_k")),
+        Switch("regularizer", _mvl_analysis_skipped,
+               ("regularizer", "regularizer.lambda", "regularizer.mvl.mode", "regularizer.mvl.log_analysis")),
     ),
     "evaluate": (
         Switch("autoattack", _all_off("autoattack.enabled"), ("autoattack.enabled",)),

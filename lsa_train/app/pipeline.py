@@ -191,6 +191,8 @@ def _build(cfg: DictConfig, policy: TrustPolicy, resuming: bool = False) -> dict
         log.warning("%s", note)
     attack, base_loss = builders.build_attack(cfg)
     parts = builders.build_regularizer(cfg)
+    if parts.analysis_note:
+        notes.append(parts.analysis_note)
     module = builders.build_module(cfg, model, attack, base_loss, parts, datamodule.num_classes)
 
     loggers = builders.build_loggers(cfg)

@@ -89,6 +89,32 @@ def test_mvl_modes_train(make_cfg, overrides: list[str], expected_mvl: list[str]
         assert mvl == expected_mvl
 
 
+def test_lambda_zero_skips_the_mvl_analysis_and_says_so(make_cfg, tmp_path: Path) -> None:
+    """With lambda 0 the MVL enters no loss: no per-epoch analysis runs (no callback, no history, no LSA
+    figure) and the summary says it; ``regularizer.mvl.log_analysis=true`` runs it as a measurement."""
+    _, skipped = train(make_cfg(*FAST, "regularizer.lambda=0", "regularizer.mvl.every_n_epochs=2", out="skip"))
+    assert skipped["mvl_callback"] is None
+    assert not any(type(cb).__name__ == "MVLRefreshCallback" for cb in skipped["trainer"].callbacks)
+    summary = skipped["summary"]
+    assert summary["mvl_history"] == [] and not (tmp_path / "skip" / "lsa").exists()
+    skip_line = ("MVL analysis: skipped (lambda = 0); regularizer.mvl.log_analysis=true runs it as a "
+                 "measurement")
+    assert skip_line in summary["notes"]
+    assert "regularizer.mvl.every_n_epochs=2 has no effect: MVL analysis: skipped (lambda = 0)" in summary["notes"]
+    report = (tmp_path / "skip" / "report.md").read_text()
+    assert skip_line in report
+
+    _, measured = train(make_cfg(*FAST, "regularizer.lambda=0", "regularizer.mvl.log_analysis=true", out="measure"))
+    assert measured["mvl_callback"] is not None and len(measured["summary"]["mvl_history"]) >= 1
+    assert measured["module"].regularizer is None  # measured, not regularized
+    assert any(n.startswith("MVL analysis: run as a measurement") for n in measured["summary"]["notes"])
+    assert list((tmp_path / "measure" / "lsa").glob("*.png"))
+
+    _, plain = train(make_cfg(*FAST, "regularizer=none", out="plain"))
+    assert plain["mvl_callback"] is None
+    assert "MVL analysis: skipped (lambda = 0, regularizer.mvl.mode=none)" in plain["summary"]["notes"]
+
+
 @pytest.mark.slow
 def test_resnet18_pgd_on_digits_offline(make_cfg) -> None:
     """``model=resnet18 attack=pgd`` works as written on the embedded 8x8 digits."""
