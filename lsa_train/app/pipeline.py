@@ -138,7 +138,8 @@ def _fit_test_report(
         "wall_time_s": round(time.perf_counter() - started, 2),
         "model_kwargs": objects["model_kwargs"],
         "class_names": data_class_names(datamodule),
-        "notes": [*notes, *objects["notes"], *_guard_notes(objects)],
+        "notes": [*notes, *objects["notes"], *_guard_notes(objects),
+                  *([module.input_range_warning] if module.input_range_warning else [])],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }

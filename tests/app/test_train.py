@@ -162,6 +162,16 @@ def test_a_new_eps_gets_a_step_size_for_it(make_cfg, tmp_path: Path, monkeypatch
     assert line in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_normalized_training_inputs_are_a_line_of_the_summary(make_cfg, tmp_path: Path) -> None:
+    """A user's data module that normalizes: the module's one warning lands in the summary and report."""
+    _, objects = train(make_cfg(*FAST, "data=custom", "data._target_=own_data.NormalizedDigits",
+                                "regularizer=none"))
+    line = next(n for n in objects["summary"]["notes"] if n.startswith("training inputs leave [0, 1] (min -2, max 2)"))
+    assert line in (tmp_path / "run" / "report.md").read_text()
+    _, plain = train(make_cfg(*FAST, "regularizer=none", out="plain"))
+    assert not any("training inputs leave" in n for n in plain["summary"]["notes"])
+
+
 def test_main_with_a_config_returns_the_optimized_metric(make_cfg, tmp_path: Path) -> None:
     value = main(make_cfg(*FAST))
     logged = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
