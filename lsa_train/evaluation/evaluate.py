@@ -14,7 +14,7 @@ from lsa_train.evaluation.adaptive import NamedAttack
 from lsa_train.evaluation.autoattack import autoattack_accuracy, autoattack_sample_count
 from lsa_train.evaluation.masking import CHECKS, run_masking_checks
 from lsa_train.evaluation.report import EvaluationReport
-from lsa_train.evaluation.robustness import PAPER_EPS_GRID, correct_mask, fgsm_sweep, pgd_attack
+from lsa_train.evaluation.robustness import correct_mask, eps_multiples_grid, fgsm_sweep, pgd_attack
 from lsa_train.evaluation.utils import Batches, collect_samples, require_reiterable, resolve_device
 from lsa_train.evaluation.worst_case import AttackOutcome, worst_case
 
@@ -24,7 +24,7 @@ def evaluate_robustness(
     batches: Batches,
     eps: float,
     *,
-    eps_grid: Iterable[float] = PAPER_EPS_GRID,
+    eps_grid: Iterable[float] | None = None,
     pgd_steps: int = 20,
     pgd_alpha: float | None = None,
     pgd_restarts: int = 1,
@@ -53,7 +53,9 @@ def evaluate_robustness(
         model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``, inputs in ``[0, 1]``.
         batches: Re-iterable data: a ``DataLoader`` or a list of ``(x, y)`` batches.
         eps: Linf radius of PGD, AutoAttack and the masking checks (input units).
-        eps_grid: FGSM grid; include ``0`` for the R&G score. Default: the paper's grid.
+        eps_grid: FGSM grid; include ``0`` for the R&G score. Default: ``0, 1, ..., 5 x eps``
+            (:func:`~lsa_train.evaluation.robustness.eps_multiples_grid`; the paper's grid for eps 0.1), so
+            the sweep, its R&G score and the masking checks follow the budget the model is evaluated at.
         pgd_steps: PGD steps. Default: ``20``.
         pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
@@ -85,7 +87,7 @@ def evaluate_robustness(
     clean_mask, labels = correct_mask(model, batches, **common)
     n_samples = int(clean_mask.numel())
     clean = int(clean_mask.sum()) / n_samples
-    sweep = fgsm_sweep(model, batches, eps_grid, **common)
+    sweep = fgsm_sweep(model, batches, eps_multiples_grid(eps) if eps_grid is None else eps_grid, **common)
     pgd_settings = {
         "eps": float(eps),
         "alpha": pgd_alpha,
