@@ -207,7 +207,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     from lsa_train.evaluation.report import WORST_CASE_SCOPE, masking_summary, metric_label, worst_case_label
     from lsa_train.evaluation.worst_case import WorstCase, describe
 
-    table = Table(title=f"LSA robustness evaluation ({report.model_name}, {report.n_samples} samples)",
+    samples = report.metadata.get("samples") or f"{report.n_samples} samples"
+    table = Table(title=f"LSA robustness evaluation ({report.model_name}, {samples})",
                   header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -226,7 +227,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_row(f"PGD-{settings.get('steps')} accuracy at eps={settings.get('eps', 0):g} (%)",
                   pct(report.pgd_accuracy))
     aa = report.autoattack_settings
-    table.add_row(f"AutoAttack accuracy ({aa.get('n_samples', '?')} samples) (%)" if aa else "AutoAttack accuracy",
+    aa_samples = aa.get("subset") or f"{aa.get('n_samples', '?')} samples"
+    table.add_row(f"AutoAttack accuracy ({aa_samples}) (%)" if aa else "AutoAttack accuracy",
                   pct(report.autoattack_accuracy) if report.autoattack_accuracy is not None else "not run")
     for name, value in report.other_metrics.items():
         table.add_row(f"{metric_label(name)} (%)", pct(value))
