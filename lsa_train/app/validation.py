@@ -227,8 +227,8 @@ def derive_attack_alpha(attack: DictConfig, overrides: Sequence[str]) -> str | N
         The summary line saying what was derived, or ``None`` when ``alpha`` was kept.
     """
     alpha, eps = attack.get("alpha"), attack.get("eps")
-    if alpha is None or eps is None or _names_key(overrides, "attack.alpha"):
-        return None
+    if alpha is None or eps is None or float(eps) <= 0 or _names_key(overrides, "attack.alpha"):
+        return None  # eps 0 crafts nothing: a step of 0 would only be refused by the attack
     found = _attack_option_file(str(attack.get("_target_")))
     if found is None:
         return None

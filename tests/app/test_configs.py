@@ -117,6 +117,7 @@ def test_model_input_check_keeps_each_submodule_mode() -> None:
         (["attack=trades", "attack.eps=0.05"], 0.015, True),
         (["experiment=cifar10_preact_resnet18_pgd"], 2 / 255, False),  # preset sets both
         (["attack=apgd", "attack.eps=0.2"], None, False),              # step-size free: nothing to derive
+        (["attack.eps=0"], 0.03, False),                               # no budget: nothing to scale
     ],
 )
 def test_alpha_follows_a_changed_eps_unless_named(
