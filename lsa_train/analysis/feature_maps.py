@@ -23,6 +23,7 @@ from lsa_train.analysis.capture import ProbeCapture
 from lsa_train.analysis.figures import clamp, new_figure, save_png
 from lsa_train.analysis.probes import Probe, ProbeSpec, select_probes
 from lsa_train.analysis.results import LSAResult
+from lsa_train.utils.modes import eval_mode
 
 
 @dataclass
@@ -99,17 +100,11 @@ def capture_feature_maps(
     check_pair(clean, perturbed)
     device = model_device(model, clean.device)
     selected = _resolve_probes(model, clean[:1].to(device), probes)
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        with ProbeCapture(model, selected, detach=True) as capture:
-            clean_logits = model(clean.to(device))
-            clean_out = capture.pop()
-            perturbed_logits = model(perturbed.to(device))
-            perturbed_out = capture.pop()
-    finally:
-        for module, mode in zip(model.modules(), modes):
-            module.training = mode
+    with eval_mode(model), ProbeCapture(model, selected, detach=True) as capture:
+        clean_logits = model(clean.to(device))
+        clean_out = capture.pop()
+        perturbed_logits = model(perturbed.to(device))
+        perturbed_out = capture.pop()
     views = [FeatureMapView(p.name, clean_out[p.name].float().cpu(), perturbed_out[p.name].float().cpu())
              for p in selected]
     return FeatureMapCapture(views, _predictions(clean_logits, len(clean)), _predictions(perturbed_logits, len(clean)))

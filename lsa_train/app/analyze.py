@@ -151,7 +151,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
                 example = run.run_cfg.attack.get("eval_eps") or 0.1
                 raise ConfigError("the run was trained without an attack (attack.eps=0), so there is no training eps "
                                   f"to analyse at; set eps=<budget>, e.g. eps={example}")
-        x, y = collect_samples(loader, int(cfg.num_samples))
+        x, y, subset = stratified_samples(loader, int(cfg.num_samples), int(cfg.seed))
         if x.shape[0] < int(cfg.num_samples):
             log.info("the %s split has %d samples (< num_samples=%d): using all", cfg.split, x.shape[0],
                      cfg.num_samples)
@@ -173,8 +173,8 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         feature_maps = (analysis_figures.write_feature_maps(cfg, model, x.to(device), y.to(device), results,
                                                             map_probes, out_dir, class_names)
                         if cfg.feature_maps else [])
-    facts = {**run_facts(run), "eps": eps, "num_samples": int(x.shape[0]), "split": str(cfg.split),
-             "device": str(device), **settings}
+    facts = {**run_facts(run), "eps": eps, "num_samples": int(x.shape[0]), "samples": subset,
+             "split": str(cfg.split), "device": str(device), **settings}
     if class_names is not None:
         facts["classes"] = short_names(class_names)
     files = write_outputs(results, out_dir, facts, _log_scale(cfg.log_scale, results), feature_maps, notes)
@@ -182,6 +182,18 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
     print_mvl(results, out_dir, notes)
     log.info("analysis written to %s (%.1f s)", out_dir, facts["wall_time_s"])
     return {"results": results, "eps": eps, "settings": facts, "files": files}
+
+
+def stratified_samples(loader: Any, n: int, seed: int) -> tuple[Any, Any, str]:
+    """``x``, ``y`` of a seeded stratified subset of ``n`` samples of ``loader`` (all if it has fewer), and
+    ``"N of M samples, stratified, seed S"`` for the report (:mod:`lsa_train.utils.subsets`)."""
+    from lsa_train.evaluation import collect_samples
+    from lsa_train.utils.subsets import SelectedBatches, batch_labels, describe_subset, stratified_subset
+
+    labels = batch_labels(loader)
+    chosen = stratified_subset(labels, n, seed)
+    x, y = collect_samples(SelectedBatches(loader, chosen) if chosen.numel() < labels.numel() else loader)
+    return x, y, describe_subset(int(chosen.numel()), int(labels.numel()), seed)
 
 
 def probe_notes(model: Any, example: Any, probes: Any) -> list[str]:

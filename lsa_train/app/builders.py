@@ -98,6 +98,35 @@ class RegularizerParts:
     probes: Any
     mvl: list[Any] | None
     callback: MVLRefreshCallback | None
+    #: The run summary's line on the MVL analysis when it does not choose the regularized layers.
+    analysis_note: str | None = None
+
+
+def mvl_analysis_plan(regularizer: DictConfig) -> tuple[bool, str | None]:
+    """Whether training runs the per-epoch MVL analysis, and the summary line saying why when the MVL it
+    picks is not what the LSA term regularizes.
+
+    With ``lambda`` 0 the MVL enters no loss, so the analysis (PGD plus a probed forward on
+    ``mvl.num_samples`` samples every ``every_n_epochs`` epochs) would cost time for nothing: it is skipped
+    unless ``mvl.log_analysis=true`` asks for it as a measurement. With ``mode=fixed`` it only measures,
+    and runs unless ``log_analysis=false``.
+    """
+    mode = MVLMode(regularizer.mvl.mode)
+    wanted = regularizer.mvl.get("log_analysis")
+    lam = lambda_values(regularizer)
+    off = all(g == 0 for g in (lam if isinstance(lam, list) else [lam]))
+    if mode is MVLMode.none:
+        return False, ("MVL analysis: skipped (lambda = 0, regularizer.mvl.mode=none)" if off
+                       else None)  # lambda > 0 with mode none is refused by check_regularizer
+    if off:
+        if wanted is True:
+            return True, ("MVL analysis: run as a measurement (regularizer.mvl.log_analysis=true); "
+                          "lambda = 0, so the MVL is not regularized")
+        return False, ("MVL analysis: skipped (lambda = 0); regularizer.mvl.log_analysis=true runs it as a "
+                       "measurement")
+    if mode is MVLMode.fixed:
+        return wanted is not False, None
+    return True, None
 
 
 def build_regularizer(cfg: DictConfig) -> RegularizerParts:
@@ -105,13 +134,15 @@ def build_regularizer(cfg: DictConfig) -> RegularizerParts:
 
     ``mvl.mode``: ``auto`` adds an :class:`MVLRefreshCallback` refreshing every ``every_n_epochs``;
     ``once`` the same callback analysing at fit start only; ``fixed`` hands ``layers`` to the module
-    (plus a callback with ``fixed=layers`` that only analyses and plots, if ``log_analysis``); ``none``
-    neither.
+    (plus a callback with ``fixed=layers`` that only analyses and plots, unless ``log_analysis=false``);
+    ``none`` neither. With ``lambda`` 0 there is no callback unless ``log_analysis=true``
+    (see :func:`mvl_analysis_plan`).
     """
     reg = cfg.regularizer
     mvl_cfg = reg.mvl
     mode = MVLMode(mvl_cfg.mode)
     lam = lambda_values(reg)
+    analyse, analysis_note = mvl_analysis_plan(reg)
     with config_section(_where("regularizer")):
         term = LayerwiseRegularizer(
             gamma=lam, measure=reg.measure, stop_clean_grad=bool(reg.stop_clean_grad),
@@ -120,7 +151,7 @@ def build_regularizer(cfg: DictConfig) -> RegularizerParts:
     probes = OmegaConf.to_container(mvl_cfg.probes) if OmegaConf.is_config(mvl_cfg.probes) else mvl_cfg.probes
     layers = list(OmegaConf.to_container(mvl_cfg.layers)) if mvl_cfg.layers is not None else None
     callback = None
-    if mode is not MVLMode.none and (mode is not MVLMode.fixed or mvl_cfg.log_analysis):
+    if analyse:
         with config_section("regularizer.mvl"):
             callback = MVLRefreshCallback(
                 every_n_epochs=_NEVER if mode is MVLMode.once else int(mvl_cfg.every_n_epochs),
@@ -140,6 +171,7 @@ def build_regularizer(cfg: DictConfig) -> RegularizerParts:
         probes=probes,
         mvl=layers if mode is MVLMode.fixed else None,
         callback=callback,
+        analysis_note=analysis_note,
     )
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import adaptive_setup
 from lsa_train.app.checkpoint_loading import register_resolvers
@@ -53,9 +53,11 @@ def check_config(cfg: DictConfig) -> None:
     """
     if str(cfg.split) not in ("test", "val"):
         raise ConfigError(f"split={cfg.split} is invalid; choose test or val")
-    grid = list(cfg.fgsm.eps_grid or [])
-    if not grid or any(float(e) < 0 for e in grid):
-        raise ConfigError(f"fgsm.eps_grid={grid} must be a non-empty list of budgets >= 0 (include 0 for R&G)")
+    grid = cfg.fgsm.eps_grid
+    if grid != "auto" and (not OmegaConf.is_list(grid) or not list(grid)
+                           or any(isinstance(e, bool) or not isinstance(e, int | float) or e < 0 for e in grid)):
+        raise ConfigError(f"fgsm.eps_grid={grid} must be auto (multiples 0..5 of the run's training eps) or a "
+                          "non-empty list of budgets >= 0 (include 0 for R&G), e.g. [0,0.1,0.2]")
     if cfg.pgd.eps is not None and float(cfg.pgd.eps) < 0:
         raise ConfigError(f"pgd.eps={cfg.pgd.eps} must be >= 0 (or null for the run's training eps)")
     for key in ("steps", "restarts"):
@@ -134,9 +136,10 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
     example = next(iter(loader))[0].to(device)
     adaptive = adaptive_setup.build(cfg, run, model, example, eps)
     masking = cfg.masking
+    grid, grid_note = fgsm_grid(cfg, run, eps)
     report = evaluate_robustness(
         model, loader, eps,
-        eps_grid=[float(e) for e in cfg.fgsm.eps_grid],
+        eps_grid=grid,
         pgd_steps=int(cfg.pgd.steps), pgd_alpha=None if cfg.pgd.alpha is None else float(cfg.pgd.alpha),
         pgd_restarts=int(cfg.pgd.restarts),
         autoattack_version=aa_version,
@@ -150,11 +153,33 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
         max_samples=None if cfg.max_samples is None else int(cfg.max_samples),
         model_name=run.model_name, checkpoint=run.ckpt_path,
         metadata={**run_facts(run), "split": str(cfg.split), "device": str(device), "torch_threads": threads,
-                  **adaptive.facts},
+                  "fgsm_eps_grid": grid_note, **adaptive.facts},
     )
     report.warnings.extend(extra_warnings)
     report.metadata["wall_time_s"] = round(time.perf_counter() - started, 2)
     return report
+
+
+def fgsm_grid(cfg: DictConfig, run: Any, eps: float) -> tuple[list[float], str]:
+    """The FGSM radii and the report's line on where they come from.
+
+    ``fgsm.eps_grid=auto``: 0, 1, ..., 5 times the run's training eps (``attack.eval_eps``, by default its
+    ``attack.eps``; without a run, the evaluated ``eps``), plus the evaluated ``eps`` when ``pgd.eps`` differs,
+    so that the masking check (a) compares FGSM and PGD at the same radius from the sweep. A list is used
+    as given.
+    """
+    from lsa_train.evaluation import EPS_MULTIPLES, eps_multiples_grid
+
+    if cfg.fgsm.eps_grid != "auto":
+        grid = [float(e) for e in cfg.fgsm.eps_grid]
+        return grid, "given (fgsm.eps_grid): " + ", ".join(f"{e:g}" for e in grid)
+    base, source = eps, "the evaluated eps (pgd.eps)"
+    if run.run_cfg is not None:
+        base, source = run.training_eps(), "the run's training eps"
+    grid = list(eps_multiples_grid(base, also=(eps,)))
+    factors = f"{EPS_MULTIPLES[0]}..{EPS_MULTIPLES[-1]}"
+    extra = "" if any(abs(eps - k * base) <= 1e-9 for k in EPS_MULTIPLES) else f", plus pgd.eps={eps:g}"
+    return grid, f"auto: {factors} x eps {base:g} ({source}){extra}, capped at 1: " + ", ".join(f"{e:g}" for e in grid)
 
 
 def _aa_samples(value: Any) -> int | str | None:
@@ -183,7 +208,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     from lsa_train.evaluation.report import WORST_CASE_SCOPE, masking_summary, metric_label, worst_case_label
     from lsa_train.evaluation.worst_case import WorstCase, describe
 
-    table = Table(title=f"LSA robustness evaluation ({report.model_name}, {report.n_samples} samples)",
+    samples = report.metadata.get("samples") or f"{report.n_samples} samples"
+    table = Table(title=f"LSA robustness evaluation ({report.model_name}, {samples})",
                   header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -202,7 +228,8 @@ def print_report(report: Any, out_dir: Path) -> None:
     table.add_row(f"PGD-{settings.get('steps')} accuracy at eps={settings.get('eps', 0):g} (%)",
                   pct(report.pgd_accuracy))
     aa = report.autoattack_settings
-    table.add_row(f"AutoAttack accuracy ({aa.get('n_samples', '?')} samples) (%)" if aa else "AutoAttack accuracy",
+    aa_samples = aa.get("subset") or f"{aa.get('n_samples', '?')} samples"
+    table.add_row(f"AutoAttack accuracy ({aa_samples}) (%)" if aa else "AutoAttack accuracy",
                   pct(report.autoattack_accuracy) if report.autoattack_accuracy is not None else "not run")
     for name, value in report.other_metrics.items():
         table.add_row(f"{metric_label(name)} (%)", pct(value))

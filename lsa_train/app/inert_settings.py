@@ -61,14 +61,39 @@ def _given(key: str) -> Callable[[DictConfig], str | None]:
     return why
 
 
+def _mvl_analysis_skipped(cfg: DictConfig) -> str | None:
+    """Off while ``lambda`` is 0 and the MVL analysis is not asked for as a measurement (nothing under
+    ``regularizer`` acts then; see :func:`lsa_train.app.builders.mvl_analysis_plan`)."""
+    from lsa_train.app.builders import mvl_analysis_plan
+
+    regularizer = OmegaConf.select(cfg, "regularizer")
+    if regularizer is None or OmegaConf.select(regularizer, "mvl.mode") is None or "lambda" not in regularizer:
+        return None
+    analyse, note = mvl_analysis_plan(regularizer)
+    return None if analyse or note is None else note.split(";")[0]
+
+
+def _no_augmentation(cfg: DictConfig) -> str | None:
+    """Off for the torchvision datasets that have no augmentation (the MNIST family)."""
+    target = str(OmegaConf.select(cfg, "data._target_", default=""))
+    name = OmegaConf.select(cfg, "data.name", default=None)
+    if target.endswith("TorchvisionDataModule") and name in ("mnist", "fashion_mnist"):
+        return f"data.name={name} has no training augmentation"
+    return None
+
+
 #: Per app (config name), its switches.
 SWITCHES: dict[str, tuple[Switch, ...]] = {
     "train": (
         Switch("awp", _zero("awp.gamma"), ("awp.gamma",)),
+        Switch("data.crop_padding", _all_off("data.augment")),
+        Switch("data.augment", _no_augmentation),
         Switch("module.mart_beta", _other_than("attack.base_loss", "mart")),
         Switch("module.trades_beta", _other_than("attack.base_loss", "trades")),
         Switch("regularizer.mvl.eta", _given("regularizer.mvl.top_k")),
         Switch("regularizer.mvl.min_layers", _given("regularizer.mvl.top_k")),
+        Switch("regularizer", _mvl_analysis_skipped,
+               ("regularizer", "regularizer.lambda", "regularizer.mvl.mode", "regularizer.mvl.log_analysis")),
     ),
     "evaluate": (
         Switch("autoattack", _all_off("autoattack.enabled"), ("autoattack.enabled",)),

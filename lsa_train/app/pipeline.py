@@ -156,7 +156,8 @@ def _fit_test_report(
         "model_kwargs": objects["model_kwargs"],
         "class_names": data_class_names(datamodule),
         "notes": [*notes, *objects["notes"], *averaging_notes, *_guard_notes(objects),
-                  *_wall_time_notes(objects, ckpt_path)],
+                  *_wall_time_notes(objects, ckpt_path),
+                  *([module.input_range_warning] if module.input_range_warning else [])],
         "overrides": validation.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
@@ -241,6 +242,8 @@ def _build(
         log.warning("%s", note)
     attack, base_loss = builders.build_attack(cfg)
     parts = builders.build_regularizer(cfg)
+    if parts.analysis_note:
+        notes.append(parts.analysis_note)
     module = builders.build_module(cfg, model, attack, base_loss, parts, datamodule.num_classes)
 
     loggers = builders.build_loggers(cfg)

@@ -199,7 +199,9 @@ class MVLConf:
         num_samples: Size of the held-out analysis subset.
         perturbation: Attack used by the analysis (at the training eps).
         perturbation_kwargs: Extra arguments of that attack (e.g. ``{steps: 10}``).
-        log_analysis: ``mode=fixed``: still analyse (and plot) every ``every_n_epochs`` epochs.
+        log_analysis: Analyse (and plot) every ``every_n_epochs`` epochs although the MVL it picks is not
+            regularized: ``None`` (default) does so for ``mode=fixed`` and not for ``lambda`` 0 (the analysis
+            would cost time for nothing); ``True`` runs it as a measurement in both cases, ``False`` in neither.
         plot: Write the per-layer figure of every analysis.
         dirpath: Where figures/CSVs go (default ``${paths.output_dir}/lsa`` in the configs).
     """
@@ -214,7 +216,7 @@ class MVLConf:
     num_samples: int = 64
     perturbation: str = "pgd"
     perturbation_kwargs: dict[str, Any] = field(default_factory=dict)
-    log_analysis: bool = True
+    log_analysis: bool | None = None
     plot: bool = True
     dirpath: str | None = None
 

@@ -85,6 +85,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from lsa_train.app.pipeline import run_training
 
     notes = ([note] if note else []) + record_notes
+    # a resume derives the step from the run's first command line too, as its first start did
+    first = validation.run_first_overrides(resume.run_dir) if resume is not None else []
+    derived = validation.derive_attack_alpha(cfg.attack, [*first, *validation.hydra_task_overrides()])
+    notes += [derived] if derived else []
     notes += inert_overrides("train", cfg, validation.hydra_task_overrides())
     if resume is None:
         notes += sign_new_run(Path(str(cfg.paths.output_dir)))

@@ -183,6 +183,78 @@ def check_attack(attack: DictConfig) -> None:
             )
 
 
+def _attack_option_file(target: str) -> tuple[str, DictConfig] | None:
+    """The ``conf/attack`` option whose ``_target_`` is ``target`` (name and its YAML), if any.
+
+    Found by target rather than by Hydra's group choice, so that a resume (whose attack comes from the
+    run's saved config, not from this command line's choice) finds the same file."""
+    from importlib import resources
+
+    folder = resources.files("lsa_train.conf") / "attack"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            node = OmegaConf.create(entry.read_text())
+            if isinstance(node, DictConfig) and str(node.get("_target_")) == target:
+                return entry.name[: -len(".yaml")], node
+    return None
+
+
+def _names_key(overrides: Sequence[str], key: str) -> bool:
+    """Whether one of ``overrides`` sets ``key`` (``key=``, ``+key=``, ``++key=``, ``~key``)."""
+    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def run_first_overrides(run_dir: Path) -> list[str]:
+    """The overrides of a run's first command line (``<run>/.hydra/overrides.yaml``), read as data:
+    strings only, ``[]`` when the file is missing, unreadable or larger than 1 MiB."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        if not path.is_file() or path.stat().st_size > 2**20:
+            return []
+        node = OmegaConf.create(path.read_text(encoding="utf-8"))
+    except Exception:  # any unreadable or malformed file: no overrides
+        return []
+    return [str(item) for item in node] if isinstance(node, ListConfig) else []
+
+
+def derive_attack_alpha(attack: DictConfig, overrides: Sequence[str]) -> str | None:
+    """Scales the step size of the attack's own config file to the eps actually used.
+
+    ``conf/attack/pgd.yaml`` has ``eps: 0.1`` and ``alpha: 0.03``: a fixed step meant for that eps. When
+    the composed ``attack.eps`` differs from the file's (``attack.eps=0.2`` on the command line, or an
+    experiment preset) while ``attack.alpha`` still holds the file's value and no override names
+    ``attack.alpha``, that step would be kept for another budget (too small to reach the boundary in
+    ``steps`` steps, or as large as eps). It becomes ``alpha_file * eps / eps_file`` instead: the ratio
+    the file was written with (0.3 x eps for PGD, MART and TRADES; 1.25 x eps for FGSM-RS, Wong et al.),
+    and the summary says so. An ``attack.alpha`` named on the command line (or set to another value by a
+    preset) is kept as given.
+
+    Args:
+        attack: ``cfg.attack``; ``attack.alpha`` is updated in place when derived.
+        overrides: The command-line overrides that made ``attack`` (for a resume: the run's own first).
+
+    Returns:
+        The summary line saying what was derived, or ``None`` when ``alpha`` was kept.
+    """
+    alpha, eps = attack.get("alpha"), attack.get("eps")
+    if alpha is None or eps is None or float(eps) <= 0 or _names_key(overrides, "attack.alpha"):
+        return None  # eps 0 crafts nothing: a step of 0 would only be refused by the attack
+    found = _attack_option_file(str(attack.get("_target_")))
+    if found is None:
+        return None
+    name, own = found
+    own_eps, own_alpha = own.get("eps"), own.get("alpha")
+    if not isinstance(own_eps, int | float) or not isinstance(own_alpha, int | float) or own_eps <= 0:
+        return None
+    if not math.isclose(float(alpha), float(own_alpha)) or math.isclose(float(eps), float(own_eps)):
+        return None
+    derived = float(own_alpha) * float(eps) / float(own_eps)
+    attack.alpha = derived
+    return (f"attack.alpha={derived:.6g} derived for attack.eps={float(eps):g}: conf/attack/{name}.yaml's "
+            f"alpha {float(own_alpha):g} is meant for its eps {float(own_eps):g}, so it was scaled to "
+            f"{float(own_alpha) / float(own_eps):g} x eps; name attack.alpha to set the step yourself")
+
+
 def lambda_values(regularizer: DictConfig) -> list[float] | float:
     """``regularizer.lambda`` as a float or a list of floats (validated: finite, ``>= 0``)."""
     raw = regularizer.get("lambda", 0.0)
@@ -329,19 +401,18 @@ def check_model_input(model: nn.Module, name: str, input_shape: Sequence[int], n
     """One dry forward of two zero samples of the data's shape; logits must be ``(2, num_classes)``."""
     import torch
 
+    from lsa_train.utils.modes import eval_mode
+
     shape = tuple(int(s) for s in input_shape)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        # eval_mode gives every submodule its own mode back (a frozen BatchNorm stays in eval)
+        with torch.no_grad(), eval_mode(model):
             out = model(torch.zeros(2, *shape))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ConfigError(
             f"model {name} cannot take the data's input shape {shape} ({one_line(err)[:200]}); "
             "check model.input_size / model.in_channels, or choose another model"
         ) from err
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(

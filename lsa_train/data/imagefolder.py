@@ -361,6 +361,8 @@ class ImageFolderDataModule(LSADataModule):
             raise ValueError(f"input_size must be a positive integer or None, got {input_size!r}")
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None (from the images), got {channels!r}")
+        if not isinstance(augment, bool):  # bool('false') is True: a string would switch it on silently
+            raise ValueError(f"augment must be true or false, got {augment!r}")
         if isinstance(crop_padding, bool) or int(crop_padding) != crop_padding or crop_padding < 0:
             raise ValueError(f"crop_padding must be an integer >= 0, got {crop_padding!r}")
         if not 0.0 < float(test_fraction) < 1.0:

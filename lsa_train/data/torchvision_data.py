@@ -92,6 +92,8 @@ class TorchvisionDataModule(LSADataModule):
         super().__init__(val_fraction=val_fraction, **kwargs)
         if name not in DATASETS:
             raise ValueError(f"unknown torchvision dataset {name!r}; choose one of {sorted(DATASETS)}")
+        if not isinstance(augment, bool):  # bool('false') is True: a string would switch it on silently
+            raise ValueError(f"augment must be true or false, got {augment!r}")
         self.spec = DATASETS[name]
         self.name = name
         self.num_classes = self.spec.num_classes

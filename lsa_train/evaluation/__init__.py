@@ -39,11 +39,13 @@ from lsa_train.evaluation.masking import (
 from lsa_train.evaluation.plotting import plot_accuracy_vs_eps
 from lsa_train.evaluation.report import REPORT_FILES, EvaluationReport
 from lsa_train.evaluation.robustness import (
+    EPS_MULTIPLES,
     PAPER_EPS_GRID,
     attack_accuracy,
     clean_accuracy,
     clean_counts,
     correct_mask,
+    eps_multiples_grid,
     fgsm_sweep,
     pgd_accuracy,
     rg_score,
@@ -56,6 +58,7 @@ __all__ = [
     "AUTOATTACK_ATTACKS",
     "AUTOATTACK_VERSIONS",
     "DEFAULT_KAPPAS",
+    "EPS_MULTIPLES",
     "PAPER_EPS_GRID",
     "REPORT_FILES",
     "AttackOutcome",
@@ -79,6 +82,7 @@ __all__ = [
     "clean_counts",
     "collect_samples",
     "correct_mask",
+    "eps_multiples_grid",
     "eval_mode",
     "evaluate_robustness",
     "fgsm_sweep",

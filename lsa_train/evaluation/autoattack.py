@@ -39,7 +39,7 @@ AUTOATTACK_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "fab", "square", "
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 #: ``n_samples="auto"``: AutoAttack runs on every evaluated sample when there are at most this many ...
 AUTO_ALL_UP_TO = 2000
-#: ... and on the first this many otherwise.
+#: ... and on a seeded stratified subset of this many otherwise (see :func:`lsa_train.evaluation.evaluate_robustness`).
 AUTO_FALLBACK = 200
 #: The reference implementation's logger (its progress messages and its sanity-check warnings).
 _AA_LOGGER = "auto-attack"
@@ -151,8 +151,9 @@ def autoattack_sample_count(setting: int | str | None, n_evaluated: int) -> int:
     """How many of the ``n_evaluated`` samples AutoAttack runs on.
 
     Args:
-        setting: An integer ``>= 1`` (the first that many), ``None`` (all) or ``"auto"`` (all when
-            ``n_evaluated <= AUTO_ALL_UP_TO``, else the first :data:`AUTO_FALLBACK`).
+        setting: An integer ``>= 1`` (that many), ``None`` (all) or ``"auto"`` (all when
+            ``n_evaluated <= AUTO_ALL_UP_TO``, else :data:`AUTO_FALLBACK`); which ones is up to the caller
+            (:func:`~lsa_train.evaluation.evaluate_robustness` draws a seeded stratified subset).
         n_evaluated: The samples evaluated (after any ``max_samples``).
 
     Raises:

@@ -14,10 +14,17 @@ from lsa_train.evaluation.adaptive import NamedAttack
 from lsa_train.evaluation.autoattack import autoattack_accuracy, autoattack_sample_count
 from lsa_train.evaluation.masking import CHECKS, run_masking_checks
 from lsa_train.evaluation.report import EvaluationReport
-from lsa_train.evaluation.robustness import PAPER_EPS_GRID, correct_mask, fgsm_sweep, pgd_attack
+from lsa_train.evaluation.robustness import correct_mask, eps_multiples_grid, fgsm_sweep, pgd_attack
 from lsa_train.evaluation.seeding import attack_seed
-from lsa_train.evaluation.utils import Batches, collect_samples, require_reiterable, resolve_device
+from lsa_train.evaluation.utils import (
+    Batches,
+    check_max_samples,
+    collect_samples,
+    require_reiterable,
+    resolve_device,
+)
 from lsa_train.evaluation.worst_case import AttackOutcome, worst_case
+from lsa_train.utils.subsets import SelectedBatches, batch_labels, describe_subset, stratified_subset
 
 
 def evaluate_robustness(
@@ -25,7 +32,7 @@ def evaluate_robustness(
     batches: Batches,
     eps: float,
     *,
-    eps_grid: Iterable[float] = PAPER_EPS_GRID,
+    eps_grid: Iterable[float] | None = None,
     pgd_steps: int = 20,
     pgd_alpha: float | None = None,
     pgd_restarts: int = 1,
@@ -58,15 +65,18 @@ def evaluate_robustness(
         model: Classifier mapping ``x`` ``(B, ...)`` to logits ``(B, K)``, inputs in ``[0, 1]``.
         batches: Re-iterable data: a ``DataLoader`` or a list of ``(x, y)`` batches.
         eps: Linf radius of PGD, AutoAttack and the masking checks (input units).
-        eps_grid: FGSM grid; include ``0`` for the R&G score. Default: the paper's grid.
+        eps_grid: FGSM grid; include ``0`` for the R&G score. Default: ``0, 1, ..., 5 x eps``
+            (:func:`~lsa_train.evaluation.robustness.eps_multiples_grid`; the paper's grid for eps 0.1), so
+            the sweep, its R&G score and the masking checks follow the budget the model is evaluated at.
         pgd_steps: PGD steps. Default: ``20``.
         pgd_alpha: PGD step size; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``.
         pgd_restarts: PGD restarts. Default: ``1``.
         autoattack_version: ``None`` skips AutoAttack; else ``"standard"``, ``"plus"``, ``"rand"``
             or ``"custom"`` (with ``autoattack_attacks``).
         autoattack_attacks: Attacks for ``autoattack_version="custom"``.
-        autoattack_samples: AutoAttack runs on the first this many samples (it needs them in
-            memory at once); ``None`` for all; ``"auto"``: all when at most
+        autoattack_samples: AutoAttack runs on a seeded stratified subset of this many of the evaluated
+            samples (it needs them in memory at once; :func:`~lsa_train.utils.subsets.stratified_subset`
+            with ``seed``); ``None`` for all; ``"auto"``: all when at most
             :data:`~lsa_train.evaluation.autoattack.AUTO_ALL_UP_TO` samples are evaluated, else
             :data:`~lsa_train.evaluation.autoattack.AUTO_FALLBACK`. Default: ``1000``.
         extra_attacks: Further attacks (e.g. :func:`~lsa_train.evaluation.adaptive.adaptive_attacks`),
@@ -76,7 +86,11 @@ def evaluate_robustness(
         masking_kwargs: Extra keyword arguments for the masking checks (``tol``, ``square_queries``, ...).
         seed: The evaluation seed: PGD's, and the one the other attacks' seeds derive from. Default: ``0``.
         device: Where to evaluate; default: the model's device.
-        max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
+        max_samples: Evaluate a seeded stratified subset of ``max_samples`` samples (same class proportions
+            as the data, fixed by ``seed``; one label pass over the data picks it); ``None`` for all. Every
+            attack runs on this subset, and the subsets of AutoAttack and the Square check are drawn from
+            it with the same seed, so they are nested and per-sample results line up. The report's
+            ``metadata["samples"]`` says ``"N of M samples, stratified, seed S"``.
         model_name: Stored in the report.
         checkpoint: Stored in the report.
         metadata: Free-form extra information stored in the report.
@@ -86,11 +100,19 @@ def evaluate_robustness(
     """
     require_reiterable(batches, "evaluate_robustness")
     device = resolve_device(model, device)
-    common: dict[str, Any] = {"device": device, "max_samples": max_samples}
+    max_samples = check_max_samples(max_samples)
+    subset = None
+    if max_samples is not None:
+        everything = batch_labels(batches)
+        chosen = stratified_subset(everything, max_samples, seed)
+        subset = describe_subset(int(chosen.numel()), int(everything.numel()), seed)
+        if chosen.numel() < everything.numel():
+            batches = SelectedBatches(batches, chosen)
+    common: dict[str, Any] = {"device": device, "max_samples": None}
     clean_mask, labels = correct_mask(model, batches, **common)
     n_samples = int(clean_mask.numel())
     clean = int(clean_mask.sum()) / n_samples
-    sweep = fgsm_sweep(model, batches, eps_grid, **common)
+    sweep = fgsm_sweep(model, batches, eps_multiples_grid(eps) if eps_grid is None else eps_grid, **common)
     pgd_settings = {
         "eps": float(eps),
         "alpha": pgd_alpha,
@@ -114,6 +136,7 @@ def evaluate_robustness(
     masking: dict[str, Any] | None = None
     if masking_checks:
         options: dict[str, Any] = {
+            "labels": labels,
             "pgd_steps": pgd_steps,
             "pgd_alpha": pgd_alpha,
             "pgd_restarts": pgd_restarts,
@@ -144,8 +167,10 @@ def evaluate_robustness(
     aa_settings: dict[str, Any] = {}
     if autoattack_version is not None:
         limit = autoattack_sample_count(autoattack_samples, n_samples)
-        x, y = collect_samples(batches, limit)
-        if not torch.equal(y, labels[: y.shape[0]]):
+        # a stratified subset of the evaluated samples, nested with the Square check's (same seed)
+        positions = stratified_subset(labels, limit, seed)
+        x, y = collect_samples(SelectedBatches(batches, positions) if limit < n_samples else batches)
+        if not torch.equal(y, labels[positions]):
             raise ValueError(_ORDER_MESSAGE.format(what="AutoAttack"))
         aa_settings = autoattack_accuracy(
             model, x, y, eps, "Linf", autoattack_version, attacks=autoattack_attacks,
@@ -155,7 +180,8 @@ def evaluate_robustness(
         aa_acc = aa_settings.pop("robust_accuracy")
         aa_mask, broken_by = aa_settings.pop("robust_mask"), aa_settings.pop("broken_by")
         aa_settings["n_samples_setting"] = autoattack_samples
-        outcomes.append(AttackOutcome("autoattack", aa_mask, torch.arange(aa_mask.numel()),
+        aa_settings["subset"] = describe_subset(limit, n_samples, seed)
+        outcomes.append(AttackOutcome("autoattack", aa_mask, positions,
                                       _outcome_settings(aa_settings), accuracy=aa_acc, broken_by=broken_by))
         warnings += [f"AutoAttack: {message}" for message in aa_settings.get("warnings", [])]
 
@@ -176,6 +202,7 @@ def evaluate_robustness(
         for o in outcomes
     }
     info = dict(metadata or {})
+    info["samples"] = subset if subset is not None else describe_subset(n_samples, n_samples, seed)
     if masking_settings:
         info["masking_checks"] = masking_settings
     return EvaluationReport(
@@ -224,5 +251,5 @@ def _square_settings(masking_settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def _outcome_settings(aa_settings: Mapping[str, Any]) -> dict[str, Any]:
     """The AutoAttack parameters worth listing beside its number."""
-    keys = ("eps", "norm", "version", "attacks", "seed", "n_samples_setting")
+    keys = ("eps", "norm", "version", "attacks", "seed", "n_samples_setting", "subset")
     return {key: aa_settings[key] for key in keys if key in aa_settings}

@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -57,6 +57,7 @@ from lsa_train.evaluation.utils import (
     require_reiterable,
     resolve_device,
 )
+from lsa_train.utils.subsets import SelectedBatches, batch_labels, describe_subset, stratified_subset
 
 #: Prefix of every warning produced by the checks.
 PREFIX = "Possible gradient masking: "
@@ -404,6 +405,7 @@ def run_masking_checks(
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     square_seed: int | None = None,
+    labels: Tensor | None = None,
 ) -> MaskingCheckResult:
     """Runs the gradient-masking checks (a)-(d) and returns warnings plus the numbers behind them.
 
@@ -424,16 +426,22 @@ def run_masking_checks(
         pgd_restarts: PGD restarts. Default: ``1``.
         square_queries: Square Attack query budget for check (c); ``None`` skips (c).
             Default: ``1000``.
-        square_max_samples: Check (c) uses at most this many samples (Square is costly);
-            ``None`` for all evaluated samples. Default: ``500``.
+        square_max_samples: Check (c) uses a seeded stratified subset of this many of the evaluated
+            samples (Square is costly; :func:`~lsa_train.utils.subsets.stratified_subset` with ``seed``, so
+            it is nested with an AutoAttack subset of the same seed); ``None`` for all evaluated samples.
+            Default: ``500``.
         large_eps: Radius of check (d); ``None`` skips (d). Default: ``1.0`` (the whole ``[0, 1]`` box).
         large_eps_max_acc: Highest accuracy at ``large_eps`` that passes (d). Default: ``0.1``.
         drop_min_eps: Smallest largest-radius of the sweep at which (b) expects FGSM to cost
             accuracy. Default: ``0.5``.
         seed: Seed of PGD, and of Square unless ``square_seed`` is given. Default: ``0``.
         device: Where to evaluate; default: the model's device.
-        max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all.
-        square_seed: Seed of Square; ``None``: ``seed``.
+        max_samples: Evaluate only the first ``max_samples`` samples; ``None`` for all (for a stratified
+            subset, pass a subset of the data: :func:`~lsa_train.evaluation.evaluate_robustness` does).
+        square_seed: Seed of Square's random search; ``None``: ``seed``. Its sample subset is drawn with
+            ``seed``, so it stays nested in the evaluation's other subsets.
+        labels: ``(n,)`` labels of the evaluated samples in data order, if known (saves a pass over the
+            data to draw the Square subset).
 
     Returns:
         A :class:`MaskingCheckResult`; ``.warnings`` is empty when no check fired.
@@ -492,13 +500,20 @@ def run_masking_checks(
         skipped["blackbox_vs_whitebox"] = "no Square budget (square_queries=None)"
     elif eps <= 0:
         skipped["blackbox_vs_whitebox"] = "eps=0: no attack to compare"
+    square_subset: str | None = None
     if square_queries is not None and eps > 0:
+        evaluated = labels if labels is not None else batch_labels(batches)[:max_samples]
+        square_batches: Batches = batches
         limit = max_samples
-        if square_max_samples is not None:
-            limit = square_max_samples if limit is None else min(limit, square_max_samples)
+        chosen: Tensor | None = None
+        if square_max_samples is not None and square_max_samples < evaluated.numel():
+            chosen = stratified_subset(evaluated, square_max_samples, seed)
+            square_batches, limit = SelectedBatches(batches, chosen), None
+        square_subset = describe_subset(min(square_max_samples or evaluated.numel(), evaluated.numel()),
+                                        int(evaluated.numel()), seed)
         square = square_vs_pgd(
             model,
-            batches,
+            square_batches,
             eps,
             n_queries=square_queries,
             pgd_steps=pgd_steps,
@@ -509,6 +524,8 @@ def run_masking_checks(
             max_samples=limit,
             square_seed=square_seed,
         )
+        if chosen is not None and square.indices is not None:  # positions in the subset -> in the evaluated stream
+            square = replace(square, indices=chosen.to(torch.long)[square.indices])
         run.append("blackbox_vs_whitebox")
         warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
 
@@ -532,6 +549,7 @@ def run_masking_checks(
         "pgd_restarts": pgd_restarts,
         "square_queries": square_queries,
         "square_max_samples": square_max_samples,
+        "square_subset": square_subset,
         "large_eps": large_eps,
         "large_eps_max_acc": large_eps_max_acc,
         "drop_min_eps": drop_min_eps,

@@ -222,7 +222,8 @@ class EvaluationReport:
         if self.pgd_accuracy is not None:
             lines.append(f"| PGD accuracy ({_settings(self.pgd_settings)}) | {_pct(self.pgd_accuracy)} |")
         if self.autoattack_accuracy is not None:
-            aa = {k: self.autoattack_settings.get(k) for k in ("eps", "norm", "version", "n_samples")}
+            aa = {k: self.autoattack_settings.get(k) for k in ("eps", "norm", "version", "n_samples", "subset")
+                  if k in self.autoattack_settings}
             lines.append(f"| AutoAttack accuracy ({_settings(aa)}) | {_pct(self.autoattack_accuracy)} |")
         for name, value in self.other_metrics.items():
             lines.append(f"| {metric_label(name)} | {_pct(value)} |")

@@ -25,6 +25,29 @@ from lsa_train.evaluation.utils import Batches, check_eps_value, eval_mode, iter
 #: The LSA paper's FGSM grid (MNIST / Fashion-MNIST / moons), Linf radii in input units ([0, 1] scale).
 PAPER_EPS_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
+#: Multiples of the trained-for eps that make the default FGSM grid: 0, 1, ..., 5 x eps (the paper's grid
+#: for eps 0.1).
+EPS_MULTIPLES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+
+
+def eps_multiples_grid(
+    eps: float, multiples: Iterable[float] = EPS_MULTIPLES, also: Iterable[float] = ()
+) -> tuple[float, ...]:
+    """The FGSM grid of a model trained at ``eps``: ``multiples`` x ``eps``, plus the radii in ``also``
+    (e.g. the PGD eps, so that the masking checks compare FGSM and PGD at the same radius), sorted and
+    capped at 1 (the whole [0, 1] input box); rounded to 10 digits so that 3 x 0.1 is 0.3.
+
+    Args:
+        eps: The training budget (Linf, input units); 0 gives ``(0.0,)`` plus ``also``.
+        multiples: Factors of ``eps``. Default: :data:`EPS_MULTIPLES`.
+        also: Further radii to include.
+    """
+    eps = check_eps_value("eps", eps)
+    values = {min(1.0, round(float(k) * eps, 10)) for k in multiples}
+    values |= {min(1.0, check_eps_value("every eps of the grid", e)) for e in also}
+    return tuple(sorted(values))
+
+
 #: ``attack(model, images, labels) -> adversarial images``, e.g. any :class:`lsa_train.attacks.Attack`.
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 

@@ -249,6 +249,9 @@ class LSARegularizedModule(L.LightningModule):
         self._mvl: list[Probe] = []
         self._warned_empty_mvl = False
         self._checked_first_batch = False
+        self._input_range: torch.Tensor | None = None  # running [min, max] of the training inputs, on the device
+        #: Set (and warned once) when training inputs leave [0, 1]; the app puts it in the run summary.
+        self.input_range_warning: str | None = None
         self._steps_with_term = 0  # training steps whose loss had the LSA term (lambda > 0, non-empty MVL)
         self._training_steps = 0
         self.save_hyperparameters(
@@ -339,6 +342,40 @@ class LSARegularizedModule(L.LightningModule):
             return type(batch)([batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]])
         return batch
 
+    def _track_input_range(self, x: torch.Tensor) -> None:
+        """Keeps the running min/max of the training inputs and warns once when they leave [0, 1].
+
+        The attacks clamp to [0, 1] (normalization belongs inside the model), so normalized inputs would be
+        attacked, and clamped, in the wrong space. The min/max stay on the device: they are read on the host
+        only for the first batch (which the first-batch checks read anyway) and at each epoch end, so there
+        is no host sync per step on a GPU, while a later batch outside the range is still caught.
+        """
+        if self.input_range_warning is not None or not x.is_floating_point() or x.numel() == 0:
+            return
+        low, high = torch.aminmax(x.detach())
+        current = torch.stack([low, high]).float()
+        if self._input_range is None:
+            self._input_range = current
+            self._check_input_range()
+        else:
+            self._input_range = torch.stack([torch.minimum(self._input_range[0], current[0]),
+                                             torch.maximum(self._input_range[1], current[1])])
+
+    def _check_input_range(self) -> None:
+        if self._input_range is None or self.input_range_warning is not None:
+            return
+        low, high = (float(v) for v in self._input_range.tolist())
+        if low < -1e-6 or high > 1 + 1e-6:
+            self.input_range_warning = (
+                f"training inputs leave [0, 1] (min {low:.4g}, max {high:.4g}): the attacks work in input space "
+                "[0, 1] and clamp to it, so normalized data is attacked in the wrong space; feed inputs in [0, 1] "
+                "and put the normalization inside the model (model.mean / model.std)"
+            )
+            rank_zero_warn(self.input_range_warning)
+
+    def on_train_epoch_end(self) -> None:
+        self._check_input_range()
+
     def _check_first_batch(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         if self._checked_first_batch:
             return
@@ -354,6 +391,7 @@ class LSARegularizedModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        self._track_input_range(x)
         mvl = self._active_mvl(x)
         self._training_steps += 1
         self._steps_with_term += bool(mvl)

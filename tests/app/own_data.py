@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+
+from lsa_train.data import DigitsDataModule
 
 #: The module a user would write: ``model=custom model._target_=user_nets.SmallCNN``.
 USER_MODULE = textwrap.dedent(
@@ -59,3 +63,11 @@ def write_tensor_file(path: Path, *, labels_offset: int = 0, scale: float = 1.0,
     y = np.arange(40) % 2 + labels_offset
     np.savez(path, x=x, y=y[:-1] if drop_label else y)
     return path
+
+
+class NormalizedDigits(DigitsDataModule):
+    """The digits fed normalized, ``(x - 0.5) / 0.25`` in [-2, 2]: the mistake the training range check names."""
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        x, y = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return (x - 0.5) / 0.25, y

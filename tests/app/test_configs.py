@@ -91,6 +91,66 @@ def test_model_configs_instantiate(tmp_path: Path, name: str) -> None:
         validation.check_model_input(model, cfg.model.name, dm.input_shape, dm.num_classes)
 
 
+def test_model_input_check_keeps_each_submodule_mode() -> None:
+    """The dry forward runs in eval mode and gives every submodule its own mode back: a BatchNorm the
+    user froze in eval stays in eval (``model.train(was_training)`` would switch it to train)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    model.train()
+    model[1].eval()
+    running_mean = model[1].running_mean.clone()
+    validation.check_model_input(model, "frozen-bn", (4,), 3)
+    assert model.training and model[0].training and model[2].training
+    assert not model[1].training
+    assert torch.equal(model[1].running_mean, running_mean)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "alpha", "derived"),
+    [
+        (["attack.eps=0.2"], 0.06, True),                             # pgd.yaml: alpha 0.03 at eps 0.1
+        (["attack.eps=0.2", "attack.alpha=0.03"], 0.03, False),      # both named: kept as given
+        (["attack.eps=0.2", "attack.alpha=0.05"], 0.05, False),
+        (["attack.alpha=0.05"], 0.05, False),
+        ([], 0.03, False),                                           # the file's own eps: its own step
+        (["attack=fgsm_rs", "attack.eps=0.2"], 0.25, True),          # Wong et al.'s 1.25 x eps kept
+        (["attack=pgd_l2", "attack.eps=1.0"], 0.3, True),
+        (["attack=trades", "attack.eps=0.05"], 0.015, True),
+        (["experiment=cifar10_preact_resnet18_pgd"], 2 / 255, False),  # preset sets both
+        (["attack=apgd", "attack.eps=0.2"], None, False),              # step-size free: nothing to derive
+        (["attack.eps=0"], 0.03, False),                               # no budget: nothing to scale
+    ],
+)
+def test_alpha_follows_a_changed_eps_unless_named(
+    tmp_path: Path, overrides: list[str], alpha: float | None, derived: bool
+) -> None:
+    cfg = compose_train(overrides, tmp_path)
+    note = validation.derive_attack_alpha(cfg.attack, overrides)
+    assert (note is not None) == derived
+    if alpha is None:
+        assert "alpha" not in cfg.attack
+        return
+    if derived:
+        assert note.startswith(f"attack.alpha={alpha:.6g} derived for attack.eps={cfg.attack.eps:g}")
+    attack, _ = builders.build_attack(cfg)
+    assert attack.alpha == pytest.approx(alpha)
+
+
+def test_a_resume_derives_alpha_as_its_first_start_did(tmp_path: Path) -> None:
+    """A resume's config comes from the run's saved one (alpha as in the file): the run's first command line
+    decides whether alpha was named."""
+    hydra_dir = tmp_path / "run" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "overrides.yaml").write_text("- attack.eps=0.2\n- attack.alpha=0.03\n")
+    cfg = compose_train(["attack.eps=0.2"], tmp_path)
+    first = validation.run_first_overrides(tmp_path / "run")
+    assert first == ["attack.eps=0.2", "attack.alpha=0.03"]
+    assert validation.derive_attack_alpha(cfg.attack, [*first, "trainer.max_epochs=3"]) is None
+    assert cfg.attack.alpha == pytest.approx(0.03)
+    (hydra_dir / "overrides.yaml").write_text("- attack.eps=0.2\n")
+    assert validation.derive_attack_alpha(cfg.attack, validation.run_first_overrides(tmp_path / "run"))
+    assert cfg.attack.alpha == pytest.approx(0.06)
+
+
 def test_model_keys_from_data_can_be_overridden(tmp_path: Path) -> None:
     cfg = compose_train(["data=moons", "model=mlp_a", "model.hidden=16"], tmp_path)
     model, kwargs = builders.build_model(cfg, builders.build_datamodule(cfg), trust=False)

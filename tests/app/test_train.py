@@ -89,6 +89,32 @@ def test_mvl_modes_train(make_cfg, overrides: list[str], expected_mvl: list[str]
         assert mvl == expected_mvl
 
 
+def test_lambda_zero_skips_the_mvl_analysis_and_says_so(make_cfg, tmp_path: Path) -> None:
+    """With lambda 0 the MVL enters no loss: no per-epoch analysis runs (no callback, no history, no LSA
+    figure) and the summary says it; ``regularizer.mvl.log_analysis=true`` runs it as a measurement."""
+    _, skipped = train(make_cfg(*FAST, "regularizer.lambda=0", "regularizer.mvl.every_n_epochs=2", out="skip"))
+    assert skipped["mvl_callback"] is None
+    assert not any(type(cb).__name__ == "MVLRefreshCallback" for cb in skipped["trainer"].callbacks)
+    summary = skipped["summary"]
+    assert summary["mvl_history"] == [] and not (tmp_path / "skip" / "lsa").exists()
+    skip_line = ("MVL analysis: skipped (lambda = 0); regularizer.mvl.log_analysis=true runs it as a "
+                 "measurement")
+    assert skip_line in summary["notes"]
+    assert "regularizer.mvl.every_n_epochs=2 has no effect: MVL analysis: skipped (lambda = 0)" in summary["notes"]
+    report = (tmp_path / "skip" / "report.md").read_text()
+    assert skip_line in report
+
+    _, measured = train(make_cfg(*FAST, "regularizer.lambda=0", "regularizer.mvl.log_analysis=true", out="measure"))
+    assert measured["mvl_callback"] is not None and len(measured["summary"]["mvl_history"]) >= 1
+    assert measured["module"].regularizer is None  # measured, not regularized
+    assert any(n.startswith("MVL analysis: run as a measurement") for n in measured["summary"]["notes"])
+    assert list((tmp_path / "measure" / "lsa").glob("*.png"))
+
+    _, plain = train(make_cfg(*FAST, "regularizer=none", out="plain"))
+    assert plain["mvl_callback"] is None
+    assert "MVL analysis: skipped (lambda = 0, regularizer.mvl.mode=none)" in plain["summary"]["notes"]
+
+
 @pytest.mark.slow
 def test_resnet18_pgd_on_digits_offline(make_cfg) -> None:
     """``model=resnet18 attack=pgd`` works as written on the embedded 8x8 digits."""
@@ -123,6 +149,27 @@ def test_a_setting_that_does_not_act_is_a_line_of_the_summary(make_cfg, tmp_path
     line = "module.mart_beta=3 has no effect: attack.base_loss=ce (it acts with attack.base_loss=mart)"
     assert line in objects["summary"]["notes"]
     assert line in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_new_eps_gets_a_step_size_for_it(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``attack.eps=0.2`` alone: PGD trains with alpha 0.06 (pgd.yaml's 0.3 x eps), and the summary says so."""
+    from lsa_train.app import validation
+
+    monkeypatch.setattr(validation, "hydra_task_overrides", lambda: ["attack.eps=0.2"])
+    _, objects = train(make_cfg(*FAST, "attack.eps=0.2", "regularizer=none"))
+    assert objects["module"].attack.alpha == pytest.approx(0.06) and objects["module"].attack.eps == 0.2
+    line = next(n for n in objects["summary"]["notes"] if n.startswith("attack.alpha=0.06 derived"))
+    assert line in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_normalized_training_inputs_are_a_line_of_the_summary(make_cfg, tmp_path: Path) -> None:
+    """A user's data module that normalizes: the module's one warning lands in the summary and report."""
+    _, objects = train(make_cfg(*FAST, "data=custom", "data._target_=own_data.NormalizedDigits",
+                                "regularizer=none"))
+    line = next(n for n in objects["summary"]["notes"] if n.startswith("training inputs leave [0, 1] (min -2, max 2)"))
+    assert line in (tmp_path / "run" / "report.md").read_text()
+    _, plain = train(make_cfg(*FAST, "regularizer=none", out="plain"))
+    assert not any("training inputs leave" in n for n in plain["summary"]["notes"])
 
 
 def test_main_with_a_config_returns_the_optimized_metric(make_cfg, tmp_path: Path) -> None:

@@ -34,7 +34,10 @@ def test_analyze_writes_six_curves(train_run: Path, tmp_path: Path) -> None:
     assert {r["perturbation"] for r in rows} == set(PAPER_PERTURBATIONS)
     payload = json.loads((out / "lsa_results.json").read_text())
     assert len(payload["results"]) == 6 and payload["settings"]["num_samples"] == 48
+    # the digits test split has 360 samples: a stratified 48 of them, drawn with the analysis seed
+    assert payload["settings"]["samples"] == "48 of 360 samples, stratified, seed 313"
     text = (out / "analysis.md").read_text()
+    assert "48 of 360 samples, stratified, seed 313" in text
     assert "MVL per perturbation" in text and all(f"## {name}" in text for name in PAPER_PERTURBATIONS)
 
 
@@ -135,3 +138,25 @@ def test_analyze_of_a_normal_run_asks_for_eps(train_run: Path, tmp_path: Path) -
         analyze_run(compose_app("analyze", args, tmp_path / "refused"))
     outcome = analyze_run(compose_app("analyze", [*args, "eps=0.1", "perturbations=[pgd]"], tmp_path / "ok"))
     assert outcome["eps"] == 0.1 and float(outcome["results"]["pgd"].probe_means.max()) > 0
+
+
+def test_analyze_takes_a_stratified_subset_not_the_first_samples(train_run: Path) -> None:
+    """The subset has the split's class proportions (within one sample per class) and depends on the seed."""
+    from collections import Counter
+
+    import torch
+
+    from lsa_train.app.analyze import stratified_samples
+    from lsa_train.app.checkpoint_loading import load_for_app
+
+    cfg = compose_app("analyze", [f"ckpt_path={train_run / 'checkpoints' / 'last.ckpt'}"], train_run / "unused")
+    datamodule = load_for_app(cfg).datamodule
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader()
+    everything = torch.cat([y for _, y in loader])
+    x, y, text = stratified_samples(loader, 50, seed=313)
+    assert x.shape[0] == 50 and text == f"50 of {len(everything)} samples, stratified, seed 313"
+    counts, totals = Counter(y.tolist()), Counter(everything.tolist())
+    assert all(abs(counts[c] - 50 * n / len(everything)) < 1 for c, n in totals.items())
+    again, other = stratified_samples(loader, 50, seed=313)[0], stratified_samples(loader, 50, seed=1)[0]
+    assert torch.equal(x, again) and not torch.equal(x, other)

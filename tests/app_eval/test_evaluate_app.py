@@ -58,6 +58,46 @@ def test_evaluate_cli_defaults_to_run_eval_dir(train_run: Path, tmp_path: Path) 
     assert "Not run" in (out_dirs[-1] / "report.md").read_text()
 
 
+def _run_trained_at(train_run: Path, tmp_path: Path, eps: float) -> Path:
+    """A copy of ``train_run`` whose config says it was trained at ``eps`` (signed as the user's own)."""
+    from omegaconf import OmegaConf
+
+    from lsa_train.signing import sign_run
+
+    run = tmp_path / f"run_eps_{eps:g}"
+    shutil.copytree(train_run / ".hydra", run / ".hydra")
+    shutil.copytree(train_run / "checkpoints", run / "checkpoints")
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    config.attack.eps = eps  # eval_eps stays ${.eps}
+    OmegaConf.save(config, run / ".hydra" / "config.yaml")
+    sign_run(run)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_fgsm_grid_and_masking_follow_the_training_eps(train_run: Path, tmp_path: Path) -> None:
+    quick = ["max_samples=32", "pgd.steps=5", "autoattack.enabled=false", "masking.square_queries=null",
+             "masking.large_eps=null", "torch_threads=1"]
+    for eps, grid in ((0.1, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]), (0.15, [0.0, 0.15, 0.3, 0.45, 0.6, 0.75])):
+        ckpt = train_run / "checkpoints" / "last.ckpt" if eps == 0.1 else _run_trained_at(train_run, tmp_path, eps)
+        report = evaluate(compose_app("evaluate", [f"ckpt_path={ckpt}", *quick], tmp_path / f"eval_{eps:g}"))
+        assert list(report.fgsm_sweep) == pytest.approx(grid)
+        assert report.pgd_settings["eps"] == pytest.approx(eps)
+        assert report.metadata["fgsm_eps_grid"].startswith(f"auto: 0..5 x eps {eps:g} (the run's training eps)")
+        assert "(a) PGD no weaker than FGSM" in report.masking["run"]  # compared at the training eps
+        assert report.metadata["masking_checks"]["eps"] == pytest.approx(eps)
+        assert f"| {eps:g} |" in (tmp_path / f"eval_{eps:g}" / "report.md").read_text()
+    # pgd.eps off the grid joins it (check (a) reads FGSM at that radius from the sweep); a given grid is kept
+    ckpt = train_run / "checkpoints" / "last.ckpt"
+    report = evaluate(compose_app("evaluate", [f"ckpt_path={ckpt}", *quick, "pgd.eps=0.05"], tmp_path / "off"))
+    assert list(report.fgsm_sweep) == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
+    note = report.metadata["fgsm_eps_grid"]
+    assert note.startswith("auto: 0..5 x eps 0.1 (the run's training eps), plus pgd.eps=0.05")
+    given = compose_app("evaluate", [f"ckpt_path={ckpt}", *quick, "fgsm.eps_grid=[0,0.3]"], tmp_path / "given")
+    report = evaluate(given)
+    assert list(report.fgsm_sweep) == pytest.approx([0.0, 0.3])
+    assert report.metadata["fgsm_eps_grid"] == "given (fgsm.eps_grid): 0, 0.3"
+
+
 def _corrupt_run(train_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "corrupt_run"
     shutil.copytree(train_run / ".hydra", run / ".hydra")
@@ -89,3 +129,7 @@ def test_bad_value_is_config_error(train_run: Path, tmp_path: Path) -> None:
     cfg = compose_app("evaluate", [f"ckpt_path={ckpt}", "pgd.steps=0"], tmp_path / "eval")
     with pytest.raises(ConfigError, match=r"pgd\.steps=0"):
         evaluate(cfg)
+    for grid in ("wide", "[]", "[0,-0.1]"):
+        cfg = compose_app("evaluate", [f"ckpt_path={ckpt}", f"fgsm.eps_grid={grid}"], tmp_path / "eval")
+        with pytest.raises(ConfigError, match=r"fgsm\.eps_grid=.* must be auto .* or a non-empty list"):
+            evaluate(cfg)

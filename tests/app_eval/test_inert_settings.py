@@ -59,6 +59,21 @@ def test_training_names_awp_and_loss_weights_that_do_not_act() -> None:
         "regularizer.mvl.eta=1 has no effect: regularizer.mvl.top_k=1 selects the MVL instead"]
 
 
+def test_training_names_augmentation_settings_that_do_not_act() -> None:
+    folder = OmegaConf.create({"data": {"_target_": "lsa_train.data.ImageFolderDataModule", "augment": False,
+                                        "crop_padding": 4}})
+    assert inert_overrides("train", folder, ["data.augment=false", "data.crop_padding=2"]) == [
+        "data.crop_padding=2 has no effect: data.augment=false"]
+    OmegaConf.update(folder, "data.augment", True)
+    assert inert_overrides("train", folder, ["data.crop_padding=2"]) == []
+    mnist = OmegaConf.create({"data": {"_target_": "lsa_train.data.TorchvisionDataModule", "name": "mnist",
+                                       "augment": True}})
+    assert inert_overrides("train", mnist, ["data.augment=true"]) == [
+        "data.augment=true has no effect: data.name=mnist has no training augmentation"]
+    OmegaConf.update(mnist, "data.name", "cifar10")
+    assert inert_overrides("train", mnist, ["data.augment=false"]) == []
+
+
 def test_evaluate_writes_the_line_into_its_report(tmp_path: Path) -> None:
     fast = ["model=cnn_b", "data=digits", "pgd.eps=0.1", "max_samples=16", "pgd.steps=2", "fgsm.eps_grid=[0]",
             "autoattack.enabled=false", "masking.enabled=false", "torch_threads=1", "autoattack.version=rand"]

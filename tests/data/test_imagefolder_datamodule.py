@@ -213,6 +213,40 @@ def test_config_composes_and_requires_root(tmp_path: Path) -> None:
         _ = missing.data.root
 
 
+def test_augment_false_in_the_config_switches_augmentation_off(tmp_path: Path) -> None:
+    """``data.augment=false`` on the command line: training batches are the files' pixels, unchanged."""
+    write_images(tmp_path / "train")
+    base = ["data=imagefolder", f"data.root={tmp_path}", "data.val_fraction=0.25", "data.test_fraction=0.2",
+            "data.num_workers=0", "data.batch_size=64"]
+    with initialize_config_module("lsa_train.conf", version_base="1.3"):
+        on = compose("train", overrides=base)
+        off = compose("train", overrides=[*base, "data.augment=false"])
+        bad = compose("train", overrides=[*base, "data.augment=no"])
+    assert on.data.augment is True  # the default: random crop + flip
+    plain = instantiate(off.data)
+    assert plain.augment is False
+    assert [type(t).__name__ for t in plain.train_transform().transforms] == ["ToTensor"]
+    plain.setup()
+    folder, positions = plain._indices["train"]
+    expected = torch.stack([plain.eval_transform()(plain._folders[folder][p][0]) for p in positions])
+    torch.manual_seed(0)
+    x, _ = next(iter(plain.train_dataloader()))
+    # the same images in the loader's (shuffled) order: sort both by their pixel sums to compare
+    assert x.shape == expected.shape
+    assert torch.equal(x.flatten(1).sum(1).sort().values, expected.flatten(1).sum(1).sort().values)
+    augmented = instantiate(on.data)
+    augmented.setup()
+    torch.manual_seed(0)
+    x_aug, _ = next(iter(augmented.train_dataloader()))
+    assert not torch.equal(x_aug.flatten(1).sum(1).sort().values, expected.flatten(1).sum(1).sort().values)
+    from lsa_train.app.builders import build_datamodule
+    from lsa_train.app.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="augment must be true or false, got 'no'") as info:
+        build_datamodule(bad)  # the app's one line, before any training
+    assert "\n" not in str(info.value)
+
+
 # -- bad data: one line naming the path -----------------------------------------------------------
 def _one_line_error(exc: type[Exception], root: Path, **kwargs: object) -> str:
     with pytest.raises(exc) as info:

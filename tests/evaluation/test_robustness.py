@@ -15,6 +15,8 @@ from lsa_train.evaluation import (
     attack_accuracy,
     clean_accuracy,
     collect_samples,
+    eps_multiples_grid,
+    evaluate_robustness,
     fgsm_sweep,
     pgd_accuracy,
     rg_score,
@@ -157,3 +159,23 @@ def test_bad_inputs(moons):
         fgsm_sweep(moons.model, moons.batches(), (0.0, -0.1))
     with pytest.raises(ValueError, match="max_samples"):
         clean_accuracy(moons.model, moons.batches(), max_samples=0)
+
+
+def test_eps_multiples_grid_follows_the_training_eps():
+    assert eps_multiples_grid(0.1) == PAPER_EPS_GRID  # 3 x 0.1 is 0.3, not 0.30000000000000004
+    assert eps_multiples_grid(8 / 255) == pytest.approx(tuple(k * 8 / 255 for k in range(6)))
+    assert eps_multiples_grid(0.3) == (0.0, 0.3, 0.6, 0.9, 1.0)  # capped at the whole input box
+    assert eps_multiples_grid(0.1, also=(0.05,)) == (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+    assert eps_multiples_grid(0.0) == (0.0,)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        eps_multiples_grid(-0.1)
+
+
+def test_evaluation_grid_defaults_to_multiples_of_its_eps(moons):
+    for eps in (0.05, 0.1):
+        report = evaluate_robustness(moons.model, moons.batches(), eps, pgd_steps=3, masking_checks=False,
+                                     max_samples=50)
+        assert tuple(report.fgsm_sweep) == eps_multiples_grid(eps)
+    given = evaluate_robustness(moons.model, moons.batches(), 0.1, eps_grid=(0.0, 0.3), pgd_steps=3,
+                                masking_checks=False, max_samples=50)
+    assert tuple(given.fgsm_sweep) == (0.0, 0.3)

@@ -282,6 +282,39 @@ def test_first_batch_checks(mlp_a, moons):
         module.training_step((x, y + 5), 0)
 
 
+def test_inputs_outside_unit_range_warn_once_on_the_first_batch(mlp_a, moons):
+    """Normalized data (here (x - 0.5) / 0.25) is named at once, and only once."""
+    x, y = moons  # each feature spans exactly [0, 1]
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=None)
+    with pytest.warns(UserWarning, match=r"training inputs leave \[0, 1\] \(min -2, max 2\)") as caught:
+        module.training_step(((x - 0.5) / 0.25, y), 0)
+        module.training_step(((x - 0.5) / 0.25, y), 1)
+        module.on_train_epoch_end()
+    assert sum("training inputs leave" in str(w.message) for w in caught) == 1
+    assert module.input_range_warning is not None and "model.mean / model.std" in module.input_range_warning
+
+
+def test_a_later_batch_outside_unit_range_is_named_at_epoch_end(tmp_path, mlp_a, moons, recwarn):
+    """Only the first batch is read on the host at once; later batches are accumulated on the device and
+    read at the epoch's end (no host sync per step)."""
+    x, y = moons
+    x = x.clone()
+    x[96:128] *= 3.0  # the fourth and last batch only (no shuffle) goes up to 3
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:128], y[:128]), batch_size=32)
+    module = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=None)
+    module.training_step((x[:32], y[:32]), 0)
+    assert module.input_range_warning is None  # the first batch is in [0, 1]
+    quiet_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0).fit(module, train)
+    assert module.input_range_warning is not None
+    assert f"(min 0, max {float(x[:128].max()):.4g})" in module.input_range_warning
+    assert sum("training inputs leave" in str(w.message) for w in recwarn) == 1
+
+    clean = LSARegularizedModule(mlp_a, attack=PGD(eps=0.1, steps=1), regularizer=None)
+    inside = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(moons[0][:64], moons[1][:64]), batch_size=32)
+    quiet_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0).fit(clean, inside)
+    assert clean.input_range_warning is None
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path, loaders):
     class Exploding(nn.Module):
         def __init__(self) -> None:
