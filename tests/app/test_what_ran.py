@@ -84,7 +84,8 @@ def test_the_summary_and_the_readme_evaluate_command_test_the_same_weights(make_
     from lsa_train.app.evaluate import evaluate
 
     # a monitor that gets worse every epoch (the global step, mode min): the best epoch is the first, not the last
-    cfg = make_cfg(*SHORT, "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=step",
+    whole_test_split = [o for o in SHORT if not o.startswith("++trainer.limit_test_batches")]
+    cfg = make_cfg(*whole_test_split, "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=step",
                    "callbacks.model_checkpoint.mode=min")
     metrics, objects = train(cfg)
     run_dir = tmp_path / "run"
@@ -97,13 +98,13 @@ def test_the_summary_and_the_readme_evaluate_command_test_the_same_weights(make_
     assert rows["weights"] == summary["weights"]
     assert "| weights | last (after 2 epochs, step 4) |" in (run_dir / "report.md").read_text()
 
-    # the README's command, on the same 180 test points (one test batch of the run): the same weights, named alike
+    # the README's command, on the run's whole test split: the same weights, named alike
     _as_run_folder(cfg, run_dir)
-    report = evaluate(compose_app("evaluate", [f"ckpt_path={last}", "max_samples=180", "autoattack.enabled=false",
+    report = evaluate(compose_app("evaluate", [f"ckpt_path={last}", "autoattack.enabled=false",
                                                "masking.enabled=false", "pgd.steps=2", "torch_threads=1"],
                                   tmp_path / "eval"))
     assert report.metadata["weights"] == f"{summary['weights']}: '{last}'"
-    assert report.n_samples == 180 and report.clean_accuracy == pytest.approx(metrics["test/acc_clean"], abs=1e-6)
+    assert report.n_samples == 360 and report.clean_accuracy == pytest.approx(metrics["test/acc_clean"], abs=1e-6)
     best = Path(summary["best_checkpoint"])
     label = checkpoint_loading.weights_label(_load(best), best)
     assert label.startswith("best by step = 2.0000 (after 1 epoch, step 2)")

@@ -129,9 +129,12 @@ def test_evaluation_puts_square_in_the_worst_case(masked_moons):
     assert square["n_samples"] == 120 and case["n_samples"] == 120 and case["n_evaluated"] == 200
     assert square["accuracy"] == report.other_metrics["square_accuracy"]
     assert square["settings"]["n_queries"] == 300 and square["settings"]["seed"] == attack_seed(4, "square") != 4
-    assert case["only_broken_by"]["square"] > 10  # measured: 16 of 120 (worst case 66.7 %, PGD alone 80.0 %)
-    # the samples only Square broke count as lost: the worst case is Square's number (PGD breaks no more)
-    assert report.worst_case_accuracy == pytest.approx(square["accuracy_on_common"])
+    # measured on the stratified 120 (seed 4): Square alone broke 18, PGD alone 3; worst case 70.0 %, Square
+    # 72.5 %, PGD 85.0 %
+    assert case["only_broken_by"]["square"] > 10
+    # every sample only Square broke counts as lost: the worst case is Square's number less PGD's own breaks
+    n_pgd_only = case["only_broken_by"]["pgd"]
+    assert report.worst_case_accuracy == pytest.approx(square["accuracy_on_common"] - n_pgd_only / 120)
     assert report.worst_case_accuracy < report.attacks["pgd"]["accuracy_on_common"] - 0.1
     text = report.to_markdown()
     assert "It covers 2 attacks: pgd, square." in text and "| square |" in text
