@@ -2,8 +2,8 @@
 training run from its checkpoint, rebuild its data and network with :mod:`lsa_train.app.builders` and load
 the trained weights, or build any ``model=`` + ``data=`` pair without a run.
 
-Imports go one way: this module uses :mod:`~lsa_train.app.builders` and :mod:`~lsa_train.app.validation`,
-which never import it.
+Imports go one way: this module uses :mod:`~lsa_train.app.builders`, :mod:`~lsa_train.app.validation` and
+:mod:`~lsa_train.app.overrides`, which never import it.
 
 A training run dir (made by ``lsa-train``) looks like::
 
@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, run_dirs, validation
 from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.app.overrides import hydra_choice, hydra_task_overrides
 from lsa_train.training.ema import checkpoint_averaging
 from lsa_train.trust import (
     TrustPolicy,
@@ -66,7 +67,7 @@ def command_line_policy(cfg: DictConfig) -> TrustPolicy:
     """The :class:`~lsa_train.trust.TrustPolicy` of the current command line: ``trust_checkpoint``,
     ``trusted_targets`` and the ``<key>._target_=...`` overrides (never a saved run's values)."""
     try:
-        return policy_from_command_line(cfg, validation.hydra_task_overrides())
+        return policy_from_command_line(cfg, hydra_task_overrides())
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
@@ -362,7 +363,7 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
                 "model=... data=... (any model; its weights with model.checkpoint=<file>), not both"
             )
         if _has_target(data_node) and not _only_target(data_node):
-            choice = validation.hydra_choice("data")
+            choice = hydra_choice("data")
             raise ConfigError(
                 f"{'data=' + choice if choice else 'data._target_=' + str(data_node.get('_target_'))}: with ckpt_path "
                 "the run's own data is rebuilt (data.batch_size=... and the like may change); to evaluate its "
