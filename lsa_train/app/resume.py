@@ -22,12 +22,15 @@ command line names go on top. The summary lists every key the switch changed. Ap
 onto the saved config (group switches merged by :func:`~lsa_train.app.overrides.merge_group_switch`, values,
 deletions) is :mod:`lsa_train.app.overrides.saved_config`; this module finds the run, its base config and
 group choices, checks what the resume may write and records it.
+
+A resume must leave epochs to train, or it only tests the run (:func:`check_resume_epochs`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +47,7 @@ from lsa_train.app.overrides import (
     hydra_task_overrides,
     parse_overrides,
 )
-from lsa_train.trust import TrustPolicy
+from lsa_train.trust import TrustPolicy, UntrustedTargetError, check_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,7 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
         ConfigError: A foreign ``_target_``, an unreadable saved config, or an override that would change
             what the run trains.
     """
-    from lsa_train.app.checkpoint_loading import check_run_config, check_saved_targets, load_run_config
+    from lsa_train.app.checkpoint_loading import check_run_config, load_run_config
 
     run_dir = run_dirs.checkpoint_run_dir(ckpt)
     if run_dir is None:
@@ -244,6 +247,45 @@ def _destinations(cfg: DictConfig) -> list[tuple[str, Any]]:
         if name in cfg:
             walk(cfg[name], name + ".")
     return found
+
+
+def check_saved_targets(cfg: DictConfig, policy: TrustPolicy, source: Path) -> None:
+    """:func:`lsa_train.trust.check_saved_config` as a one-line :class:`ConfigError`."""
+    try:
+        check_saved_config(cfg, policy, source)
+    except UntrustedTargetError as err:
+        raise ConfigError(str(err)) from err
+
+
+def completed_epochs(checkpoint: Mapping[str, Any]) -> int:
+    """The epochs whose training a Lightning checkpoint holds: the fit loop's ``processed`` epochs (a checkpoint
+    written at the end of an epoch counts it as processed but not yet ``completed``), else ``completed``, else
+    its ``epoch``."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    current = progress.get("current", {}) if isinstance(progress, Mapping) else {}
+    for key in ("processed", "completed"):
+        if isinstance(current.get(key), int):
+            return int(current[key])
+    return int(checkpoint.get("epoch", 0))
+
+
+def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Path) -> str | None:
+    """A resume must leave ``trainer.max_epochs`` at least the epochs ``ckpt`` finished; returns a note for the
+    summary when none is left to train (the run is then only tested).
+
+    Raises:
+        ConfigError: ``max_epochs`` is below the finished epochs.
+    """
+    done = completed_epochs(checkpoint)
+    if max_epochs is None or int(max_epochs) < 0:
+        return None
+    if int(max_epochs) < done:
+        raise ConfigError(f"trainer.max_epochs={max_epochs} but ckpt_path='{ckpt}' has finished {done} epochs; "
+                          f"set trainer.max_epochs to more than {done} to train further")
+    if int(max_epochs) == done:
+        return (f"ckpt_path has finished all trainer.max_epochs={max_epochs} epochs: nothing was trained, the run was "
+                "only tested (set trainer.max_epochs higher to train further)")
+    return None
 
 
 def describe(plan: ResumePlan | None, ckpt: Path | None) -> str | None:

@@ -57,8 +57,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # Plain-value checks first: answered before torch and Lightning load.
     _check_plain_values(cfg)
     # Then the ones that need torch, but not Lightning.
-    from lsa_train.app.checkpoint_loading import check_ckpt_path, check_resume_epochs, command_line_policy
-    from lsa_train.app.resume import plan_resume
+    from lsa_train.app.checkpoint_loading import check_ckpt_path, command_line_policy
+    from lsa_train.app.resume import check_resume_epochs, plan_resume
 
     policy = command_line_policy(cfg)  # trust comes from this command line, before any file is read
     checked = check_ckpt_path(cfg.get("ckpt_path"), policy)
