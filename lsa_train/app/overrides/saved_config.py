@@ -37,7 +37,7 @@ def apply_overrides(
 
     Args:
         cfg: The run's saved config.
-        cli_cfg: The config composed from this command line (the new group's node is compared with it).
+        cli_cfg: The config composed from this command line (a group it lacks cannot be switched).
         overrides: This command line's overrides (Hydra's task overrides).
         run_dir: The run folder (for the messages, and its ``.hydra/hydra.yaml``).
         choices: The run's group choices as its latest resume left them
