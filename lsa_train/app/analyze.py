@@ -116,8 +116,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         ConfigError: Bad input (checkpoint, run config, values), reported in one line by :func:`main`.
     """
     from lsa_train.analysis import analyze_perturbations
-    from lsa_train.app import validation
-    from lsa_train.app.added_keys import check_added_keys
+    from lsa_train.app import overrides, validation
     from lsa_train.app.checkpoint_loading import (
         load_for_app,
         resolve_device,
@@ -125,12 +124,11 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         threads_for_model,
         torch_runtime,
     )
-    from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.evaluation import collect_samples
     from lsa_train.factory import data_class_names
 
     started = time.perf_counter()
-    check_added_keys("analyze", validation.hydra_task_overrides())
+    overrides.check_added_keys("analyze", overrides.hydra_task_overrides())
     check_config(cfg)
     out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
     device = resolve_device(cfg.device)
@@ -158,7 +156,7 @@ def analyze_run(cfg: DictConfig) -> dict[str, Any]:
         model = run.model.to(device)
         map_probes = analysis_figures.named_feature_map_probes(cfg, model, x[:1].to(device))
         notes = [*probe_notes(model, x[:1].to(device), settings["probes"]),
-                 *inert_overrides("analyze", cfg, validation.hydra_task_overrides()), *run.notes]
+                 *overrides.inert_overrides("analyze", cfg, overrides.hydra_task_overrides()), *run.notes]
         log.info("analysing %s (weights: %s) on %d %s samples, eps=%g, probes=%s", run.model_name, run.weights,
                  x.shape[0], cfg.split, eps, settings["probes"])
         try:

@@ -16,8 +16,9 @@ from torch import nn
 
 from lsa_train import factory
 from lsa_train.app.errors import ConfigError, config_section, one_line
+from lsa_train.app.overrides import hydra_choice
 from lsa_train.app.schemas import ATTACK_APP_KEYS, BaseLoss, MVLMode
-from lsa_train.app.validation import hydra_choice, lambda_values
+from lsa_train.app.validation import lambda_values
 from lsa_train.attacks import Attack
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
 

@@ -1,9 +1,11 @@
-"""Shared by ``lsa-train`` (resume), ``lsa-evaluate`` and ``lsa-analyze``: open checkpoints safely, find a
-training run from its checkpoint, rebuild its data and network with :mod:`lsa_train.app.builders` and load
-the trained weights, or build any ``model=`` + ``data=`` pair without a run.
+"""Loading checkpoints and run folders for ``lsa-evaluate`` and ``lsa-analyze``: open checkpoints safely, find
+a training run from its checkpoint, rebuild its data and network with :mod:`lsa_train.app.builders` and load
+the trained weights, or build any ``model=`` + ``data=`` pair without a run. A resume of ``lsa-train``
+(:mod:`lsa_train.app.resume`, which holds the resume's own logic) opens its checkpoint and run config
+with the same functions.
 
-Imports go one way: this module uses :mod:`~lsa_train.app.builders` and :mod:`~lsa_train.app.validation`,
-which never import it.
+Imports go one way: this module uses :mod:`~lsa_train.app.builders`, :mod:`~lsa_train.app.validation` and
+:mod:`~lsa_train.app.overrides`, which never import it.
 
 A training run dir (made by ``lsa-train``) looks like::
 
@@ -31,15 +33,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app import builders, run_dirs, validation
 from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.app.overrides import hydra_choice, hydra_task_overrides
 from lsa_train.training.ema import checkpoint_averaging
 from lsa_train.trust import (
     TrustPolicy,
     UntrustedError,
     UntrustedFileError,
-    UntrustedTargetError,
     as_policy,
     check_checkpoint_link,
-    check_saved_config,
     policy_from_command_line,
     read_torch_file,
 )
@@ -66,16 +67,8 @@ def command_line_policy(cfg: DictConfig) -> TrustPolicy:
     """The :class:`~lsa_train.trust.TrustPolicy` of the current command line: ``trust_checkpoint``,
     ``trusted_targets`` and the ``<key>._target_=...`` overrides (never a saved run's values)."""
     try:
-        return policy_from_command_line(cfg, validation.hydra_task_overrides())
+        return policy_from_command_line(cfg, hydra_task_overrides())
     except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-
-def check_saved_targets(cfg: DictConfig, policy: TrustPolicy, source: Path) -> None:
-    """:func:`lsa_train.trust.check_saved_config` as a one-line :class:`ConfigError`."""
-    try:
-        check_saved_config(cfg, policy, source)
-    except UntrustedTargetError as err:
         raise ConfigError(str(err)) from err
 
 
@@ -144,37 +137,6 @@ def check_ckpt_path(ckpt_path: str | None, trust: bool | TrustPolicy = False) ->
         return None
     path = check_ckpt_file(ckpt_path)
     return path, load_checkpoint(path, trust)[0]
-
-
-def completed_epochs(checkpoint: Mapping[str, Any]) -> int:
-    """The epochs whose training a Lightning checkpoint holds: the fit loop's ``processed`` epochs (a checkpoint
-    written at the end of an epoch counts it as processed but not yet ``completed``), else ``completed``, else
-    its ``epoch``."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    current = progress.get("current", {}) if isinstance(progress, Mapping) else {}
-    for key in ("processed", "completed"):
-        if isinstance(current.get(key), int):
-            return int(current[key])
-    return int(checkpoint.get("epoch", 0))
-
-
-def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Path) -> str | None:
-    """A resume must leave ``trainer.max_epochs`` at least the epochs ``ckpt`` finished; returns a note for the
-    summary when none is left to train (the run is then only tested).
-
-    Raises:
-        ConfigError: ``max_epochs`` is below the finished epochs.
-    """
-    done = completed_epochs(checkpoint)
-    if max_epochs is None or int(max_epochs) < 0:
-        return None
-    if int(max_epochs) < done:
-        raise ConfigError(f"trainer.max_epochs={max_epochs} but ckpt_path='{ckpt}' has finished {done} epochs; "
-                          f"set trainer.max_epochs to more than {done} to train further")
-    if int(max_epochs) == done:
-        return (f"ckpt_path has finished all trainer.max_epochs={max_epochs} epochs: nothing was trained, the run was "
-                "only tested (set trainer.max_epochs higher to train further)")
-    return None
 
 
 def weights_label(checkpoint: Mapping[str, Any], path: Path | None) -> str:
@@ -362,7 +324,7 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
                 "model=... data=... (any model; its weights with model.checkpoint=<file>), not both"
             )
         if _has_target(data_node) and not _only_target(data_node):
-            choice = validation.hydra_choice("data")
+            choice = hydra_choice("data")
             raise ConfigError(
                 f"{'data=' + choice if choice else 'data._target_=' + str(data_node.get('_target_'))}: with ckpt_path "
                 "the run's own data is rebuilt (data.batch_size=... and the like may change); to evaluate its "

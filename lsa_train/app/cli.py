@@ -113,10 +113,10 @@ def run_cli(entry: Callable[[], Any], prog: str) -> None:
 
 def _better_override_message(prog: str, message: str) -> str | None:
     """Hydra's "Could not override 'x.y'" for a key nothing would read if added: the nearest known key
-    instead of Hydra's ``+x.y`` hint (see :mod:`lsa_train.app.added_keys`)."""
+    instead of Hydra's ``+x.y`` hint (see :mod:`lsa_train.app.overrides.added`)."""
     if "Could not override" not in message:
         return None
-    from lsa_train.app.added_keys import PROGRAM_CONFIGS, suggest_for_failed_override
+    from lsa_train.app.overrides import PROGRAM_CONFIGS, suggest_for_failed_override
 
     overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     return suggest_for_failed_override(PROGRAM_CONFIGS.get(prog, ""), overrides, message)

@@ -90,12 +90,11 @@ def evaluate(cfg: DictConfig) -> Any:
     Raises:
         ConfigError: Bad input (checkpoint, run config, values), reported in one line by :func:`main`.
     """
-    from lsa_train.app import validation
-    from lsa_train.app.added_keys import check_added_keys
+    from lsa_train.app import overrides, validation
     from lsa_train.app.checkpoint_loading import load_for_app, resolve_device, torch_runtime
 
     started = time.perf_counter()
-    check_added_keys("evaluate", validation.hydra_task_overrides())
+    overrides.check_added_keys("evaluate", overrides.hydra_task_overrides())
     check_config(cfg)
     out_dir = validation.check_output_dir(str(cfg.paths.output_dir))
     device = resolve_device(cfg.device)
@@ -109,9 +108,8 @@ def evaluate(cfg: DictConfig) -> Any:
 
 
 def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any:
-    from lsa_train.app import validation
+    from lsa_train.app import overrides
     from lsa_train.app.checkpoint_loading import run_facts, threads_for_model
-    from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.evaluation import evaluate_robustness
 
     threads = threads_for_model(cfg.torch_threads, run.model)
@@ -124,7 +122,7 @@ def _evaluate_run(cfg: DictConfig, run: Any, device: Any, started: float) -> Any
     if cfg.pgd.eps is None and run.attack_norm() != "linf":
         extra_warnings.append(f"the run was trained with an {run.attack_norm()} attack; its eps={eps:g} is used "
                               "as a Linf budget here (set pgd.eps for a meaningful Linf evaluation)")
-    extra_warnings += inert_overrides("evaluate", cfg, validation.hydra_task_overrides())
+    extra_warnings += overrides.inert_overrides("evaluate", cfg, overrides.hydra_task_overrides())
     extra_warnings += run.notes  # what a checkpoint without its run folder and the run config differ in
     aa_version = _autoattack_version(cfg, extra_warnings)
     if run.weights.startswith("no weights"):

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lsa_train.app import builders, validation
+from lsa_train.app import builders, overrides, validation
 from lsa_train.app.checkpoint_record import RunRecordCallback, check_hyper_parameters, run_record
 from lsa_train.app.errors import ConfigError
 from lsa_train.app.report import build_summary, print_summary, write_metrics_json, write_report_md
@@ -158,7 +158,7 @@ def _fit_test_report(
         "notes": [*notes, *objects["notes"], *averaging_notes, *_guard_notes(objects),
                   *_wall_time_notes(objects, ckpt_path),
                   *([module.input_range_warning] if module.input_range_warning else [])],
-        "overrides": validation.hydra_task_overrides(),
+        "overrides": overrides.hydra_task_overrides(),
         "optimized_metric": cfg.get("optimized_metric"),
     }
     run_dir = str(cfg.paths.output_dir)
@@ -319,9 +319,9 @@ def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 def _setting(cfg: DictConfig, base_loss: str) -> dict[str, Any]:
     lam = cfg.regularizer.get("lambda")
     setting = {
-        "data": validation.hydra_choice("data") or cfg.data.get("_target_"),
+        "data": overrides.hydra_choice("data") or cfg.data.get("_target_"),
         "model": builders.model_display_name(cfg.model),
-        "attack": validation.hydra_choice("attack") or cfg.attack.get("_target_"),
+        "attack": overrides.hydra_choice("attack") or cfg.attack.get("_target_"),
         "eps": float(cfg.attack.eps),
         "base_loss": base_loss,
         "lambda": OmegaConf.to_container(lam) if OmegaConf.is_config(lam) else lam,

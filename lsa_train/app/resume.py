@@ -11,20 +11,26 @@ A run signed by this user (:mod:`lsa_train.signing`) is resumed with its config 
 signature is extended to the new resume record. Any other run is foreign: its saved config is data
 (:mod:`lsa_train.foreign`; every ``_target_`` of the effective config must be one of the project's own or
 vouched for on this command line), and a resume never signs it. ``trust_checkpoint`` / ``trusted_targets``
-come from this command line only. What defines the trained network cannot change on
-a resume: a group choice other than those of :data:`RESUMABLE_GROUPS` that differs from the run's, or a
-changed ``model.*`` value, is refused in one line.
+come from this command line only. What defines the trained network cannot change on a resume: a group
+choice other than those of :data:`~lsa_train.app.overrides.RESUMABLE_GROUPS` that differs from the run's, or
+a changed ``model.*`` value, is refused in one line.
 
 Switching a group (``trainer=gpu``) changes only the keys on which the new group's ``conf/`` file differs
 from the run's (``trainer.accelerator``, ``trainer.devices``): the run's own values of every other key
 (``trainer.max_epochs``, ``trainer.gradient_clip_val``, a callback's ``monitor``) are kept, and keys this
-command line names go on top. The summary lists every key the switch changed (:func:`merge_group_switch`).
+command line names go on top. The summary lists every key the switch changed. Applying this command line
+onto the saved config (group switches merged by :func:`~lsa_train.app.overrides.merge_group_switch`, values,
+deletions) is :mod:`lsa_train.app.overrides.saved_config`; this module finds the run, its base config and
+group choices, checks what the resume may write and records it.
+
+A resume must leave epochs to train, or it only tests the run (:func:`check_resume_epochs`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,18 +38,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lsa_train.app import run_dirs, validation
+from lsa_train.app import run_dirs
 from lsa_train.app.errors import ConfigError, one_line
-from lsa_train.trust import TRUST_CHECKPOINT_KEY, TRUSTED_TARGETS_KEY, TrustPolicy
+from lsa_train.app.overrides import (
+    COMMAND_LINE_KEYS,
+    RESUMABLE_GROUPS,
+    apply_overrides,
+    hydra_task_overrides,
+    parse_overrides,
+)
+from lsa_train.trust import TrustPolicy, UntrustedTargetError, check_saved_config
 
 log = logging.getLogger(__name__)
-
-#: Config groups a resume may switch: where and how the run continues, not what it trains.
-RESUMABLE_GROUPS: tuple[str, ...] = ("trainer", "callbacks", "logger", "paths", "launcher", "hydra")
-#: Keys that always come from this command line, never from the saved config.
-COMMAND_LINE_KEYS: tuple[str, ...] = ("ckpt_path", TRUST_CHECKPOINT_KEY, TRUSTED_TARGETS_KEY)
-#: Node whose values define the trained network.
-_MODEL = "model"
 
 
 @dataclass
@@ -56,7 +62,8 @@ class ResumePlan:
     overrides: list[str]
     switched_groups: dict[str, str] = field(default_factory=dict)
     signed: bool = False
-    #: What the group switches changed: ``{"key", "was", "now", "group"}`` per key (see :func:`merge_group_switch`).
+    #: What the group switches changed: ``{"key", "was", "now", "group"}`` per key
+    #: (see :func:`~lsa_train.app.overrides.merge_group_switch`).
     group_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self) -> Path:
@@ -114,7 +121,7 @@ def run_choices(run_dir: Path) -> dict[str, str | None]:
     for record in sorted((run_dir / run_dirs.RESUMES_DIR).glob("*/overrides.yaml")):
         try:
             recorded = OmegaConf.load(record)
-            parsed = validation.parse_overrides([str(o) for o in recorded]) if OmegaConf.is_list(recorded) else []
+            parsed = parse_overrides([str(o) for o in recorded]) if OmegaConf.is_list(recorded) else []
         except Exception:  # an unreadable record switches nothing; its config is still the base when latest
             continue
         for override in parsed:
@@ -122,12 +129,6 @@ def run_choices(run_dir: Path) -> dict[str, str | None]:
             if group in choices and group in RESUMABLE_GROUPS and not override.is_delete():
                 choices[group] = str(override.value())
     return choices
-
-
-def _current_groups() -> set[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
 
 
 def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumePlan | None:
@@ -143,7 +144,7 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
         ConfigError: A foreign ``_target_``, an unreadable saved config, or an override that would change
             what the run trains.
     """
-    from lsa_train.app.checkpoint_loading import check_run_config, check_saved_targets, load_run_config
+    from lsa_train.app.checkpoint_loading import check_run_config, load_run_config
 
     run_dir = run_dirs.checkpoint_run_dir(ckpt)
     if run_dir is None:
@@ -151,8 +152,9 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
     base = latest_config(run_dir)
     cfg = load_run_config(base)
     signed = check_run_config(cfg, policy, base)  # a foreign run's config must be plain data
-    overrides = validation.hydra_task_overrides()
-    switched, changes = _apply_overrides(cfg, cli_cfg, overrides, run_dir)
+    overrides = hydra_task_overrides()
+    choices = run_choices(run_dir)
+    switched, changes = apply_overrides(cfg, cli_cfg, overrides, run_dir, choices)
     with open_dict(cfg):
         for key in COMMAND_LINE_KEYS:
             cfg[key] = cli_cfg.get(key)
@@ -160,7 +162,7 @@ def plan_resume(cli_cfg: DictConfig, ckpt: Path, policy: TrustPolicy) -> ResumeP
     if not signed:  # what will be instantiated, before anything is imported
         check_saved_targets(cfg, policy, base)
     check_write_destinations(cfg, run_dir, overrides, switched, base)
-    _adopt_run_choices(run_choices(run_dir), switched)
+    _adopt_run_choices(choices, switched)
     return ResumePlan(cfg=cfg, run_dir=run_dir, base_config=base, overrides=list(overrides),
                       switched_groups=switched, signed=signed, group_changes=changes)
 
@@ -195,7 +197,7 @@ def check_write_destinations(
     Raises:
         ConfigError: One line naming the key, the path and how to allow it.
     """
-    given = [o.key_or_group for o in validation.parse_overrides(overrides)]
+    given = [o.key_or_group for o in parse_overrides(overrides)]
     inside = run_dir.resolve()
     for key, value in _destinations(cfg):
         if key.split(".", 1)[0] in switched or any(key == g or key.startswith(g + ".") for g in given):
@@ -247,167 +249,43 @@ def _destinations(cfg: DictConfig) -> list[tuple[str, Any]]:
     return found
 
 
-def _apply_overrides(
-    cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str], run_dir: Path
-) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """Applies this command line's ``overrides`` to the saved ``cfg``: group switches first, then values and
-    deletions on top (as Hydra composes them). Returns the switched groups and the keys they changed."""
+def check_saved_targets(cfg: DictConfig, policy: TrustPolicy, source: Path) -> None:
+    """:func:`lsa_train.trust.check_saved_config` as a one-line :class:`ConfigError`."""
     try:
-        parsed = validation.parse_overrides(overrides)
-    except Exception as err:  # Hydra parsed them once already; this is a guard
-        raise ConfigError(f"cannot read the overrides {overrides}: {one_line(err)}") from err
-    groups = _current_groups()
-    choices = run_choices(run_dir)
-    switched: dict[str, str] = {}
-    changes: list[dict[str, Any]] = []
-    own = [o for o in parsed if not (o.key_or_group in COMMAND_LINE_KEYS or o.key_or_group.startswith("hydra.")
-                                     or o.key_or_group.startswith("hydra/"))]
-    for override in own:
-        if override.key_or_group in groups:
-            changes += _switch_group(cfg, cli_cfg, override.key_or_group, override.value(), choices, run_dir,
-                                     switched)
-    for override in own:
-        key = override.key_or_group
-        if key in groups:
-            continue
-        if override.is_delete():
-            _delete(cfg, key)
-        else:
-            _set_value(cfg, key, override.value(), run_dir)
-    return switched, changes
+        check_saved_config(cfg, policy, source)
+    except UntrustedTargetError as err:
+        raise ConfigError(str(err)) from err
 
 
-def _switch_group(
-    cfg: DictConfig, cli_cfg: DictConfig, group: str, choice: Any, choices: dict[str, str | None], run_dir: Path,
-    switched: dict[str, str],
-) -> list[dict[str, Any]]:
-    """Switches ``group`` of the saved ``cfg`` to ``choice`` (see :func:`merge_group_switch`); returns what
-    changed."""
-    saved = choices.get(group)
-    if group in choices and str(choice) == str(saved):
-        return []  # the run's own choice, repeated
-    record = run_dir / run_dirs.HYDRA_CONFIG
-    if group in RESUMABLE_GROUPS and group in cli_cfg:
-        if group not in choices or saved is None:
-            raise ConfigError(
-                f"{group}={choice}: '{record}' does not record the run's {group} choice, so the switch cannot tell "
-                f"the run's own {group} values from its group's; give the {group}.<key>=<value> settings to change "
-                f"instead of {group}={choice}"
-            )
-        was = _group_node(group, str(saved), choice)
-        now = _group_node(group, str(choice), choice)
-        run_node = OmegaConf.to_container(cfg[group], resolve=False) if group in cfg else {}
-        merged, changes = merge_group_switch(run_node, was, now, group)
-        with open_dict(cfg):
-            cfg[group] = OmegaConf.create(merged)
-        switched[group] = str(choice)
-        return [{**change, "group": f"{group}={choice}"} for change in changes]
-    was_text = f"{group}={saved}" if group in choices else f"a {group} that '{record}' does not record"
-    raise ConfigError(
-        f"{group}={choice}: ckpt_path resumes the run in '{run_dir}', trained with {was_text}; a resume keeps what "
-        f"the run trains (only {', '.join(RESUMABLE_GROUPS[:4])} can switch): drop {group}={choice}, or leave out "
-        "ckpt_path to start a new run"
-    )
+def completed_epochs(checkpoint: Mapping[str, Any]) -> int:
+    """The epochs whose training a Lightning checkpoint holds: the fit loop's ``processed`` epochs (a checkpoint
+    written at the end of an epoch counts it as processed but not yet ``completed``), else ``completed``, else
+    its ``epoch``."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    current = progress.get("current", {}) if isinstance(progress, Mapping) else {}
+    for key in ("processed", "completed"):
+        if isinstance(current.get(key), int):
+            return int(current[key])
+    return int(checkpoint.get("epoch", 0))
 
 
-def _group_node(group: str, choice: str, asked: Any) -> Any:
-    """``conf/``'s ``group`` node for ``group=choice`` (the other groups at their defaults), unresolved.
+def check_resume_epochs(max_epochs: Any, checkpoint: Mapping[str, Any], ckpt: Path) -> str | None:
+    """A resume must leave ``trainer.max_epochs`` at least the epochs ``ckpt`` finished; returns a note for the
+    summary when none is left to train (the run is then only tested).
 
     Raises:
-        ConfigError: ``conf/`` has no such choice (any more).
+        ConfigError: ``max_epochs`` is below the finished epochs.
     """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    overrides = [f"{group}={choice}"]
-    try:
-        if GlobalHydra.instance().is_initialized():  # inside the app: its own config search path
-            composed = compose("train", overrides=overrides)
-        else:
-            with initialize_config_module("lsa_train.conf", version_base="1.3"):
-                composed = compose("train", overrides=overrides)
-    except Exception as err:
-        raise ConfigError(
-            f"{group}={asked}: cannot compose {group}={choice} to compare the run's {group} with the new one "
-            f"({one_line(err)[:160]}); give the {group}.<key>=<value> settings to change instead of {group}={asked}"
-        ) from err
-    node = composed.get(group)
-    return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
-
-
-#: A key absent from a config node (distinct from a ``null`` value).
-_ABSENT = object()
-
-
-def merge_group_switch(run: Any, was: Any, now: Any, prefix: str) -> tuple[Any, list[dict[str, Any]]]:
-    """The run's node ``run`` after switching its group from ``conf/``'s node ``was`` to ``now``.
-
-    A key whose value is the same in ``was`` and ``now`` keeps the run's own value (what the run set or left as
-    its group gave it); a key on which the groups differ takes ``now``'s value (what the switch is for). Nested
-    nodes are merged key by key; lists are values.
-
-    Args:
-        run: The run's saved node (plain containers, unresolved).
-        was: ``conf/``'s node for the run's choice.
-        now: ``conf/``'s node for the new choice.
-        prefix: The node's dotted key (``trainer``), for the changes.
-
-    Returns:
-        The merged node and the changes, ``{"key", "was", "now"}`` per key whose value the switch changed
-        (values as text; ``(unset)`` for a key that was absent or is removed, ``{...}`` for a whole node).
-    """
-    changes: list[dict[str, Any]] = []
-
-    def merge(r: Any, o: Any, n: Any, key: str) -> Any:
-        if all(isinstance(v, dict) for v in (r, o, n)):
-            out: dict[str, Any] = {}
-            for k in [*r, *(k for k in n if k not in r), *(k for k in o if k not in r and k not in n)]:
-                value = merge(r.get(k, _ABSENT), o.get(k, _ABSENT), n.get(k, _ABSENT), f"{key}.{k}")
-                if value is not _ABSENT:
-                    out[k] = value
-            return out
-        if o == n:
-            return r
-        if n != r:
-            changes.append({"key": key, "was": _shown(r), "now": _shown(n)})
-        return n
-
-    merged = merge(run, was, now, prefix)
-    return ({} if merged is _ABSENT else merged), changes
-
-
-def _shown(value: Any) -> str:
-    """A value for the summary: ``(unset)`` for an absent key, ``{...}`` for a whole node."""
-    if value is _ABSENT:
-        return "(unset)"
-    if isinstance(value, dict):
-        return "{...}"
-    return str(value)
-
-
-def _set_value(cfg: DictConfig, key: str, value: Any, run_dir: Path) -> None:
-    if key == _MODEL or key.startswith(_MODEL + "."):
-        current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if _plain(current) != _plain(value):
-            raise ConfigError(
-                f"{key}={value}: ckpt_path resumes the run in '{run_dir}', whose {key} is {_plain(current)!r}; "
-                "a resume keeps the trained network: drop the override, or leave out ckpt_path to start a new run"
-            )
-        return
-    with open_dict(cfg):
-        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-
-
-def _delete(cfg: DictConfig, key: str) -> None:
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    if isinstance(parent, DictConfig) and leaf in parent:
-        with open_dict(parent):
-            del parent[leaf]
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+    done = completed_epochs(checkpoint)
+    if max_epochs is None or int(max_epochs) < 0:
+        return None
+    if int(max_epochs) < done:
+        raise ConfigError(f"trainer.max_epochs={max_epochs} but ckpt_path='{ckpt}' has finished {done} epochs; "
+                          f"set trainer.max_epochs to more than {done} to train further")
+    if int(max_epochs) == done:
+        return (f"ckpt_path has finished all trainer.max_epochs={max_epochs} epochs: nothing was trained, the run was "
+                "only tested (set trainer.max_epochs higher to train further)")
+    return None
 
 
 def describe(plan: ResumePlan | None, ckpt: Path | None) -> str | None:

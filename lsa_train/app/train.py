@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lsa_train.app import validation
+from lsa_train.app import overrides, validation
 from lsa_train.app.cli import config_errors_to_cli, mark_task_started, run_cli
 from lsa_train.app.errors import ConfigError, one_line
 from lsa_train.app.report import failure_summary, write_metrics_json
@@ -52,15 +52,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ConfigError: A bad value, found before anything is trained or checkpointed.
     """
     started = time.perf_counter()
-    from lsa_train.app.added_keys import check_added_keys
-
-    check_added_keys("train", validation.hydra_task_overrides())  # +key that nothing reads: refused
+    overrides.check_added_keys("train", overrides.hydra_task_overrides())  # +key that nothing reads: refused
     _apply_extras(cfg)
     # Plain-value checks first: answered before torch and Lightning load.
     _check_plain_values(cfg)
     # Then the ones that need torch, but not Lightning.
-    from lsa_train.app.checkpoint_loading import check_ckpt_path, check_resume_epochs, command_line_policy
-    from lsa_train.app.resume import plan_resume
+    from lsa_train.app.checkpoint_loading import check_ckpt_path, command_line_policy
+    from lsa_train.app.resume import check_resume_epochs, plan_resume
 
     policy = command_line_policy(cfg)  # trust comes from this command line, before any file is read
     checked = check_ckpt_path(cfg.get("ckpt_path"), policy)
@@ -81,15 +79,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         validation.check_epochs_to_train(cfg.trainer)
     validation.check_trainer_device(cfg.trainer)
     validation.check_model_name(cfg.model)
-    from lsa_train.app.inert_settings import inert_overrides
     from lsa_train.app.pipeline import run_training
 
     notes = ([note] if note else []) + record_notes
     # a resume derives the step from the run's first command line too, as its first start did
-    first = validation.run_first_overrides(resume.run_dir) if resume is not None else []
-    derived = validation.derive_attack_alpha(cfg.attack, [*first, *validation.hydra_task_overrides()])
+    first = overrides.run_first_overrides(resume.run_dir) if resume is not None else []
+    derived = overrides.derive_attack_alpha(cfg.attack, [*first, *overrides.hydra_task_overrides()])
     notes += [derived] if derived else []
-    notes += inert_overrides("train", cfg, validation.hydra_task_overrides())
+    notes += overrides.inert_overrides("train", cfg, overrides.hydra_task_overrides())
     if resume is None:
         notes += sign_new_run(Path(str(cfg.paths.output_dir)))
 
@@ -182,7 +179,7 @@ def _record_failure(cfg: DictConfig, message: str) -> None:
     try:
         run_dir = Path(str(cfg.paths.output_dir))
         if run_dir.is_dir():
-            info = {"overrides": validation.hydra_task_overrides()}
+            info = {"overrides": overrides.hydra_task_overrides()}
             write_metrics_json(run_dir, failure_summary(run_dir, message, info))
     except Exception:  # reporting must not hide the original error
         log.warning("could not write metrics.json for the failed run", exc_info=True)

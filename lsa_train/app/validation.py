@@ -2,7 +2,9 @@
 
 Each check raises a one-line :class:`~lsa_train.app.errors.ConfigError` naming the bad value and the
 valid choices (or how to fix it). Typo'd keys, unknown group options and wrongly typed values are
-caught earlier, by Hydra at compose time (see :mod:`lsa_train.app.schemas`).
+caught earlier, by Hydra at compose time (see :mod:`lsa_train.app.schemas`); what the command line's
+overrides themselves say and do (``+key``, inert settings, a derived ``attack.alpha``) is
+:mod:`lsa_train.app.overrides`.
 
 The checks of plain config values import no torch, so that such mistakes are reported at once; the
 ones that need torch (devices, checkpoints, models) import it when called.
@@ -20,36 +22,11 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsa_train.app.errors import ConfigError, one_line
+from lsa_train.app.overrides import hydra_choice
 from lsa_train.app.schemas import BaseLoss, MVLMode
 
 if TYPE_CHECKING:
     from torch import nn
-
-
-def hydra_choice(group: str) -> str | None:
-    """The option chosen for ``group`` in the current Hydra run (``None`` outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    choice = HydraConfig.get().runtime.choices.get(group)
-    return None if choice is None else str(choice)
-
-
-def hydra_task_overrides() -> list[str]:
-    """The command-line overrides of the current Hydra job (``[]`` outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return [str(o) for o in HydraConfig.get().overrides.task]
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[Any]:
-    """Hydra's parsed form of command-line ``overrides`` (``key_or_group``, ``value()``, ``is_add()``, ...)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_overrides(list(overrides))
 
 
 def _option(group: str, fallback: str) -> str:
@@ -181,78 +158,6 @@ def check_attack(attack: DictConfig) -> None:
                 f"attack.{key}={value} is invalid for {where}: it must be a finite number {rule} "
                 "(inputs are in [0, 1], e.g. attack.eps=0.1 or 0.03137 for 8/255)"
             )
-
-
-def _attack_option_file(target: str) -> tuple[str, DictConfig] | None:
-    """The ``conf/attack`` option whose ``_target_`` is ``target`` (name and its YAML), if any.
-
-    Found by target rather than by Hydra's group choice, so that a resume (whose attack comes from the
-    run's saved config, not from this command line's choice) finds the same file."""
-    from importlib import resources
-
-    folder = resources.files("lsa_train.conf") / "attack"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            node = OmegaConf.create(entry.read_text())
-            if isinstance(node, DictConfig) and str(node.get("_target_")) == target:
-                return entry.name[: -len(".yaml")], node
-    return None
-
-
-def _names_key(overrides: Sequence[str], key: str) -> bool:
-    """Whether one of ``overrides`` sets ``key`` (``key=``, ``+key=``, ``++key=``, ``~key``)."""
-    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in overrides)
-
-
-def run_first_overrides(run_dir: Path) -> list[str]:
-    """The overrides of a run's first command line (``<run>/.hydra/overrides.yaml``), read as data:
-    strings only, ``[]`` when the file is missing, unreadable or larger than 1 MiB."""
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    try:
-        if not path.is_file() or path.stat().st_size > 2**20:
-            return []
-        node = OmegaConf.create(path.read_text(encoding="utf-8"))
-    except Exception:  # any unreadable or malformed file: no overrides
-        return []
-    return [str(item) for item in node] if isinstance(node, ListConfig) else []
-
-
-def derive_attack_alpha(attack: DictConfig, overrides: Sequence[str]) -> str | None:
-    """Scales the step size of the attack's own config file to the eps actually used.
-
-    ``conf/attack/pgd.yaml`` has ``eps: 0.1`` and ``alpha: 0.03``: a fixed step meant for that eps. When
-    the composed ``attack.eps`` differs from the file's (``attack.eps=0.2`` on the command line, or an
-    experiment preset) while ``attack.alpha`` still holds the file's value and no override names
-    ``attack.alpha``, that step would be kept for another budget (too small to reach the boundary in
-    ``steps`` steps, or as large as eps). It becomes ``alpha_file * eps / eps_file`` instead: the ratio
-    the file was written with (0.3 x eps for PGD, MART and TRADES; 1.25 x eps for FGSM-RS, Wong et al.),
-    and the summary says so. An ``attack.alpha`` named on the command line (or set to another value by a
-    preset) is kept as given.
-
-    Args:
-        attack: ``cfg.attack``; ``attack.alpha`` is updated in place when derived.
-        overrides: The command-line overrides that made ``attack`` (for a resume: the run's own first).
-
-    Returns:
-        The summary line saying what was derived, or ``None`` when ``alpha`` was kept.
-    """
-    alpha, eps = attack.get("alpha"), attack.get("eps")
-    if alpha is None or eps is None or float(eps) <= 0 or _names_key(overrides, "attack.alpha"):
-        return None  # eps 0 crafts nothing: a step of 0 would only be refused by the attack
-    found = _attack_option_file(str(attack.get("_target_")))
-    if found is None:
-        return None
-    name, own = found
-    own_eps, own_alpha = own.get("eps"), own.get("alpha")
-    if not isinstance(own_eps, int | float) or not isinstance(own_alpha, int | float) or own_eps <= 0:
-        return None
-    if not math.isclose(float(alpha), float(own_alpha)) or math.isclose(float(eps), float(own_eps)):
-        return None
-    derived = float(own_alpha) * float(eps) / float(own_eps)
-    attack.alpha = derived
-    return (f"attack.alpha={derived:.6g} derived for attack.eps={float(eps):g}: conf/attack/{name}.yaml's "
-            f"alpha {float(own_alpha):g} is meant for its eps {float(own_eps):g}, so it was scaled to "
-            f"{float(own_alpha) / float(own_eps):g} x eps; name attack.alpha to set the step yourself")
 
 
 def lambda_values(regularizer: DictConfig) -> list[float] | float:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from apptest_utils import compose_train
 
-from lsa_train.app.added_keys import check_added_keys
 from lsa_train.app.errors import ConfigError
+from lsa_train.app.overrides import check_added_keys
 from lsa_train.app.train import main, train
 
 

@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lsa_train.app import builders, validation
+from lsa_train.app.overrides import derive_attack_alpha, run_first_overrides
 from lsa_train.attacks import APGD, FGSM, FGSMRS, PGD, PGDL2, MARTAttack, NoAttack, TRADESAttack
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -124,7 +125,7 @@ def test_alpha_follows_a_changed_eps_unless_named(
     tmp_path: Path, overrides: list[str], alpha: float | None, derived: bool
 ) -> None:
     cfg = compose_train(overrides, tmp_path)
-    note = validation.derive_attack_alpha(cfg.attack, overrides)
+    note = derive_attack_alpha(cfg.attack, overrides)
     assert (note is not None) == derived
     if alpha is None:
         assert "alpha" not in cfg.attack
@@ -142,12 +143,12 @@ def test_a_resume_derives_alpha_as_its_first_start_did(tmp_path: Path) -> None:
     hydra_dir.mkdir(parents=True)
     (hydra_dir / "overrides.yaml").write_text("- attack.eps=0.2\n- attack.alpha=0.03\n")
     cfg = compose_train(["attack.eps=0.2"], tmp_path)
-    first = validation.run_first_overrides(tmp_path / "run")
+    first = run_first_overrides(tmp_path / "run")
     assert first == ["attack.eps=0.2", "attack.alpha=0.03"]
-    assert validation.derive_attack_alpha(cfg.attack, [*first, "trainer.max_epochs=3"]) is None
+    assert derive_attack_alpha(cfg.attack, [*first, "trainer.max_epochs=3"]) is None
     assert cfg.attack.alpha == pytest.approx(0.03)
     (hydra_dir / "overrides.yaml").write_text("- attack.eps=0.2\n")
-    assert validation.derive_attack_alpha(cfg.attack, validation.run_first_overrides(tmp_path / "run"))
+    assert derive_attack_alpha(cfg.attack, run_first_overrides(tmp_path / "run"))
     assert cfg.attack.alpha == pytest.approx(0.06)
 
 

@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsa_train.app.errors import ConfigError
+from lsa_train.app.overrides import hydra_choice
 from lsa_train.app.resume import check_write_destinations, describe, plan_resume
-from lsa_train.app.validation import hydra_choice
 from lsa_train.trust import TrustPolicy
 
 

@@ -153,9 +153,9 @@ def test_a_setting_that_does_not_act_is_a_line_of_the_summary(make_cfg, tmp_path
 
 def test_a_new_eps_gets_a_step_size_for_it(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``attack.eps=0.2`` alone: PGD trains with alpha 0.06 (pgd.yaml's 0.3 x eps), and the summary says so."""
-    from lsa_train.app import validation
+    from lsa_train.app import overrides
 
-    monkeypatch.setattr(validation, "hydra_task_overrides", lambda: ["attack.eps=0.2"])
+    monkeypatch.setattr(overrides, "hydra_task_overrides", lambda: ["attack.eps=0.2"])
     _, objects = train(make_cfg(*FAST, "attack.eps=0.2", "regularizer=none"))
     assert objects["module"].attack.alpha == pytest.approx(0.06) and objects["module"].attack.eps == 0.2
     line = next(n for n in objects["summary"]["notes"] if n.startswith("attack.alpha=0.06 derived"))

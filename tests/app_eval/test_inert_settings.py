@@ -8,7 +8,7 @@ from evaltest_utils import compose_app
 from omegaconf import OmegaConf
 
 from lsa_train.app.evaluate import evaluate
-from lsa_train.app.inert_settings import inert_overrides
+from lsa_train.app.overrides import inert_overrides
 
 
 def _evaluate_cfg(**values: object):

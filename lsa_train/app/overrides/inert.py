@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsa_train.app.overrides.command_line import parse_overrides
+
 
 @dataclass(frozen=True)
 class Switch:
@@ -118,8 +120,6 @@ def inert_overrides(config_name: str, cfg: DictConfig, overrides: Sequence[str])
         cfg: The composed config.
         overrides: This command line's overrides (Hydra's task overrides).
     """
-    from lsa_train.app.validation import parse_overrides
-
     lines = []
     for override in parse_overrides(overrides):
         key = override.key_or_group

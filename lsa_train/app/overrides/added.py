@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app.errors import ConfigError
-from lsa_train.app.validation import parse_overrides
+from lsa_train.app.overrides.command_line import parse_overrides
 
 #: Per app (its config name), the top-level nodes whose keys may be added freely: a user class's
 #: arguments (``+model.width=16``), Lightning's Trainer/callback/logger arguments, constructor arguments
