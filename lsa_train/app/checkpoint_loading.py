@@ -344,13 +344,16 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
     data = OmegaConf.to_container(data_node, resolve=True)
     assert isinstance(data, dict)
     data = {k: v for k, v in data.items() if not (k in DATA_OVERRIDE_KEYS and v is None)}
+    weights_file = OmegaConf.select(model_node, "checkpoint", default=None)
+    record = read_weights_record(weights_file)
+    split_note = adopt_recorded_split(data, record, hydra_task_overrides())
     app_cfg = OmegaConf.create({"model": model_node, "data": data})
     validation.check_model_name(app_cfg.model)
     datamodule = builders.build_datamodule(app_cfg)
     prepare_data(datamodule)
     model, kwargs = builders.build_model(app_cfg, datamodule, trust=policy.unpickle)
     model.eval()
-    record, notes = weights_file_record(OmegaConf.select(app_cfg, "model.checkpoint", default=None), app_cfg)
+    notes = [*([split_note] if split_note else []), *record_notes(weights_file, record, app_cfg)]
     return LoadedRun(
         ckpt_path=None, run_dir=None, run_config_path=None, run_cfg=None, datamodule=datamodule, model=model,
         model_kwargs=kwargs, weights_only=True, epoch=None, global_step=None, model_cfg=app_cfg.model,
@@ -358,32 +361,67 @@ def load_for_app(cfg: DictConfig) -> LoadedRun:
     )
 
 
-def weights_file_record(weights_file: Any, app_cfg: DictConfig) -> tuple[dict[str, Any] | None, list[str]]:
-    """The run record of a ``model.checkpoint`` written by lsa-train (``None`` for any other file) and the report
-    lines on where it differs from ``model=`` / ``data=`` here (evaluating trained weights on other data is
-    allowed: every difference is a line, never an error). Its budget becomes the default ``pgd.eps``/``eps``.
+def read_weights_record(weights_file: Any) -> dict[str, Any] | None:
+    """The run record of a ``model.checkpoint`` written by lsa-train, or ``None`` (no file, another kind of file,
+    unreadable). Read with ``weights_only=True``; the record is data, checked to be plain.
 
     Raises:
         ConfigError: A record that is not plain data (:func:`lsa_train.app.checkpoint_record.saved_record`).
     """
-    from lsa_train.app.checkpoint_record import NOTE_KEYS, compare_records, run_record, saved_record
+    from lsa_train.app.checkpoint_record import saved_record
 
     if weights_file is None:
-        return None, []
+        return None
     path = Path(str(weights_file)).expanduser()
     try:
-        content = read_torch_file(path, what="weights file")  # weights_only=True; the model loaded it already
+        content = read_torch_file(path, what="weights file")
     except (UntrustedError, ValueError, OSError):
-        return None, []
-    record = saved_record(content, path) if isinstance(content, Mapping) else None
+        return None
+    return saved_record(content, path) if isinstance(content, Mapping) else None
+
+
+def adopt_recorded_split(data: dict[str, Any], record: Mapping[str, Any] | None, overrides: list[str]) -> str | None:
+    """Evaluates an lsa-train checkpoint on the split it was trained with: the embedded data sets (digits, moons,
+    ...) draw their train/val/test split with ``data.seed``, which here would follow this app's ``seed`` (PGD's)
+    and could put training points in the test split. Same data class, ``data.seed`` not on this command line:
+    ``data["seed"]`` becomes the record's (in place), and the returned line says so.
+
+    Args:
+        data: The resolved ``data`` node of this command line (changed in place).
+        record: :func:`read_weights_record` of ``model.checkpoint``.
+        overrides: This command line's overrides; ``data.seed=...`` among them keeps that seed.
+
+    Returns:
+        The report line, or ``None`` when nothing was adopted.
+    """
+    from lsa_train.app.overrides import names_key
+
+    recorded = (record or {}).get("data")
+    if not isinstance(recorded, Mapping) or "seed" not in data or not isinstance(recorded.get("seed"), int):
+        return None
+    if recorded.get("_target_") != data.get("_target_") or names_key(overrides, "data.seed"):
+        return None
+    if data["seed"] == recorded["seed"]:
+        return None
+    data["seed"] = recorded["seed"]
+    return (f"data.seed={recorded['seed']}: the split model.checkpoint was trained with (its run record), so its "
+            "training points stay out of the evaluated split; data.seed=<n> on the command line draws another")
+
+
+def record_notes(weights_file: Any, record: Mapping[str, Any] | None, app_cfg: DictConfig) -> list[str]:
+    """Report lines on where the run record of ``model.checkpoint`` (:func:`read_weights_record`) differs from
+    ``model=`` / ``data=`` here (evaluating trained weights on other data is allowed: every difference is a line,
+    never an error). Its budget becomes the default ``pgd.eps``/``eps`` (:class:`LoadedRun`)."""
+    from lsa_train.app.checkpoint_record import NOTE_KEYS, compare_records, run_record
+
     if record is None:
-        return None, []
+        return []
     here = {k: v for k, v in run_record(app_cfg).items() if k in ("model", "data")}
     errors, notes = compare_records({k: record.get(k) for k in here}, here)
     lines = [line for line in errors + notes if line.split("=", 1)[0] not in NOTE_KEYS or
              not line.startswith("model.")]  # model.checkpoint/strict: how the weights are loaded here
-    return record, [f"model.checkpoint='{weights_file}' is an lsa-train checkpoint trained otherwise than given here: "
-                    f"{line}" for line in lines]
+    return [f"model.checkpoint='{weights_file}' is an lsa-train checkpoint trained otherwise than given here: "
+            f"{line}" for line in lines]
 
 
 def prepare_data(datamodule: Any) -> None:

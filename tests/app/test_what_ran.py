@@ -188,8 +188,22 @@ def test_evaluate_checks_a_checkpoint_without_its_run_folder_against_run_config(
     given = ["model=cnn_b", "data=digits", f"model.checkpoint={bare}", *quick]
     report = evaluate(compose_app("evaluate", [*given, "data.test_fraction=0.3"], tmp_path / "e3"))
     assert report.pgd_settings["eps"] == 0.1  # the checkpoint's attack.eps: pgd.eps was not given
-    # data.seed: ${seed}, evaluate's seed 0, not the run's 313: another split, which the line makes visible
+    # data.seed: ${seed} would be evaluate's seed 0, another split than the run's 313 (its training points in the
+    # test split): the recorded split seed is taken, and said; other differences are lines
     prefix = f"model.checkpoint='{bare}' is an lsa-train checkpoint trained otherwise than given here: "
-    assert [w for w in report.warnings if "model.checkpoint=" in w] == [
-        f"{prefix}data.seed=313 in the checkpoint, 0 here",
-        f"{prefix}data.test_fraction=0.2 in the checkpoint, 0.3 here"]
+    adopted = ("data.seed=313: the split model.checkpoint was trained with (its run record), so its training points "
+               "stay out of the evaluated split; data.seed=<n> on the command line draws another")
+    assert [w for w in report.warnings if "model.checkpoint" in w] == [
+        adopted, f"{prefix}data.test_fraction=0.2 in the checkpoint, 0.3 here"]
+    assert report.n_samples == 32
+    # the same points as the run's own test split: the clean accuracy equals evaluating the run folder itself
+    same = evaluate(compose_app("evaluate", [*given], tmp_path / "e4"))
+    own = evaluate(compose_app("evaluate", [f"ckpt_path={bare}",
+                                            f"run_config={tmp_path / 'run' / '.hydra' / 'config.yaml'}", *quick],
+                               tmp_path / "e5"))
+    assert same.clean_accuracy == own.clean_accuracy
+    assert [w for w in same.warnings if "model.checkpoint" in w] == [adopted]  # no other difference
+    # a seed named on the command line is kept, and the difference is a line
+    named = evaluate(compose_app("evaluate", [*given, "data.seed=5"], tmp_path / "e6"))
+    named_lines = [w for w in named.warnings if "model.checkpoint" in w]
+    assert named_lines == [f"{prefix}data.seed=313 in the checkpoint, 5 here"]
