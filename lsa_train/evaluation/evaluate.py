@@ -111,7 +111,8 @@ def evaluate_robustness(
     masking_settings: dict[str, Any] = {}
     if masking_checks:
         masking, masking_settings = _run_masking_checks(
-            model, samples, eps, sweep, pgd, pgd_steps, pgd_alpha, pgd_restarts, seed, common, masking_kwargs, tally
+            model, samples, eps, sweep=sweep, pgd=pgd, pgd_steps=pgd_steps, pgd_alpha=pgd_alpha,
+            pgd_restarts=pgd_restarts, seed=seed, common=common, masking_kwargs=masking_kwargs, tally=tally,
         )
     aa_acc: float | None = None
     aa_settings: dict[str, Any] = {}
@@ -247,6 +248,7 @@ def _run_masking_checks(
     model: nn.Module,
     samples: _Samples,
     eps: float,
+    *,
     sweep: Mapping[float, float],
     pgd: float,
     pgd_steps: int,

@@ -458,8 +458,9 @@ def run_masking_checks(
     _check_a(verdicts, fgsm_at_eps, pgd_acc, eps, tol, pgd_steps, pgd_alpha)
     _check_b(verdicts, sweep, tol, drop_min_eps)
     square, square_subset = _check_c(
-        verdicts, model, batches, eps, tol, square_queries, square_max_samples, pgd_steps, pgd_alpha, pgd_restarts,
-        seed, square_seed, device, max_samples, labels,
+        verdicts, model, batches, eps, tol, square_queries=square_queries, square_max_samples=square_max_samples,
+        pgd_steps=pgd_steps, pgd_alpha=pgd_alpha, pgd_restarts=pgd_restarts, seed=seed, square_seed=square_seed,
+        device=device, max_samples=max_samples, labels=labels,
     )
     large_acc = _check_d(verdicts, model, batches, large_eps, large_eps_max_acc, pgd_steps, pgd_restarts, seed, common)
     settings = {
@@ -573,6 +574,7 @@ def _check_c(
     batches: Batches,
     eps: float,
     tol: float,
+    *,
     square_queries: int | None,
     square_max_samples: int | None,
     pgd_steps: int,
