@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -240,6 +242,56 @@ def autoattack_accuracy(
         ValueError: On a bad argument (unknown version / norm / attack, shapes).
     """
     auto_attack_cls = _import_autoattack()
+    eps, norm_name, x, y, batch_size = _check_arguments(eps, norm, version, attacks, x, y, n_samples, batch_size)
+    device = resolve_device(model, device)
+    attacked, x = _as_images(model, x.detach().float())
+    y = y.detach().long()
+    start = time.perf_counter()
+    with eval_mode(model), frozen_parameters(model), isolated_rng(device):
+        adversary, skipped = _build_adversary(
+            auto_attack_cls, attacked, x, eps, norm_name, version, attacks, seed, device, square_queries
+        )
+        run = _run_reference(adversary, attacked, x, y, batch_size, device, verbose)
+    broken_by = _first_broken_by(run, adversary.attacks_to_run)
+    per_attack = _per_attack_accuracy(run, adversary.attacks_to_run)
+    for message in run.warnings:
+        logger.warning("pyautoattack: %s", message)
+    n = int(x.shape[0])
+    return {
+        "robust_accuracy": int(run.robust_mask.sum()) / n,
+        "clean_accuracy": int(run.clean_mask.sum()) / n,
+        "robust_mask": run.robust_mask,
+        "broken_by": broken_by,
+        "per_attack": per_attack,
+        "attacks": list(adversary.attacks_to_run),
+        "skipped": skipped,
+        "warnings": list(run.warnings),
+        "n_samples": n,
+        "eps": eps,
+        "norm": norm_name,
+        "version": version,
+        "seed": seed,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# -- the phases of autoattack_accuracy, in the order it runs them ---------------------------------------------
+def _check_arguments(
+    eps: float,
+    norm: str,
+    version: str,
+    attacks: Sequence[str] | None,
+    x: Tensor,
+    y: Tensor,
+    n_samples: int | None,
+    batch_size: int,
+) -> tuple[float, str, Tensor, Tensor, int]:
+    """Phase 1: refuses bad arguments with one line each, before anything runs.
+
+    Returns:
+        ``eps`` (input units), the reference's norm name (``"Linf"``, ``"L2"``, ``"L1"``), ``x`` ``(N, ...)`` and
+        ``y`` ``(N,)`` cut to the first ``n_samples``, and ``batch_size`` as an ``int``.
+    """
     eps = check_eps_value("eps", eps)
     norm_name = _NORMS.get(str(norm).lower())
     if norm_name is None:
@@ -264,93 +316,140 @@ def autoattack_accuracy(
         raise ValueError("no samples to evaluate")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    batch_size = int(batch_size)
-    device = resolve_device(model, device)
-    x = x.detach().float()
-    y = y.detach().long()
+    return eps, norm_name, x, y, int(batch_size)
 
-    attacked: nn.Module = model
-    sample_shape = tuple(x.shape[1:])
-    if x.ndim != 4:
-        attacked = FlatToImage(model, sample_shape)
-        x = FlatToImage.to_image(x)
 
+def _as_images(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    """Phase 2: the model and inputs as the attacks see them: images ``(N, C, H, W)`` as they are, other
+    inputs ``(N, ...)`` as ``(N, 1, 1, D)`` images with the model wrapped to undo that (Square needs images)."""
+    if x.ndim == 4:
+        return model, x
+    return FlatToImage(model, tuple(x.shape[1:])), FlatToImage.to_image(x)
+
+
+def _build_adversary(
+    auto_attack_cls: type,
+    attacked: nn.Module,
+    x: Tensor,
+    eps: float,
+    norm_name: str,
+    version: str,
+    attacks: Sequence[str] | None,
+    seed: int,
+    device: torch.device,
+    square_queries: int | None,
+) -> tuple[Any, dict[str, str]]:
+    """Phase 3: the reference ``AutoAttack``, fitted to the model's number of classes ``K`` (one forward pass).
+
+    Attacks whose loss needs more classes are dropped, the targeted attacks aim at no more than ``K - 1``
+    classes, and Square gets ``square_queries`` queries if given.
+
+    Returns:
+        The adversary and ``{dropped attack: reason}``.
+    """
+    with torch.no_grad():
+        n_classes = int(attacked(x[:1].to(device)).shape[1])
+    adversary = auto_attack_cls(
+        attacked,
+        attacks=list(attacks) if version == "custom" and attacks is not None else None,
+        device=device,
+        eps=eps,
+        norm=norm_name,
+        seed=seed,
+        version=version,
+    )
+    skipped = _skipped_for_classes(adversary.attacks_to_run, n_classes)
+    adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a not in skipped]
+    adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, n_classes - 1)
+    adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, n_classes - 1)
+    if square_queries is not None:
+        adversary.square.n_queries = int(square_queries)
+    return adversary, skipped
+
+
+@dataclass
+class _ReferenceRun:
+    """What the reference loop did (phase 4).
+
+    Attributes:
+        clean_mask: ``(N,)`` bool on the CPU: correct without attack.
+        robust_mask: ``(N,)`` bool on the CPU: correct clean and under every attack.
+        tracker: Which samples each attack broke first, as followed batch by batch.
+        fooled: ``{attack: samples it broke first}``, counted from its own outputs.
+        warnings: The reference's sanity-check warnings, each once.
+    """
+
+    clean_mask: Tensor
+    robust_mask: Tensor
+    tracker: _PerSampleTracker
+    fooled: dict[str, int]
+    warnings: list[str]
+
+
+@contextmanager
+def _reference_logging(verbose: bool) -> Iterator[_WarningCollector]:
+    """Collects the reference's warnings (shown with its progress messages on stderr if ``verbose``).
+
+    Restores its logger's handlers, level and propagation, and the trace function (pyautoattack's
+    dynamic-defense check ends with ``sys.settrace(None)``), however the block ends.
+    """
     aa_logger = logging.getLogger(_AA_LOGGER)
     collector = _WarningCollector()
     stream: logging.Handler | None = logging.StreamHandler() if verbose else None
     previous_level, previous_propagate = aa_logger.level, aa_logger.propagate
-    previous_trace = sys.gettrace()  # pyautoattack's dynamic-defense check ends with sys.settrace(None)
-    fooled: dict[str, int] = {}
-    start = time.perf_counter()
-    with eval_mode(model), frozen_parameters(model), isolated_rng(device):
-        with torch.no_grad():
-            n_classes = int(attacked(x[:1].to(device)).shape[1])
-        adversary = auto_attack_cls(
-            attacked,
-            attacks=list(attacks) if version == "custom" and attacks is not None else None,
-            device=device,
-            eps=eps,
-            norm=norm_name,
-            seed=seed,
-            version=version,
-        )
-        skipped = _skipped_for_classes(adversary.attacks_to_run, n_classes)
-        adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a not in skipped]
-        adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, n_classes - 1)
-        adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, n_classes - 1)
-        if square_queries is not None:
-            adversary.square.n_queries = int(square_queries)
-        clean_mask = _correct(attacked, x, y, batch_size, device)  # the reference's own first pass, batched alike
-        tracker = _PerSampleTracker(clean_mask)
-        _track_per_attack(adversary, attacked, fooled, tracker)
-        aa_logger.addHandler(collector)
+    previous_trace = sys.gettrace()
+    aa_logger.addHandler(collector)
+    if stream is not None:
+        aa_logger.addHandler(stream)
+        aa_logger.setLevel(logging.DEBUG)
+    else:
+        aa_logger.propagate = False  # its warnings are collected and re-logged by autoattack_accuracy, once
+    try:
+        yield collector
+    finally:
+        aa_logger.removeHandler(collector)
         if stream is not None:
-            aa_logger.addHandler(stream)
-            aa_logger.setLevel(logging.DEBUG)
-        else:
-            aa_logger.propagate = False  # its warnings are collected and re-logged below, once
-        try:
-            if adversary.attacks_to_run:
-                x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-            else:
-                x_adv = x
-            robust_mask = clean_mask & _correct(attacked, x_adv, y, batch_size, device)
-            robust, clean = int(robust_mask.sum()), int(clean_mask.sum())
-        finally:
-            aa_logger.removeHandler(collector)
-            if stream is not None:
-                aa_logger.removeHandler(stream)
-            aa_logger.setLevel(previous_level)
-            aa_logger.propagate = previous_propagate
-            sys.settrace(previous_trace)
+            aa_logger.removeHandler(stream)
+        aa_logger.setLevel(previous_level)
+        aa_logger.propagate = previous_propagate
+        sys.settrace(previous_trace)
 
-    broken_by: dict[str, Tensor] | None = {a: tracker.broken_by.get(a, torch.zeros_like(clean_mask))
-                                           for a in adversary.attacks_to_run}
-    if not torch.equal(tracker.robust, robust_mask):
+
+def _run_reference(
+    adversary: Any, attacked: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device, verbose: bool
+) -> _ReferenceRun:
+    """Phase 4: the clean pass and the reference ``run_standard_evaluation`` on ``x`` ``(N, C, H, W)``, ``y``
+    ``(N,)``, in batches of ``batch_size``, following which samples each attack breaks first."""
+    clean_mask = _correct(attacked, x, y, batch_size, device)  # the reference's own first pass, batched alike
+    tracker = _PerSampleTracker(clean_mask)
+    fooled: dict[str, int] = {}
+    _track_per_attack(adversary, attacked, fooled, tracker)
+    with _reference_logging(verbose) as collector:
+        if adversary.attacks_to_run:
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        else:
+            x_adv = x
+        robust_mask = clean_mask & _correct(attacked, x_adv, y, batch_size, device)
+    return _ReferenceRun(clean_mask, robust_mask, tracker, fooled, list(collector.messages))
+
+
+def _first_broken_by(run: _ReferenceRun, attacks: Sequence[str]) -> dict[str, Tensor] | None:
+    """Phase 5: ``{attack: (N,) bool}``, the samples each of ``attacks`` broke first; ``None`` (and a logged
+    warning) when the followed samples disagree with the final robust mask."""
+    broken_by = {a: run.tracker.broken_by.get(a, torch.zeros_like(run.clean_mask)) for a in attacks}
+    if not torch.equal(run.tracker.robust, run.robust_mask):
         logger.warning("AutoAttack: the per-attack sample bookkeeping disagrees with the final robust mask; "
                        "the samples are credited to AutoAttack as a whole")
-        broken_by = None
-    n = int(x.shape[0])
+        return None
+    return broken_by
+
+
+def _per_attack_accuracy(run: _ReferenceRun, attacks: Sequence[str]) -> dict[str, float]:
+    """Phase 6: ``{attack: robust accuracy after it}`` (fractions of ``N``), cumulative, in run order."""
+    n = int(run.clean_mask.numel())
     per_attack: dict[str, float] = {}
-    remaining = clean
-    for name in adversary.attacks_to_run:  # an attack that never ran (nothing left to break) broke 0
-        remaining -= fooled.get(name, 0)
+    remaining = int(run.clean_mask.sum())
+    for name in attacks:  # an attack that never ran (nothing left to break) broke 0
+        remaining -= run.fooled.get(name, 0)
         per_attack[name] = remaining / n
-    for message in collector.messages:
-        logger.warning("pyautoattack: %s", message)
-    return {
-        "robust_accuracy": robust / n,
-        "clean_accuracy": clean / n,
-        "robust_mask": robust_mask,
-        "broken_by": broken_by,
-        "per_attack": per_attack,
-        "attacks": list(adversary.attacks_to_run),
-        "skipped": skipped,
-        "warnings": list(collector.messages),
-        "n_samples": n,
-        "eps": eps,
-        "norm": norm_name,
-        "version": version,
-        "seed": seed,
-        "seconds": time.perf_counter() - start,
-    }
+    return per_attack

@@ -450,97 +450,19 @@ def run_masking_checks(
     eps = check_eps_value("eps", eps)
     tol = check_tolerance("tol", tol)
     common: dict[str, Any] = {"device": device, "max_samples": max_samples}
-    sweep = dict(fgsm_sweep) if fgsm_sweep is not None else None
-    if sweep is None:
-        sweep = run_fgsm_sweep(model, batches, (0.0, eps / 2, eps), **common)
-    fgsm_at_eps = _lookup(sweep, eps)
-    if fgsm_at_eps is None:
-        fgsm_at_eps = run_fgsm_sweep(model, batches, (eps,), **common)[eps]
-    if pgd_acc is None:
-        pgd_acc = pgd_accuracy(
-            model, batches, eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common
-        )
-
+    sweep, fgsm_at_eps, pgd_acc = _reference_numbers(
+        model, batches, eps, fgsm_sweep, pgd_acc, pgd_steps, pgd_alpha, pgd_restarts, seed, common
+    )
     drop_min_eps = check_eps_value("drop_min_eps", drop_min_eps)
-    warnings: list[str] = []
-    run: list[str] = []
-    skipped: dict[str, str] = {}
-    reach = pgd_steps * (pgd_alpha if pgd_alpha is not None else default_step_size(eps, pgd_steps))
-    if eps <= 0:
-        skipped["pgd_vs_fgsm"] = "eps=0: no attack to compare"
-    elif reach < eps * (1 - 1e-6):
-        skipped["pgd_vs_fgsm"] = (
-            f"PGD's {pgd_steps} steps of {reach / pgd_steps:g} travel at most {reach:g} < eps={eps:g}, so it is "
-            "weaker than FGSM by construction (raise the PGD steps or alpha)"
-        )
-    else:
-        run.append("pgd_vs_fgsm")
-        warnings += check_pgd_vs_fgsm(fgsm_at_eps, pgd_acc, eps, tol)
-
-    radii = sorted(float(e) for e in sweep)
-    if len(radii) >= 2:
-        run.append("fgsm_rises")
-    else:
-        skipped["fgsm_rises"] = f"the FGSM sweep has {len(radii)} radius (needs 2)"
-    clean_acc = _lookup(sweep, 0.0)
-    clean_acc = clean_acc if clean_acc is not None else float(sweep[min(sweep, key=float)]) if sweep else 0.0
-    if not radii or radii[-1] < drop_min_eps:
-        skipped["fgsm_drop"] = (
-            f"the largest FGSM radius {radii[-1] if radii else 0:g} is below {drop_min_eps:g}, where a model that "
-            "is not masking may keep its clean accuracy (add a larger radius to the sweep)"
-        )
-    elif clean_acc <= tol:
-        skipped["fgsm_drop"] = f"the clean accuracy {_pct(clean_acc)} leaves nothing to lose"
-    else:
-        run.append("fgsm_drop")
-    warnings += check_fgsm_monotone(sweep, tol, drop_min_eps=drop_min_eps)
-
-    square: PairedAccuracy | None = None
-    if square_queries is None:
-        skipped["blackbox_vs_whitebox"] = "no Square budget (square_queries=None)"
-    elif eps <= 0:
-        skipped["blackbox_vs_whitebox"] = "eps=0: no attack to compare"
-    square_subset: str | None = None
-    if square_queries is not None and eps > 0:
-        evaluated = labels if labels is not None else batch_labels(batches)[:max_samples]
-        square_batches: Batches = batches
-        limit = max_samples
-        chosen: Tensor | None = None
-        if square_max_samples is not None and square_max_samples < evaluated.numel():
-            chosen = stratified_subset(evaluated, square_max_samples, seed)
-            square_batches, limit = SelectedBatches(batches, chosen), None
-        square_subset = describe_subset(min(square_max_samples or evaluated.numel(), evaluated.numel()),
-                                        int(evaluated.numel()), seed)
-        square = square_vs_pgd(
-            model,
-            square_batches,
-            eps,
-            n_queries=square_queries,
-            pgd_steps=pgd_steps,
-            pgd_alpha=pgd_alpha,
-            pgd_restarts=pgd_restarts,
-            seed=seed,
-            device=device,
-            max_samples=limit,
-            square_seed=square_seed,
-        )
-        if chosen is not None and square.indices is not None:  # positions in the subset -> in the evaluated stream
-            square = replace(square, indices=chosen.to(torch.long)[square.indices])
-        run.append("blackbox_vs_whitebox")
-        warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
-
-    large_acc: float | None = None
-    if large_eps is None:
-        skipped["large_eps"] = "large_eps=None"
-    elif check_eps_value("large_eps", large_eps) < 1.0:
-        skipped["large_eps"] = (
-            f"large_eps={large_eps:g} does not cover the input box [0, 1] (needs >= 1), so accuracy need not reach 0"
-        )
-    else:
-        large_acc = pgd_accuracy(model, batches, large_eps, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common)
-        run.append("large_eps")
-        warnings += check_large_eps(large_acc, large_eps, large_eps_max_acc)
-
+    verdicts = _Verdicts()
+    _check_a(verdicts, fgsm_at_eps, pgd_acc, eps, tol, pgd_steps, pgd_alpha)
+    _check_b(verdicts, sweep, tol, drop_min_eps)
+    square, square_subset = _check_c(
+        verdicts, model, batches, eps, tol, square_queries=square_queries, square_max_samples=square_max_samples,
+        pgd_steps=pgd_steps, pgd_alpha=pgd_alpha, pgd_restarts=pgd_restarts, seed=seed, square_seed=square_seed,
+        device=device, max_samples=max_samples, labels=labels,
+    )
+    large_acc = _check_d(verdicts, model, batches, large_eps, large_eps_max_acc, pgd_steps, pgd_restarts, seed, common)
     settings = {
         "eps": eps,
         "tol": tol,
@@ -556,7 +478,183 @@ def run_masking_checks(
         "seed": seed,
         "square_seed": seed if square_seed is None else int(square_seed),
     }
-    return MaskingCheckResult(warnings, sweep, float(pgd_acc), square, large_acc, settings, run, skipped)
+    return MaskingCheckResult(verdicts.warnings, sweep, float(pgd_acc), square, large_acc, settings, verdicts.run,
+                              verdicts.skipped)
+
+
+# -- the phases of run_masking_checks, in the order it runs them ----------------------------------------------
+@dataclass
+class _Verdicts:
+    """What the checks said, in the order (a)-(d): their warnings, which ran, which were skipped and why."""
+
+    warnings: list[str] = field(default_factory=list)
+    run: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _reference_numbers(
+    model: nn.Module,
+    batches: Batches,
+    eps: float,
+    fgsm_sweep: Mapping[float, float] | None,
+    pgd_acc: float | None,
+    pgd_steps: int,
+    pgd_alpha: float | None,
+    pgd_restarts: int,
+    seed: int,
+    common: Mapping[str, Any],
+) -> tuple[dict[float, float], float, float]:
+    """Phase 1: the FGSM sweep, FGSM at ``eps`` and PGD at ``eps``, reused when given, computed when not.
+
+    Returns:
+        ``{eps: accuracy}`` (over ``(0, eps / 2, eps)`` when computed here), FGSM's accuracy at ``eps`` and PGD's,
+        all fractions in ``[0, 1]``.
+    """
+    sweep = dict(fgsm_sweep) if fgsm_sweep is not None else None
+    if sweep is None:
+        sweep = run_fgsm_sweep(model, batches, (0.0, eps / 2, eps), **common)
+    fgsm_at_eps = _lookup(sweep, eps)
+    if fgsm_at_eps is None:
+        fgsm_at_eps = run_fgsm_sweep(model, batches, (eps,), **common)[eps]
+    if pgd_acc is None:
+        pgd_acc = pgd_accuracy(
+            model, batches, eps, alpha=pgd_alpha, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common
+        )
+    return sweep, fgsm_at_eps, pgd_acc
+
+
+def _check_a(
+    verdicts: _Verdicts,
+    fgsm_at_eps: float,
+    pgd_acc: float,
+    eps: float,
+    tol: float,
+    pgd_steps: int,
+    pgd_alpha: float | None,
+) -> None:
+    """Phase 2, check (a) PGD vs FGSM at ``eps``: run only if PGD's steps can travel ``eps`` (input units)."""
+    reach = pgd_steps * (pgd_alpha if pgd_alpha is not None else default_step_size(eps, pgd_steps))
+    if eps <= 0:
+        verdicts.skipped["pgd_vs_fgsm"] = "eps=0: no attack to compare"
+    elif reach < eps * (1 - 1e-6):
+        verdicts.skipped["pgd_vs_fgsm"] = (
+            f"PGD's {pgd_steps} steps of {reach / pgd_steps:g} travel at most {reach:g} < eps={eps:g}, so it is "
+            "weaker than FGSM by construction (raise the PGD steps or alpha)"
+        )
+    else:
+        verdicts.run.append("pgd_vs_fgsm")
+        verdicts.warnings += check_pgd_vs_fgsm(fgsm_at_eps, pgd_acc, eps, tol)
+
+
+def _check_b(verdicts: _Verdicts, sweep: Mapping[float, float], tol: float, drop_min_eps: float) -> None:
+    """Phase 3, check (b) on the FGSM sweep ``{eps: accuracy}``: rises need two radii; the drop at the largest
+    radius needs one of at least ``drop_min_eps`` and a clean accuracy above ``tol``."""
+    radii = sorted(float(e) for e in sweep)
+    if len(radii) >= 2:
+        verdicts.run.append("fgsm_rises")
+    else:
+        verdicts.skipped["fgsm_rises"] = f"the FGSM sweep has {len(radii)} radius (needs 2)"
+    clean_acc = _lookup(sweep, 0.0)
+    clean_acc = clean_acc if clean_acc is not None else float(sweep[min(sweep, key=float)]) if sweep else 0.0
+    if not radii or radii[-1] < drop_min_eps:
+        verdicts.skipped["fgsm_drop"] = (
+            f"the largest FGSM radius {radii[-1] if radii else 0:g} is below {drop_min_eps:g}, where a model that "
+            "is not masking may keep its clean accuracy (add a larger radius to the sweep)"
+        )
+    elif clean_acc <= tol:
+        verdicts.skipped["fgsm_drop"] = f"the clean accuracy {_pct(clean_acc)} leaves nothing to lose"
+    else:
+        verdicts.run.append("fgsm_drop")
+    verdicts.warnings += check_fgsm_monotone(sweep, tol, drop_min_eps=drop_min_eps)
+
+
+def _check_c(
+    verdicts: _Verdicts,
+    model: nn.Module,
+    batches: Batches,
+    eps: float,
+    tol: float,
+    *,
+    square_queries: int | None,
+    square_max_samples: int | None,
+    pgd_steps: int,
+    pgd_alpha: float | None,
+    pgd_restarts: int,
+    seed: int,
+    square_seed: int | None,
+    device: torch.device | str | None,
+    max_samples: int | None,
+    labels: Tensor | None,
+) -> tuple[PairedAccuracy | None, str | None]:
+    """Phase 4, check (c) Square vs PGD at ``eps``, on a stratified subset drawn with ``seed``.
+
+    Returns:
+        The paired accuracies, with Square's ``indices`` as positions in the evaluated stream, and the
+        subset's description; ``(None, None)`` when skipped (no budget, or ``eps = 0``).
+    """
+    if square_queries is None:
+        verdicts.skipped["blackbox_vs_whitebox"] = "no Square budget (square_queries=None)"
+        return None, None
+    if eps <= 0:
+        verdicts.skipped["blackbox_vs_whitebox"] = "eps=0: no attack to compare"
+        return None, None
+    evaluated = labels if labels is not None else batch_labels(batches)[:max_samples]
+    square_batches: Batches = batches
+    limit = max_samples
+    chosen: Tensor | None = None
+    if square_max_samples is not None and square_max_samples < evaluated.numel():
+        chosen = stratified_subset(evaluated, square_max_samples, seed)
+        square_batches, limit = SelectedBatches(batches, chosen), None
+    square_subset = describe_subset(min(square_max_samples or evaluated.numel(), evaluated.numel()),
+                                    int(evaluated.numel()), seed)
+    square = square_vs_pgd(
+        model,
+        square_batches,
+        eps,
+        n_queries=square_queries,
+        pgd_steps=pgd_steps,
+        pgd_alpha=pgd_alpha,
+        pgd_restarts=pgd_restarts,
+        seed=seed,
+        device=device,
+        max_samples=limit,
+        square_seed=square_seed,
+    )
+    if chosen is not None and square.indices is not None:  # positions in the subset -> in the evaluated stream
+        square = replace(square, indices=chosen.to(torch.long)[square.indices])
+    verdicts.run.append("blackbox_vs_whitebox")
+    verdicts.warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
+    return square, square_subset
+
+
+def _check_d(
+    verdicts: _Verdicts,
+    model: nn.Module,
+    batches: Batches,
+    large_eps: float | None,
+    max_acc: float,
+    pgd_steps: int,
+    pgd_restarts: int,
+    seed: int,
+    common: Mapping[str, Any],
+) -> float | None:
+    """Phase 5, check (d) PGD at ``large_eps`` (run only if it covers the ``[0, 1]`` box; PGD's default step there).
+
+    Returns:
+        PGD's accuracy at ``large_eps`` (fraction), or ``None`` when skipped.
+    """
+    if large_eps is None:
+        verdicts.skipped["large_eps"] = "large_eps=None"
+        return None
+    if check_eps_value("large_eps", large_eps) < 1.0:
+        verdicts.skipped["large_eps"] = (
+            f"large_eps={large_eps:g} does not cover the input box [0, 1] (needs >= 1), so accuracy need not reach 0"
+        )
+        return None
+    large_acc = pgd_accuracy(model, batches, large_eps, steps=pgd_steps, restarts=pgd_restarts, seed=seed, **common)
+    verdicts.run.append("large_eps")
+    verdicts.warnings += check_large_eps(large_acc, large_eps, max_acc)
+    return large_acc
 
 
 def gradient_masking_checks(
