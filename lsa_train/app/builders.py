@@ -191,10 +191,12 @@ def build_module(
     if scheduler is not None:
         with config_section(_where("scheduler")):
             scheduler(trial)
+    grid = {"test_eps_grid": list(test_eps_grid(cfg))} if "test_eps_grid" in cfg.module else {}
     return _instantiate(
         cfg.module,
         "module",
         _convert_="all",
+        **grid,
         model=model,
         attack=attack,
         base_loss=base_loss,
@@ -205,6 +207,26 @@ def build_module(
         mvl=parts.mvl,
         num_classes=num_classes,
     )
+
+
+def test_eps_grid(cfg: DictConfig) -> tuple[float, ...]:
+    """The FGSM radii of the training run's test sweep for ``module.test_eps_grid=auto``: 0, 1, ..., 5 times
+    ``attack.eval_eps`` (the Linf budget robust accuracy is measured at; by default the training eps), capped at
+    1, so the R&G score sums the paper's grid at eps 0.1 and the same multiples at any other budget.
+
+    Raises:
+        ConfigError: ``test_eps_grid`` neither ``auto`` nor a list of numbers >= 0.
+    """
+    from lsa_train.evaluation.robustness import eps_multiples_grid
+
+    value = cfg.module.get("test_eps_grid")
+    if value == "auto":
+        return eps_multiples_grid(float(cfg.attack.eval_eps))
+    if not OmegaConf.is_list(value) or not len(value) or any(
+            isinstance(e, bool) or not isinstance(e, (int, float)) or not e >= 0 for e in value):
+        raise ConfigError(f"module.test_eps_grid={value} must be auto (0, 1, ..., 5 x attack.eval_eps) or a list "
+                          "of Linf radii >= 0, e.g. [0.0,0.1,0.2]")
+    return tuple(float(e) for e in value)
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:

@@ -162,6 +162,23 @@ def test_a_new_eps_gets_a_step_size_for_it(make_cfg, tmp_path: Path, monkeypatch
     assert line in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_the_test_fgsm_grid_follows_the_training_eps(make_cfg, tmp_path: Path) -> None:
+    """``module.test_eps_grid=auto``: 0..5 x attack.eval_eps (the paper's grid at 0.1), capped at 1; a list as given."""
+    from lsa_train.app.builders import test_eps_grid
+
+    assert test_eps_grid(make_cfg()) == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    assert test_eps_grid(make_cfg("attack.eps=0.3")) == (0.0, 0.3, 0.6, 0.9, 1.0)
+    assert test_eps_grid(make_cfg("attack=none", "attack.eval_eps=0.05")) == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
+    assert test_eps_grid(make_cfg("module.test_eps_grid=[0.0,0.2]")) == (0.0, 0.2)
+    for bad in ("module.test_eps_grid=paper", "module.test_eps_grid=[0.1,-0.1]", "module.test_eps_grid=[]"):
+        with pytest.raises(ConfigError, match=r"module.test_eps_grid=.* must be auto"):
+            test_eps_grid(make_cfg(bad))
+    metrics, objects = train(make_cfg(*FAST, "attack.eps=0.2", "regularizer=none"))
+    assert objects["module"].test_eps_grid == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert {k for k in metrics if k.startswith("test/acc_fgsm_")} == {
+        f"test/acc_fgsm_{e:g}" for e in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)}
+
+
 def test_normalized_training_inputs_are_a_line_of_the_summary(make_cfg, tmp_path: Path) -> None:
     """A user's data module that normalizes: the module's one warning lands in the summary and report."""
     _, objects = train(make_cfg(*FAST, "data=custom", "data._target_=own_data.NormalizedDigits",
