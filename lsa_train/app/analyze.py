@@ -186,12 +186,11 @@ def stratified_samples(loader: Any, n: int, seed: int) -> tuple[Any, Any, str]:
     """``x``, ``y`` of a seeded stratified subset of ``n`` samples of ``loader`` (all if it has fewer), and
     ``"N of M samples, stratified, seed S"`` for the report (:mod:`lsa_train.utils.subsets`)."""
     from lsa_train.evaluation import collect_samples
-    from lsa_train.utils.subsets import SelectedBatches, batch_labels, describe_subset, stratified_subset
+    from lsa_train.utils.subsets import batch_labels, select_stratified
 
-    labels = batch_labels(loader)
-    chosen = stratified_subset(labels, n, seed)
-    x, y = collect_samples(SelectedBatches(loader, chosen) if chosen.numel() < labels.numel() else loader)
-    return x, y, describe_subset(int(chosen.numel()), int(labels.numel()), seed)
+    selection = select_stratified(loader, batch_labels(loader), n, seed)
+    x, y = collect_samples(selection.batches)
+    return x, y, selection.description
 
 
 def probe_notes(model: Any, example: Any, probes: Any) -> list[str]:

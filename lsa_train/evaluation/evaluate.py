@@ -25,7 +25,7 @@ from lsa_train.evaluation.utils import (
     resolve_device,
 )
 from lsa_train.evaluation.worst_case import AttackOutcome, WorstCase, worst_case
-from lsa_train.utils.subsets import SelectedBatches, batch_labels, describe_subset, stratified_subset
+from lsa_train.utils.subsets import batch_labels, describe_subset, select_stratified
 
 
 def evaluate_robustness(
@@ -202,12 +202,8 @@ def _choose_samples(batches: Batches, max_samples: int | None, seed: int) -> tup
     """
     if max_samples is None:
         return batches, None
-    everything = batch_labels(batches)
-    chosen = stratified_subset(everything, max_samples, seed)
-    subset = describe_subset(int(chosen.numel()), int(everything.numel()), seed)
-    if chosen.numel() < everything.numel():
-        batches = SelectedBatches(batches, chosen)
-    return batches, subset
+    selection = select_stratified(batches, batch_labels(batches), max_samples, seed)
+    return selection.batches, selection.description
 
 
 def _clean_pass(
@@ -318,8 +314,9 @@ def _run_autoattack(
         AutoAttack's robust accuracy (fraction in ``[0, 1]``) and its settings for the report.
     """
     limit = autoattack_sample_count(n_samples_setting, samples.n)
-    positions = stratified_subset(samples.labels, limit, seed)
-    x, y = collect_samples(SelectedBatches(samples.batches, positions) if limit < samples.n else samples.batches)
+    selection = select_stratified(samples.batches, samples.labels, limit, seed)
+    positions = selection.positions
+    x, y = collect_samples(selection.batches)
     if not torch.equal(y, samples.labels[positions]):
         raise ValueError(_ORDER_MESSAGE.format(what="AutoAttack"))
     settings = autoattack_accuracy(
@@ -329,7 +326,7 @@ def _run_autoattack(
     accuracy = settings.pop("robust_accuracy")
     mask, broken_by = settings.pop("robust_mask"), settings.pop("broken_by")
     settings["n_samples_setting"] = n_samples_setting
-    settings["subset"] = describe_subset(limit, samples.n, seed)
+    settings["subset"] = selection.description
     tally.add(AttackOutcome("autoattack", mask, positions, _outcome_settings(settings), accuracy=accuracy,
                             broken_by=broken_by), seconds)
     tally.warnings += [f"AutoAttack: {message}" for message in settings.get("warnings", [])]

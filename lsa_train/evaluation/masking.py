@@ -57,7 +57,7 @@ from lsa_train.evaluation.utils import (
     require_reiterable,
     resolve_device,
 )
-from lsa_train.utils.subsets import SelectedBatches, batch_labels, describe_subset, stratified_subset
+from lsa_train.utils.subsets import batch_labels, select_stratified
 
 #: Prefix of every warning produced by the checks.
 PREFIX = "Possible gradient masking: "
@@ -599,14 +599,9 @@ def _check_c(
         verdicts.skipped["blackbox_vs_whitebox"] = "eps=0: no attack to compare"
         return None, None
     evaluated = labels if labels is not None else batch_labels(batches)[:max_samples]
-    square_batches: Batches = batches
-    limit = max_samples
-    chosen: Tensor | None = None
-    if square_max_samples is not None and square_max_samples < evaluated.numel():
-        chosen = stratified_subset(evaluated, square_max_samples, seed)
-        square_batches, limit = SelectedBatches(batches, chosen), None
-    square_subset = describe_subset(min(square_max_samples or evaluated.numel(), evaluated.numel()),
-                                    int(evaluated.numel()), seed)
+    selection = select_stratified(batches, evaluated, square_max_samples, seed)
+    # nothing left out: the first max_samples of the stream are the evaluated ones
+    square_batches, limit = (selection.batches, None) if selection.left_out else (batches, max_samples)
     square = square_vs_pgd(
         model,
         square_batches,
@@ -620,11 +615,11 @@ def _check_c(
         max_samples=limit,
         square_seed=square_seed,
     )
-    if chosen is not None and square.indices is not None:  # positions in the subset -> in the evaluated stream
-        square = replace(square, indices=chosen.to(torch.long)[square.indices])
+    if selection.left_out and square.indices is not None:  # positions in the subset -> in the evaluated stream
+        square = replace(square, indices=selection.positions[square.indices])
     verdicts.run.append("blackbox_vs_whitebox")
     verdicts.warnings += check_blackbox_vs_whitebox(square.blackbox, square.whitebox, eps, tol)
-    return square, square_subset
+    return square, selection.description
 
 
 def _check_d(

@@ -16,6 +16,7 @@ in a seeded random order. Every prefix then holds ``k p_c`` samples of class ``c
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,42 @@ def describe_subset(n: int, total: int, seed: int) -> str:
     if n >= total:
         return f"all {total} samples"
     return f"{n} of {total} samples, stratified, seed {seed}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A seeded stratified subset of a stream of batches (:func:`select_stratified`).
+
+    Attributes:
+        batches: The batches of the subset: a :class:`SelectedBatches`, or the given batches themselves when
+            nothing was left out.
+        positions: ``(n,)`` int64 positions of the subset's samples in the data, sorted.
+        description: ``"N of M samples, stratified, seed S"`` (:func:`describe_subset`).
+    """
+
+    batches: Any
+    positions: Tensor
+    description: str
+
+    @property
+    def left_out(self) -> bool:
+        """Whether some samples were left out (``batches`` is then a :class:`SelectedBatches`)."""
+        return isinstance(self.batches, SelectedBatches)
+
+
+def select_stratified(batches: Any, labels: Tensor | Sequence[int], n: int | None, seed: int) -> Selection:
+    """The seeded stratified subset of ``n`` samples of ``batches`` (all if ``None`` or ``n >= N``).
+
+    Args:
+        batches: Re-iterable ``(x, y, ...)`` batches in a fixed order.
+        labels: ``(N,)`` labels of their samples in data order (:func:`batch_labels`).
+        n: Subset size.
+        seed: Seed of the subset (:func:`stratified_subset`; subsets of one seed are nested).
+    """
+    chosen = stratified_subset(labels, n, seed)
+    total = int(torch.as_tensor(labels).numel())
+    selected = SelectedBatches(batches, chosen) if chosen.numel() < total else batches
+    return Selection(selected, chosen, describe_subset(int(chosen.numel()), total, seed))
 
 
 class SelectedBatches:
