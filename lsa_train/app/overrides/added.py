@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lsa_train.app.errors import ConfigError
-from lsa_train.app.overrides.command_line import parse_overrides
+from lsa_train.app.overrides.command_line import compose_config, parse_overrides
 
 #: Per app (its config name), the top-level nodes whose keys may be added freely: a user class's
 #: arguments (``+model.width=16``), Lightning's Trainer/callback/logger arguments, constructor arguments
@@ -31,17 +31,6 @@ OPEN_NODES: dict[str, tuple[str, ...]] = {
 #: The config name of each console program.
 PROGRAM_CONFIGS: dict[str, str] = {"lsa-train": "train", "lsa-evaluate": "evaluate", "lsa-analyze": "analyze"}
 _ABSENT = object()
-
-
-def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """``config_name`` composed with ``overrides`` (inside a running app, or on its own)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name, overrides=list(overrides))
-    with initialize_config_module("lsa_train.conf", version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
 
 
 def _is_closed(config_name: str, key: str) -> bool:
@@ -94,7 +83,7 @@ def check_added_keys(config_name: str, overrides: Sequence[str]) -> None:
     if not added:
         return
     kept = [o.input_line for o in parsed if not (o.is_add() or o.is_force_add())]
-    base = _compose(config_name, kept)
+    base = compose_config(config_name, kept)
     for override in added:
         key = override.key_or_group
         if OmegaConf.select(base, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
@@ -123,7 +112,7 @@ def suggest_for_failed_override(config_name: str, overrides: Sequence[str], mess
     closed = _is_closed(config_name, key)
     try:
         kept = [o.input_line for o in parse_overrides(overrides) if o.key_or_group != key]
-        base = _compose(config_name, kept)
+        base = compose_config(config_name, kept)
         hint, keys = _nearest(base, key) if closed else _close_sibling(base, key)
     except Exception:  # a second composition problem: Hydra's own message stays
         return None

@@ -10,7 +10,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def compose_config(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """``conf/``'s ``config_name`` composed with ``overrides``: inside a running app with its own config search
+    path, else on its own."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides=list(overrides))
+    with initialize_config_module("lsa_train.conf", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
 
 
 def hydra_choice(group: str) -> str | None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsa_train.app import run_dirs
 from lsa_train.app.errors import ConfigError, one_line
-from lsa_train.app.overrides.command_line import hydra_groups, parse_overrides
+from lsa_train.app.overrides.command_line import compose_config, hydra_groups, parse_overrides
 from lsa_train.trust import TRUST_CHECKPOINT_KEY, TRUSTED_TARGETS_KEY
 
 #: Config groups a resume may switch: where and how the run continues, not what it trains.
@@ -112,16 +112,8 @@ def _group_node(group: str, choice: str, asked: Any) -> Any:
     Raises:
         ConfigError: ``conf/`` has no such choice (any more).
     """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    overrides = [f"{group}={choice}"]
     try:
-        if GlobalHydra.instance().is_initialized():  # inside the app: its own config search path
-            composed = compose("train", overrides=overrides)
-        else:
-            with initialize_config_module("lsa_train.conf", version_base="1.3"):
-                composed = compose("train", overrides=overrides)
+        composed = compose_config("train", [f"{group}={choice}"])
     except Exception as err:
         raise ConfigError(
             f"{group}={asked}: cannot compose {group}={choice} to compare the run's {group} with the new one "
