@@ -166,7 +166,7 @@ def remote_logger_notes(loggers: Any) -> list[str]:
         uri = str(getattr(logger, "_tracking_uri", "") or "")
         if kind == "MLFlowLogger" and not uri.startswith(("file:", "sqlite:")):
             notes.append(f"MLFlowLogger sends the run's metrics and config to the tracking server '{uri}', outside "
-                         "the run folder (logger=mlflow alone keeps them in <run dir>/mlruns)")
+                         "the run folder (logger=mlflow alone keeps them in <run dir>/mlflow.db)")
         if kind == "WandbLogger" and not getattr(logger, "_offline", True):
             notes.append("WandbLogger sends the run's metrics and config to the W&B server (offline=false; "
                          "logger=wandb alone keeps them in <run dir>/wandb)")
