@@ -18,7 +18,7 @@ from lsa_train import factory
 from lsa_train.app.errors import ConfigError, config_section, one_line
 from lsa_train.app.overrides import hydra_choice
 from lsa_train.app.schemas import ATTACK_APP_KEYS, BaseLoss, MVLMode
-from lsa_train.app.validation import lambda_values
+from lsa_train.app.validation import check_eps_grid, lambda_values
 from lsa_train.attacks import Attack
 from lsa_train.training import LayerwiseRegularizer, LSARegularizedModule, MVLRefreshCallback
 
@@ -220,12 +220,9 @@ def test_eps_grid(cfg: DictConfig) -> tuple[float, ...]:
     from lsa_train.evaluation.robustness import eps_multiples_grid
 
     value = cfg.module.get("test_eps_grid")
+    check_eps_grid("module.test_eps_grid", value, "0, 1, ..., 5 x attack.eval_eps")
     if value == "auto":
         return eps_multiples_grid(float(cfg.attack.eval_eps))
-    if not OmegaConf.is_list(value) or not len(value) or any(
-            isinstance(e, bool) or not isinstance(e, (int, float)) or not e >= 0 for e in value):
-        raise ConfigError(f"module.test_eps_grid={value} must be auto (0, 1, ..., 5 x attack.eval_eps) or a list "
-                          "of Linf radii >= 0, e.g. [0.0,0.1,0.2]")
     return tuple(float(e) for e in value)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lsa_train.app import adaptive_setup
 from lsa_train.app.checkpoint_loading import register_resolvers
@@ -53,11 +53,9 @@ def check_config(cfg: DictConfig) -> None:
     """
     if str(cfg.split) not in ("test", "val"):
         raise ConfigError(f"split={cfg.split} is invalid; choose test or val")
-    grid = cfg.fgsm.eps_grid
-    if grid != "auto" and (not OmegaConf.is_list(grid) or not list(grid)
-                           or any(isinstance(e, bool) or not isinstance(e, int | float) or e < 0 for e in grid)):
-        raise ConfigError(f"fgsm.eps_grid={grid} must be auto (multiples 0..5 of the run's training eps) or a "
-                          "non-empty list of budgets >= 0 (include 0 for R&G), e.g. [0,0.1,0.2]")
+    from lsa_train.app.validation import check_eps_grid
+
+    check_eps_grid("fgsm.eps_grid", cfg.fgsm.eps_grid, "multiples 0..5 of the run's training eps")
     if cfg.pgd.eps is not None and float(cfg.pgd.eps) < 0:
         raise ConfigError(f"pgd.eps={cfg.pgd.eps} must be >= 0 (or null for the run's training eps)")
     for key in ("steps", "restarts"):

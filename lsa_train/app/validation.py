@@ -160,6 +160,26 @@ def check_attack(attack: DictConfig) -> None:
             )
 
 
+def check_eps_grid(key: str, value: Any, auto: str) -> None:
+    """An FGSM grid setting (``module.test_eps_grid``, ``fgsm.eps_grid``) is ``auto`` or a non-empty list of
+    Linf radii >= 0.
+
+    Args:
+        key: The setting's key, for the message.
+        value: Its value.
+        auto: What ``auto`` means for it, for the message.
+
+    Raises:
+        ConfigError: Anything else, in one line naming the key, the value and both forms.
+    """
+    if value == "auto":
+        return
+    if not OmegaConf.is_list(value) or not len(value) or any(
+            isinstance(e, bool) or not isinstance(e, int | float) or not e >= 0 for e in value):
+        raise ConfigError(f"{key}={value} must be auto ({auto}) or a non-empty list of budgets >= 0 (include 0 for "
+                          "R&G), e.g. [0,0.1,0.2]")
+
+
 def lambda_values(regularizer: DictConfig) -> list[float] | float:
     """``regularizer.lambda`` as a float or a list of floats (validated: finite, ``>= 0``)."""
     raw = regularizer.get("lambda", 0.0)
